@@ -1,0 +1,1 @@
+"""The ``kunet`` command: a thin Typer layer over the :mod:`kunet` library (installed as ``kunet_cli``)."""

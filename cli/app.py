@@ -1,0 +1,49 @@
+"""The Typer application and its always-available commands (``--version``, ``info``)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+import kunet
+
+app = typer.Typer(
+    name="kunet",
+    help="U-Net (Ronneberger et al. 2015) for microscopy segmentation: records, fit, predict, evaluate, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool):
+    if value:
+        typer.echo(f"kunet {kunet.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+):
+    """kunet command line."""
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
+    """Show TensorFlow/Keras versions, the devices TensorFlow sees and the CPU's features."""
+    from kunet import system_info
+
+    data = system_info.collect()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key == "cpu_features":
+            value = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in value.items())
+        elif key == "devices":
+            value = "; ".join(value)
+        typer.echo(f"{key:>12}: {value}")
