@@ -1,0 +1,67 @@
+"""Intensity normalisation shared by training, prediction and exported graphs.
+
+Images enter as stored (uint8, uint16 or float). They are first scaled to [0, 1] by their dtype's
+maximum (augmentation's gray-value changes work in that range), then normalised for the net with
+statistics of the *whole* image, never of a tile, so that tiling cannot change a prediction:
+
+* ``"standardize"``: zero mean, unit variance over all pixels and channels of the image.
+* ``"scale"``: the [0, 1] values as they are.
+
+The NumPy and TensorFlow versions compute the same thing; tests check they agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NORMALIZATIONS = ("standardize", "scale")
+# Floor for the standard deviation so a blank image does not explode (1/255: one 8-bit gray level).
+MIN_STD = 1.0 / 255.0
+
+
+def dtype_max(dtype) -> float:
+    """The value that maps to 1.0: 255 for uint8, 65535 for uint16, 1.0 for float images."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Scales an image to float32 in [0, 1] by its dtype's maximum (float images pass unchanged)."""
+    return image.astype(np.float32) / np.float32(dtype_max(image.dtype))
+
+
+def image_statistics(unit_image: np.ndarray) -> tuple[float, float]:
+    """Mean and floored standard deviation over the whole image (all pixels and channels)."""
+    values = unit_image.astype(np.float64)
+    return float(values.mean()), float(max(values.std(), MIN_STD))
+
+
+def normalize(unit_image: np.ndarray, mode: str, statistics: tuple[float, float] | None = None) -> np.ndarray:
+    """Normalises a [0, 1] image for the net; ``statistics`` default to the image's own."""
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    if mode == "scale":
+        return unit_image.astype(np.float32)
+    mean, std = statistics if statistics is not None else image_statistics(unit_image)
+    return ((unit_image - mean) / std).astype(np.float32)
+
+
+def tf_image_statistics(unit_images):
+    """TensorFlow version of :func:`image_statistics` for a batch [B, H, W, C] -> (mean [B], std [B])."""
+    import tensorflow as tf
+
+    mean = tf.reduce_mean(unit_images, axis=[1, 2, 3])
+    variance = tf.reduce_mean(tf.square(unit_images - mean[:, None, None, None]), axis=[1, 2, 3])
+    return mean, tf.maximum(tf.sqrt(variance), MIN_STD)
+
+
+def tf_normalize(unit_images, mode: str, statistics=None):
+    """TensorFlow version of :func:`normalize` for a batch [B, H, W, C] of [0, 1] images."""
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    if mode == "scale":
+        return unit_images
+    mean, std = statistics if statistics is not None else tf_image_statistics(unit_images)
+    return (unit_images - mean[:, None, None, None]) / std[:, None, None, None]
