@@ -1,0 +1,421 @@
+"""``kunet build-records``: labelled frames -> GZIP-compressed, sharded TFRecords plus a manifest.
+
+Schema (version 1), one ``tf.train.Example`` per frame:
+
+=================  ======  ==============================================================
+key                type    meaning
+=================  ======  ==============================================================
+image/png          bytes   the image as lossless PNG, dtype as stored (uint8 or uint16)
+image/height       int64   H
+image/width        int64   W
+image/channels     int64   C (1 gray, 3 RGB)
+label/png          bytes   the raw label exactly as in the source file (uint8 or uint16 PNG)
+classes/png        bytes   uint8 PNG of class indices after label interpretation (ridges carved)
+weight/f16         bytes   weight map, float16 little-endian, H*W values (paper eq. 2)
+frame/id           bytes   frame id (file stem, ``<stack>_<page>`` or ``<sequence>_t<number>``)
+frame/split        bytes   ``train`` or ``val``
+source/image       bytes   path of the image file
+source/label       bytes   path of the label file
+source/page        int64   page within a multi-page TIFF (0 otherwise)
+=================  ======  ==============================================================
+
+Building makes two streaming passes over the frames: the first interprets every label (catching bad
+input before anything is written) and counts class frequencies for w_c; the second encodes frames with
+``workers`` threads (OpenCV releases the GIL) and writes them in order. Everything goes to a temporary
+sibling directory that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import kunet
+from kunet.config import PipelineConfig
+from kunet.imageio import encode_png
+from kunet.sources import Frame, interpret_label, list_frames
+from kunet.weightmap import class_balance_weights, weight_map
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+
+
+class RecordsError(ValueError):
+    """Records that cannot be built or read; the message names the file or folder."""
+
+
+@dataclass
+class EncodedFrame:
+    frame: Frame
+    split: str
+    example: bytes
+    height: int
+    width: int
+    image_dtype: str
+    label_dtype: str
+    channels: int
+
+
+def split_frames(frames: list[Frame], val_fraction: float, val_ids: list[str]) -> dict[str, str]:
+    """Frame id -> split. Explicit ``val_ids`` win; otherwise every k-th frame (evenly spread, deterministic)."""
+    ids = [frame.frame_id for frame in frames]
+    if val_ids:
+        unknown = sorted(set(val_ids) - set(ids))
+        if unknown:
+            raise RecordsError(f"validation ids not in the source: {', '.join(unknown)}")
+        chosen = set(val_ids)
+    else:
+        count = int(round(val_fraction * len(ids)))
+        if val_fraction > 0 and count == 0 and len(ids) > 1:
+            count = 1
+        picks = {int((i + 0.5) * len(ids) / count) for i in range(count)} if count else set()
+        chosen = {ids[i] for i in picks}
+    return {frame_id: ("val" if frame_id in chosen else "train") for frame_id in ids}
+
+
+def _interpret(frame: Frame, config: PipelineConfig):
+    image, label = frame.load(config.image.channels)
+    labelled = interpret_label(label, config.labels, str(frame.label_path))
+    return image, label, labelled
+
+
+def _ordered_map(function: Callable, items: list, workers: int) -> Iterator:
+    """Like ``map`` with a thread pool, but with at most ``2 * workers`` items in flight (bounded memory)."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: list[concurrent.futures.Future] = []
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+def count_classes(frames: list[Frame], config: PipelineConfig, workers: int, progress=None) -> np.ndarray:
+    """Pass 1: interprets every label (raising on bad input) and counts pixels per class."""
+    num_classes = config.labels.num_classes
+
+    def count(frame: Frame) -> np.ndarray:
+        _, _, labelled = _interpret(frame, config)
+        return np.bincount(labelled.classes.ravel(), minlength=num_classes)[:num_classes]
+
+    totals = np.zeros(num_classes, dtype=np.int64)
+    for counts in _ordered_map(count, frames, workers):
+        totals += counts
+        if progress:
+            progress()
+    return totals
+
+
+def _bytes_feature(value: bytes):
+    import tensorflow as tf
+
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int):
+    import tensorflow as tf
+
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_example(frame: Frame, split: str, image, label, classes, weights) -> bytes:
+    import tensorflow as tf
+
+    height, width = label.shape
+    features = {
+        "image/png": _bytes_feature(encode_png(image)),
+        "image/height": _int_feature(height),
+        "image/width": _int_feature(width),
+        "image/channels": _int_feature(image.shape[2]),
+        "label/png": _bytes_feature(encode_png(label)),
+        "classes/png": _bytes_feature(encode_png(classes)),
+        "weight/f16": _bytes_feature(weights.astype("<f2").tobytes()),
+        "frame/id": _bytes_feature(frame.frame_id.encode()),
+        "frame/split": _bytes_feature(split.encode()),
+        "source/image": _bytes_feature(str(frame.image_path).encode()),
+        "source/label": _bytes_feature(str(frame.label_path).encode()),
+        "source/page": _int_feature(frame.page),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shard_name(split: str, index: int, total: int) -> str:
+    return f"{split}-{index:05d}-of-{total:05d}.tfrecord.gz"
+
+
+def _commit_directory(temporary: Path, out: Path, overwrite: bool) -> None:
+    """Moves a finished directory into place; an existing one is replaced only with ``overwrite``."""
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out}: already exists (use --overwrite to replace it)")
+        retired = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out, retired)
+        os.rename(temporary, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(temporary, out)
+
+
+def build_records(
+    config: PipelineConfig,
+    out: Path | None = None,
+    shards: int | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress_factory=None,
+) -> dict:
+    """Builds the records set described by ``config`` and returns its manifest.
+
+    Args:
+        config: The pipeline (source, labels, weights, records sections are used).
+        out: Output folder; defaults to ``config.records_dir()``.
+        shards: Shards per split (a split never gets more shards than frames).
+        workers: Threads encoding frames in parallel.
+        overwrite: Replace an existing output folder (only once the new one is complete).
+        progress_factory: ``(description, total) -> callable`` advancing a progress bar by one.
+
+    Raises:
+        SourceError, RecordsError: bad input, with the file named; nothing is left on disk.
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    out = Path(out) if out is not None else config.records_dir()
+    shards = shards or config.records.shards
+    workers = workers or config.records.workers
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (use --overwrite to replace it)")
+    frames = list_frames(config)
+    splits = split_frames(frames, config.records.val_fraction, list(config.records.val_ids))
+    params = config.weights.resolved()
+    progress_factory = progress_factory or (lambda description, total: None)
+
+    train_frames = [frame for frame in frames if splits[frame.frame_id] == "train"]
+    class_counts = count_classes(frames, config, workers, progress_factory("checking labels", len(frames)))
+    train_counts = count_classes(train_frames, config, workers) if len(train_frames) != len(frames) else class_counts
+    if params.class_weights:
+        if len(params.class_weights) != config.labels.num_classes:
+            raise RecordsError(
+                f"weights.class_weights has {len(params.class_weights)} values for {config.labels.num_classes} classes"
+            )
+        class_weights = np.asarray(params.class_weights, dtype=np.float64)
+    elif params.preset == "none":
+        class_weights = np.ones(config.labels.num_classes)
+    else:
+        class_weights = class_balance_weights(train_counts)
+
+    def encode(frame: Frame) -> EncodedFrame:
+        image, label, labelled = _interpret(frame, config)
+        weights = weight_map(labelled.classes, labelled.objects, labelled.num_objects, params, class_weights)
+        example = encode_example(frame, splits[frame.frame_id], image, label, labelled.classes, weights)
+        return EncodedFrame(
+            frame,
+            splits[frame.frame_id],
+            example,
+            label.shape[0],
+            label.shape[1],
+            str(image.dtype),
+            str(label.dtype),
+            image.shape[2],
+        )
+
+    import tensorflow as tf
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary.mkdir()
+    try:
+        split_sizes = {split: sum(1 for s in splits.values() if s == split) for split in SPLITS}
+        shard_counts = {split: min(shards, size) for split, size in split_sizes.items()}
+        options = tf.io.TFRecordOptions(compression_type="GZIP")
+        writers = {
+            (split, index): tf.io.TFRecordWriter(str(temporary / _shard_name(split, index, count)), options)
+            for split, count in shard_counts.items()
+            for index in range(count)
+        }
+        written = {key: 0 for key in writers}
+        position = {split: 0 for split in SPLITS}
+        source_list, dtypes, label_dtypes, channel_set = [], set(), set(), set()
+        advance = progress_factory("writing records", len(frames))
+        try:
+            for encoded in _ordered_map(encode, frames, workers):
+                split = encoded.split
+                key = (split, position[split] % shard_counts[split])
+                position[split] += 1
+                writers[key].write(encoded.example)
+                written[key] += 1
+                dtypes.add(encoded.image_dtype)
+                label_dtypes.add(encoded.label_dtype)
+                channel_set.add(encoded.channels)
+                source_list.append(
+                    {
+                        "frame_id": encoded.frame.frame_id,
+                        "split": split,
+                        "shard": _shard_name(split, key[1], shard_counts[split]),
+                        "image": str(encoded.frame.image_path),
+                        "label": str(encoded.frame.label_path),
+                        "page": encoded.frame.page,
+                        "height": encoded.height,
+                        "width": encoded.width,
+                    }
+                )
+                if advance:
+                    advance()
+        finally:
+            for writer in writers.values():
+                writer.close()
+        if len(dtypes) > 1 or len(label_dtypes) > 1:
+            raise RecordsError(
+                f"frames mix bit depths (images {sorted(dtypes)}, labels {sorted(label_dtypes)}); "
+                "convert them to one bit depth first"
+            )
+        shard_list = [
+            {
+                "file": _shard_name(split, index, shard_counts[split]),
+                "split": split,
+                "count": written[(split, index)],
+                "sha256": _sha256(temporary / _shard_name(split, index, shard_counts[split])),
+                "bytes": (temporary / _shard_name(split, index, shard_counts[split])).stat().st_size,
+            }
+            for split, index in writers
+        ]
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": config.name,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "kunet_version": kunet.__version__,
+            "counts": {split: split_sizes[split] for split in SPLITS},
+            "image": {"dtype": dtypes.pop(), "channels": channel_set.pop()},
+            "labels": {
+                "kind": config.labels.kind,
+                "dtype": label_dtypes.pop(),
+                "class_names": list(config.labels.class_names),
+                "class_values": config.labels.class_values(),
+            },
+            "class_pixel_counts": {"all": class_counts.tolist(), "train": train_counts.tolist()},
+            "class_frequencies": (train_counts / max(train_counts.sum(), 1)).tolist(),
+            "weight_map": {
+                "preset": params.preset,
+                "w0": params.w0,
+                "sigma": params.sigma,
+                "sigma_factor": params.sigma_factor,
+                "class_weights": [float(w) for w in class_weights],
+                "border_term_on": "background pixels",
+            },
+            "shards": shard_list,
+            "sources": source_list,
+            "pipeline": config.to_dict(),
+        }
+        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _commit_directory(temporary, out, overwrite)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return manifest
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def read_manifest(records_dir: str | os.PathLike) -> dict:
+    path = Path(records_dir) / MANIFEST
+    if not path.is_file():
+        raise RecordsError(f"{records_dir}: no {MANIFEST} (not a kunet records folder, or an unfinished one)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise RecordsError(
+            f"{path}: records schema version {manifest.get('schema_version')}, this kunet reads {SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def shard_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
+    manifest = read_manifest(records_dir)
+    return [str(Path(records_dir) / shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
+
+
+def verify_checksums(records_dir: str | os.PathLike) -> None:
+    """Raises if a shard's sha256 differs from the manifest (a damaged or edited records set)."""
+    for shard in read_manifest(records_dir)["shards"]:
+        path = Path(records_dir) / shard["file"]
+        if not path.is_file():
+            raise RecordsError(f"{path}: shard listed in the manifest is missing")
+        if _sha256(path) != shard["sha256"]:
+            raise RecordsError(f"{path}: sha256 differs from the manifest (damaged or modified)")
+
+
+def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1) -> dict:
+    """Parses one serialised example into decoded tensors (image, label, classes, weight, ids)."""
+    import tensorflow as tf
+
+    spec = {
+        "image/png": tf.io.FixedLenFeature([], tf.string),
+        "image/height": tf.io.FixedLenFeature([], tf.int64),
+        "image/width": tf.io.FixedLenFeature([], tf.int64),
+        "image/channels": tf.io.FixedLenFeature([], tf.int64),
+        "label/png": tf.io.FixedLenFeature([], tf.string),
+        "classes/png": tf.io.FixedLenFeature([], tf.string),
+        "weight/f16": tf.io.FixedLenFeature([], tf.string),
+        "frame/id": tf.io.FixedLenFeature([], tf.string),
+        "frame/split": tf.io.FixedLenFeature([], tf.string),
+        "source/image": tf.io.FixedLenFeature([], tf.string),
+        "source/label": tf.io.FixedLenFeature([], tf.string),
+        "source/page": tf.io.FixedLenFeature([], tf.int64),
+    }
+    parsed = tf.io.parse_single_example(serialized, spec)
+    height, width = tf.cast(parsed["image/height"], tf.int32), tf.cast(parsed["image/width"], tf.int32)
+    image = tf.io.decode_png(parsed["image/png"], channels=channels, dtype=tf.as_dtype(image_dtype))
+    weight = tf.reshape(tf.io.decode_raw(parsed["weight/f16"], tf.float16, little_endian=True), [height, width])
+    return {
+        "image": tf.reshape(image, [height, width, channels]),
+        "label_png": parsed["label/png"],
+        "classes": tf.reshape(tf.io.decode_png(parsed["classes/png"], channels=1), [height, width]),
+        "weight": tf.cast(weight, tf.float32),
+        "frame_id": parsed["frame/id"],
+        "split": parsed["frame/split"],
+        "source_image": parsed["source/image"],
+        "source_label": parsed["source/label"],
+        "source_page": parsed["source/page"],
+    }
+
+
+def iterate_frames(records_dir: str | os.PathLike, split: str) -> Iterator[dict]:
+    """Eagerly decoded frames of one split as NumPy arrays (for evaluation, inspection and tests)."""
+    import tensorflow as tf
+
+    manifest = read_manifest(records_dir)
+    dataset = tf.data.TFRecordDataset(shard_paths(records_dir, split), compression_type="GZIP")
+    for serialized in dataset:
+        parsed = parse_example(serialized, manifest["image"]["dtype"], manifest["image"]["channels"])
+        label = tf.io.decode_png(parsed["label_png"], dtype=tf.as_dtype(manifest["labels"]["dtype"]))
+        yield {
+            "frame_id": parsed["frame_id"].numpy().decode(),
+            "image": parsed["image"].numpy(),
+            "label": label.numpy()[..., 0],
+            "classes": parsed["classes"].numpy(),
+            "weight": parsed["weight"].numpy(),
+            "source_image": parsed["source_image"].numpy().decode(),
+            "source_label": parsed["source_label"].numpy().decode(),
+            "source_page": int(parsed["source_page"].numpy()),
+        }

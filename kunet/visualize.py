@@ -1,0 +1,138 @@
+"""Pictures people look at instead of numbers: overlays, weight-map panels, grids and training curves."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kunet.imageio import write_image
+
+OUTLINE_COLOUR = (255, 64, 32)  # RGB
+PREDICTION_COLOUR = (40, 220, 255)
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """Any image (uint8/uint16/float, gray or RGB) as uint8 RGB stretched to its 0.5-99.5 % range."""
+    array = image.astype(np.float32)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    low, high = np.percentile(array, [0.5, 99.5]) if array.size else (0.0, 1.0)
+    scaled = np.clip((array - low) / max(high - low, 1e-6), 0, 1)
+    gray = (scaled * 255).astype(np.uint8)
+    return np.stack([gray] * 3, axis=-1) if gray.ndim == 2 else gray
+
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose 4-neighbour has a different label (class or instance id)."""
+    edges = np.zeros(labels.shape, dtype=bool)
+    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    return edges
+
+
+def overlay_outlines(image: np.ndarray, labels: np.ndarray, colour=OUTLINE_COLOUR) -> np.ndarray:
+    """The image in gray with the boundaries of ``labels`` drawn in ``colour`` (uint8 RGB)."""
+    canvas = to_display(image).copy()
+    canvas[boundaries(labels)] = colour
+    return canvas
+
+
+def overlay_prediction(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """Predicted foreground tinted, its outline in cyan and (if given) the true outline in red."""
+    canvas = to_display(image).astype(np.float32)
+    tint = np.array(PREDICTION_COLOUR, np.float32)
+    mask = predicted > 0
+    canvas[mask] = 0.75 * canvas[mask] + 0.25 * tint
+    canvas = canvas.astype(np.uint8)
+    canvas[boundaries(predicted)] = PREDICTION_COLOUR
+    if truth is not None:
+        canvas[boundaries(truth)] = OUTLINE_COLOUR
+    return canvas
+
+
+def heatmap(values: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """A float map as an RGB heat map (0 -> dark, vmax -> bright)."""
+    vmax = float(values.max()) if vmax is None else vmax
+    scaled = np.clip(values / max(vmax, 1e-6), 0, 1)
+    coloured = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    return cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
+
+
+def label_text(panel: np.ndarray, text: str) -> np.ndarray:
+    out = panel.copy()
+    cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def grid(panels: Sequence[np.ndarray], columns: int, gap: int = 4) -> np.ndarray:
+    """Tiles equally sized RGB panels into one image with a white gap."""
+    height = max(p.shape[0] for p in panels)
+    width = max(p.shape[1] for p in panels)
+    rows = (len(panels) + columns - 1) // columns
+    canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+    for index, panel in enumerate(panels):
+        row, column = divmod(index, columns)
+        y, x = row * (height + gap), column * (width + gap)
+        canvas[y : y + panel.shape[0], x : x + panel.shape[1]] = panel
+    return canvas
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    return write_image(path, rgb)
+
+
+def plot_curves(path: str | os.PathLike, series: dict[str, Sequence[tuple[float, float]]], title: str = "") -> Path:
+    """A small line plot of named (x, y) series drawn with OpenCV (no matplotlib dependency)."""
+    width, height, margin = 720, 400, 50
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    points = [p for values in series.values() for p in values if np.isfinite(p[1])]
+    if points:
+        xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+        x0, x1 = float(xs.min()), float(max(xs.max(), xs.min() + 1e-9))
+        y0, y1 = float(min(ys.min(), 0.0)), float(max(ys.max(), 1e-9))
+        to_px = lambda x, y: (  # noqa: E731
+            int(margin + (x - x0) / (x1 - x0) * (width - 2 * margin)),
+            int(height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin)),
+        )
+        cv2.rectangle(canvas, (margin, margin), (width - margin, height - margin), (180, 180, 180), 1)
+        for fraction in (0.0, 0.5, 1.0):
+            value = y0 + fraction * (y1 - y0)
+            _, py = to_px(x0, value)
+            cv2.putText(canvas, f"{value:.3g}", (2, py + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1)
+        cv2.putText(canvas, f"{x0:g}", (margin, height - margin + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1)
+        cv2.putText(
+            canvas,
+            f"{x1:g}",
+            (width - margin - 30, height - margin + 16),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (90, 90, 90),
+            1,
+        )
+        palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+        for index, (name, values) in enumerate(series.items()):
+            colour = palette[index % len(palette)]
+            finite = [to_px(x, y) for x, y in values if np.isfinite(y)]
+            for a, b in zip(finite, finite[1:]):
+                cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
+            for p in finite if len(finite) < 40 else []:
+                cv2.circle(canvas, p, 3, colour, -1, cv2.LINE_AA)
+            cv2.putText(
+                canvas,
+                name,
+                (width - margin - 170, margin + 16 + 16 * index),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                colour,
+                1,
+            )
+    if title:
+        cv2.putText(canvas, title, (margin, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    return save_png(path, canvas)
