@@ -177,6 +177,7 @@ class TrainConfig:
     jit_compile: bool = False
     seed: int = 0
     validate_every: int = 1
+    best_metric: str = "val_foreground_iou"
     checkpoint_every_steps: int = 50
     shuffle_buffer: int = 64
     cache: str = "memory"

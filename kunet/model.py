@@ -168,7 +168,10 @@ class UNet(keras.Model):
         output: ``"logits"`` (default; use with a from-logits loss) or ``"softmax"`` probabilities.
         compute_dtype: Keras dtype policy for every layer, e.g. ``"mixed_bfloat16"``; outputs are always
             float32. Passed per layer rather than through the global policy so models never interfere.
-        seed: Seed of the weight initialiser (Gaussian, std sqrt(2/N), N = fan-in).
+        seed: Seed of the weight initialisers (Gaussian, std sqrt(2/N), N = fan-in) and of dropout.
+        metadata: JSON-serialisable inference settings that travel with the model inside the ``.keras``
+            file (normalisation, class values, decision threshold, post-processing); see
+            :mod:`kunet.inference`.
 
     Example:
         >>> model = UNet(input_channels=1, num_classes=2)
@@ -190,6 +193,7 @@ class UNet(keras.Model):
         output: str = "logits",
         compute_dtype: str | None = None,
         seed: int | None = None,
+        metadata: dict | None = None,
         **kwargs,
     ):
         _check_choice("variant", variant, VARIANTS)
@@ -236,6 +240,7 @@ class UNet(keras.Model):
         self.output_type = output
         self.compute_dtype_policy = compute_dtype
         self.seed = seed
+        self.metadata = dict(metadata or {})
 
     def output_size(self, input_size: int) -> int:
         """Output size of this model for one spatial dimension (see :func:`output_size`)."""
@@ -279,6 +284,7 @@ class UNet(keras.Model):
             "output": self.output_type,
             "compute_dtype": self.compute_dtype_policy,
             "seed": self.seed,
+            "metadata": dict(self.metadata),
         }
 
     @classmethod
@@ -301,12 +307,14 @@ class _UNetGraphBuilder:
         self.seed = seed
         self._layer_count = 0
 
+    def _next_seed(self) -> int | None:
+        self._layer_count += 1
+        return None if self.seed is None else self.seed * 1000 + self._layer_count
+
     def _initializer(self):
         # Paper: Gaussian with std sqrt(2/N), N = fan-in. Keras' HeNormal truncates the Gaussian.
-        self._layer_count += 1
-        seed = None if self.seed is None else self.seed * 1000 + self._layer_count
         return keras.initializers.VarianceScaling(
-            scale=2.0, mode="fan_in", distribution="untruncated_normal", seed=seed
+            scale=2.0, mode="fan_in", distribution="untruncated_normal", seed=self._next_seed()
         )
 
     def _activate(self, x, name):
@@ -347,7 +355,9 @@ class _UNetGraphBuilder:
             x = self._conv_block(x, filters, f"down{level}")
             if level in dropout_levels:
                 # The Caffe release drops out in place, so the skip also sees the dropped map.
-                x = layers.Dropout(self.dropout, dtype=self.dtype, name=f"down{level}_dropout")(x)
+                x = layers.Dropout(
+                    self.dropout, seed=self._next_seed(), dtype=self.dtype, name=f"down{level}_dropout"
+                )(x)
             if level < self.depth:
                 skips.append(x)
                 x = layers.MaxPooling2D(2, dtype=self.dtype, name=f"down{level}_pool")(x)
@@ -377,6 +387,80 @@ class _UNetGraphBuilder:
         return layers.Conv2D(
             num_classes, 1, kernel_initializer=self._initializer(), dtype=self.dtype, name="classifier"
         )(x)
+
+
+def layer_costs(
+    input_channels: int = 1,
+    num_classes: int = 2,
+    base_filters: int = 64,
+    depth: int = 4,
+    variant: str = "paper",
+) -> list[int]:
+    """FLOPs per output pixel of each convolution layer, in network order (2 FLOPs per multiply-add)."""
+    costs, channels, skips = [], input_channels, []
+    for level in range(depth + 1):
+        filters = base_filters * 2**level
+        costs += [2 * 9 * channels * filters, 2 * 9 * filters * filters]
+        channels = filters
+        skips.append(channels)
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        up_filters = 2 * filters if (variant == "release2015" and level == 0) else filters
+        costs.append(2 * 4 * channels * up_filters)
+        costs += [2 * 9 * (up_filters + skips[level]) * filters, 2 * 9 * filters * filters]
+        channels = filters
+    costs.append(2 * channels * num_classes)
+    return costs
+
+
+def layer_sizes(size: int, depth: int = 4, padding: str = "valid") -> list[int]:
+    """Output size along one axis of each layer counted by :func:`layer_costs`, in the same order."""
+    shrink = 2 if padding == "valid" else 0
+    sizes = []
+    for level in range(depth + 1):
+        sizes += [size - shrink, size - 2 * shrink]
+        size -= 2 * shrink
+        if level < depth:
+            size //= 2
+    for _ in range(depth):
+        size *= 2
+        sizes += [size, size - shrink, size - 2 * shrink]
+        size -= 2 * shrink
+    sizes.append(size)
+    return sizes
+
+
+def forward_flops(
+    height: int,
+    width: int,
+    input_channels: int = 1,
+    num_classes: int = 2,
+    base_filters: int = 64,
+    depth: int = 4,
+    padding: str = "valid",
+    variant: str = "paper",
+) -> int:
+    """FLOPs (2 per multiply-add) of one forward pass on a ``height`` x ``width`` input.
+
+    Counts the convolutions, up-convolutions and the classifier, which are all but a fraction of a
+    percent of the work. The paper's net on a 572x572 tile: about 335 GFLOP.
+    """
+    costs = layer_costs(input_channels, num_classes, base_filters, depth, variant)
+    heights, widths = layer_sizes(height, depth, padding), layer_sizes(width, depth, padding)
+    return int(sum(c * h * w for c, h, w in zip(costs, heights, widths)))
+
+
+def activation_bytes(height: int, width: int, base_filters: int = 64, depth: int = 4, bytes_per_value: int = 4) -> int:
+    """Rough peak activation memory of one inference on a ``height`` x ``width`` tile.
+
+    The skip connections stay alive until the expanding path consumes them; on top of those the two
+    largest maps of the first level coexist. Used to keep automatic tile sizes within a memory budget.
+    """
+    total, h, w = 0, height, width
+    for level in range(depth):
+        total += h * w * base_filters * 2**level
+        h, w = h // 2, w // 2
+    return int((total + 2 * height * width * base_filters) * bytes_per_value)
 
 
 def build_unet(**kwargs) -> UNet:

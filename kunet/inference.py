@@ -1,0 +1,343 @@
+"""Overlap-tile prediction (paper Fig. 2) for images of any size, seamless by construction.
+
+The image is mirror-extended by the net's border (92 px per side for the paper's net) and cut into
+input tiles whose outputs tile the image. Two details make tiling invisible:
+
+* Tiles advance by a multiple of 2^depth (16). Max-pooling then sees every tile on the same pooling grid
+  as a single pass over the whole mirror-extended image, so the stitched result *equals* that single
+  pass (to float tolerance). A stride of the full output size (388 = 4 + 16k) would shift the pooling
+  grid from tile to tile and leave faint seams.
+* Mirror extension is coordinate folding (``np.pad(mode="reflect")`` at any distance), so images smaller
+  than the border still extend correctly where ``tf.pad(REFLECT)`` would fail.
+
+The tile size is chosen per image: the valid tile (height and width separately) that needs the fewest
+FLOPs for the whole image within a memory budget. A 512x512 image takes one 700x700 tile (0.55 TFLOP)
+instead of four 572x572 tiles (1.34 TFLOP). The same TensorFlow function serves ``kunet predict``,
+validation during training and the exported SavedModel, where it runs inside the serving graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from kunet.model import activation_bytes, layer_costs, layer_sizes, output_size, valid_input_size
+from kunet.preprocess import dtype_max, image_statistics, normalize
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Input tile size, output tile size and stride per axis, and the tile counts for one image."""
+
+    input_hw: tuple[int, int]
+    output_hw: tuple[int, int]
+    stride_hw: tuple[int, int]
+    tiles_hw: tuple[int, int]
+    border: int
+
+    @property
+    def num_tiles(self) -> int:
+        return self.tiles_hw[0] * self.tiles_hw[1]
+
+
+def _stride(out: int, depth: int, padding: str) -> int:
+    period = 2**depth
+    stride = (out // period) * period
+    if stride == 0:
+        raise ValueError(f"output tile {out} is smaller than the pooling period {period}")
+    return stride
+
+
+def net_border(depth: int, padding: str) -> int:
+    """Context pixels lost per side: 92 for the paper's net, 0 for same padding."""
+    if padding == "same":
+        return 0
+    size = valid_input_size(1, depth, "valid")
+    return (size - output_size(size, depth, "valid")) // 2
+
+
+def plan_for_tile(image_hw, tile_hw, depth: int = 4, padding: str = "valid") -> TilePlan:
+    """The tiling of an image for a given input tile size (each side valid for the net)."""
+    out = tuple(output_size(t, depth, padding) for t in tile_hw)
+    stride = tuple(_stride(o, depth, padding) for o in out)
+    if padding == "same":
+        # Zero padding makes tile borders differ from a whole-image pass; keep a margin and overlap.
+        raise ValueError("overlap-tile prediction needs a valid-padding model; predict same-padding models whole")
+    tiles = tuple(max(1, math.ceil(n / s)) for n, s in zip(image_hw, stride))
+    return TilePlan(tuple(tile_hw), out, stride, tiles, net_border(depth, padding))
+
+
+def choose_tile(
+    image_hw,
+    depth: int = 4,
+    base_filters: int = 64,
+    input_channels: int = 1,
+    num_classes: int = 2,
+    variant: str = "paper",
+    memory_budget_mb: float = 4096,
+    batch_size: int = 1,
+) -> TilePlan:
+    """The input tile (height and width chosen separately) needing the fewest FLOPs for the whole image.
+
+    Candidates run from the smallest valid tile up to one that covers the image in a single tile; those
+    whose activations for ``batch_size`` tiles exceed ``memory_budget_mb`` are skipped.
+    """
+    period = 2**depth
+    first = valid_input_size(period, depth, "valid")  # the smallest tile whose stride is positive
+    heights = np.arange(first, valid_input_size(image_hw[0], depth, "valid") + 1, period)
+    widths = np.arange(first, valid_input_size(image_hw[1], depth, "valid") + 1, period)
+    # FLOPs(h, w) = sum_l cost_l * h_l(h) * w_l(w): one matrix product scores every candidate pair.
+    costs = np.asarray(layer_costs(input_channels, num_classes, base_filters, depth, variant), np.float64)
+    layer_h = np.array([layer_sizes(int(h), depth, "valid") for h in heights], np.float64)
+    layer_w = np.array([layer_sizes(int(w), depth, "valid") for w in widths], np.float64)
+    flops = (layer_h * costs) @ layer_w.T
+    strides_h = (heights - 2 * net_border(depth, "valid")) // period * period
+    strides_w = (widths - 2 * net_border(depth, "valid")) // period * period
+    tiles = np.ceil(image_hw[0] / strides_h)[:, None] * np.ceil(image_hw[1] / strides_w)[None, :]
+    total = flops * tiles
+    memory = np.array([[activation_bytes(int(h), int(w), base_filters, depth) for w in widths] for h in heights])
+    total[batch_size * memory > memory_budget_mb * 1e6] = np.inf
+    total[0, 0] = min(total[0, 0], flops[0, 0] * tiles[0, 0])  # the smallest tile is always allowed
+    row, column = np.unravel_index(np.argmin(total), total.shape)
+    return plan_for_tile(image_hw, (int(heights[row]), int(widths[column])), depth)
+
+
+def fold_indices(start, count, size):
+    """Indices start..start+count-1 mirrored into [0, size) at any distance (np.pad mode="reflect")."""
+    positions = tf.range(count, dtype=tf.int32) + start
+    if isinstance(size, int) and size == 1:
+        return tf.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = tf.math.floormod(positions, tf.maximum(period, 1))
+    folded = tf.where(folded >= size, period - folded, folded)
+    return tf.where(tf.equal(size, 1), tf.zeros_like(folded), folded)
+
+
+def mirror_extend(image, top: int, left: int, height, width):
+    """The window [top, top + height) x [left, left + width) of the mirror-extended image [H, W, C]."""
+    shape = tf.shape(image)
+    rows = fold_indices(top, height, shape[0])
+    cols = fold_indices(left, width, shape[1])
+    return tf.gather(tf.gather(image, rows, axis=0), cols, axis=1)
+
+
+def tiled_probabilities(model_fn, image, input_hw, stride_hw, border_hw, out_hw=None, batch_size: int = 1):
+    """Class probabilities of a normalised image [H, W, C] by overlap-tile prediction.
+
+    Output pixel (y, x) is predicted from input tiles whose top-left corner sits at
+    (y - border_y, x - border_x) in mirror-extended image coordinates; tiles advance by ``stride_hw``.
+
+    Args:
+        model_fn: Maps tiles [n, th, tw, C] to logits [n, th - 2*border, tw - 2*border, K].
+        image: Normalised float32 [H, W, C]; H and W may be dynamic (graph mode).
+        input_hw: Input tile size (Python ints, valid for the net).
+        stride_hw: Tile stride, a multiple of 2^depth (see module docstring).
+        border_hw: Context rows/columns in front of the first output pixel; (0, b) for a strip that
+            already carries its vertical context.
+        out_hw: Output size; defaults to the image's (H, W).
+        batch_size: Tiles per model call.
+
+    Returns:
+        float32 [out_h, out_w, K].
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    out_h, out_w = (height, width) if out_hw is None else out_hw
+    (tile_h, tile_w), (stride_h, stride_w) = input_hw, stride_hw
+    tiles_y = tf.maximum(1, (out_h + stride_h - 1) // stride_h)
+    tiles_x = tf.maximum(1, (out_w + stride_w - 1) // stride_w)
+    extended = mirror_extend(
+        image, -border_hw[0], -border_hw[1], (tiles_y - 1) * stride_h + tile_h, (tiles_x - 1) * stride_w + tile_w
+    )
+    row_index = (tf.range(tiles_y) * stride_h)[:, None] + tf.range(tile_h)[None, :]
+    col_index = (tf.range(tiles_x) * stride_w)[:, None] + tf.range(tile_w)[None, :]
+    tiles = tf.gather(tf.gather(extended, row_index, axis=0), col_index, axis=2)  # [ty, th, tx, tw, C]
+    channels = tf.shape(image)[2]
+    tiles = tf.reshape(tf.transpose(tiles, [0, 2, 1, 3, 4]), [-1, tile_h, tile_w, channels])
+
+    count = tiles_y * tiles_x
+    chunks = (count + batch_size - 1) // batch_size
+    filler = tf.zeros([chunks * batch_size - count, tile_h, tile_w, channels], tiles.dtype)
+    batches = tf.reshape(tf.concat([tiles, filler], 0), [chunks, batch_size, tile_h, tile_w, channels])
+
+    def run(batch):
+        return tf.nn.softmax(tf.cast(model_fn(batch), tf.float32), axis=-1)
+
+    probabilities = tf.map_fn(run, batches, fn_output_signature=tf.float32, parallel_iterations=1)
+    shape = tf.shape(probabilities)
+    classes = shape[4]
+    probabilities = tf.reshape(probabilities, [chunks * batch_size, shape[2], shape[3], classes])[:count]
+    # Keep `stride` pixels of each tile's output (a tile yields 4 + 16k; the stride is 16k).
+    probabilities = probabilities[:, :stride_h, :stride_w, :]
+    probabilities = tf.reshape(probabilities, [tiles_y, tiles_x, stride_h, stride_w, classes])
+    probabilities = tf.reshape(
+        tf.transpose(probabilities, [0, 2, 1, 3, 4]), [tiles_y * stride_h, tiles_x * stride_w, classes]
+    )
+    return probabilities[:out_h, :out_w, :]
+
+
+def mirrored_probabilities(predict, image):
+    """Test-time mirroring: mean of the predictions for the four flips of the image (flipped back)."""
+    total = predict(image)
+    total += tf.reverse(predict(tf.reverse(image, [0])), [0])
+    total += tf.reverse(predict(tf.reverse(image, [1])), [1])
+    total += tf.reverse(predict(tf.reverse(image, [0, 1])), [0, 1])
+    return total / 4.0
+
+
+@dataclass
+class InferenceSettings:
+    """What turns raw pixels into a mask: stored in the model's metadata and in exports."""
+
+    normalize: str = "standardize"
+    class_values: tuple[int, ...] = (0, 255)
+    class_names: tuple[str, ...] = ("background", "foreground")
+    threshold: float = 0.5
+    postprocess: str = "none"
+    min_object_size: int = 0
+    label_kind: str = "binary"
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> InferenceSettings:
+        known = {k: v for k, v in (metadata or {}).items() if k in cls.__dataclass_fields__}
+        for key in ("class_values", "class_names"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+    def to_metadata(self) -> dict:
+        return {
+            "normalize": self.normalize,
+            "class_values": list(self.class_values),
+            "class_names": list(self.class_names),
+            "threshold": self.threshold,
+            "postprocess": self.postprocess,
+            "min_object_size": self.min_object_size,
+            "label_kind": self.label_kind,
+        }
+
+
+def decide_classes(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Class index per pixel: binary nets use p(foreground) >= threshold, others the argmax."""
+    if probabilities.shape[-1] == 2:
+        return (probabilities[..., 1] >= threshold).astype(np.uint8)
+    return np.argmax(probabilities, axis=-1).astype(np.uint8)
+
+
+class Predictor:
+    """Overlap-tile prediction with one compiled ``tf.function`` per tile size (not ``model.predict``).
+
+    Args:
+        model: A valid-padding :class:`kunet.model.UNet` returning logits.
+        settings: Normalisation and decision rule; defaults to the model's metadata.
+        tile_size: Input tile side (valid for the net); 0 chooses per image (fewest FLOPs).
+        batch_size: Tiles per model call.
+        memory_budget_mb: Bound for automatic tile sizes.
+        test_time_mirroring: Average over the four flips.
+
+    Example:
+        >>> predictor = Predictor(model)
+        >>> probabilities = predictor.probabilities(image)   # [H, W, K] for a raw uint8/uint16 image
+    """
+
+    def __init__(
+        self,
+        model,
+        settings: InferenceSettings | None = None,
+        tile_size: int = 0,
+        batch_size: int = 1,
+        memory_budget_mb: float = 4096,
+        test_time_mirroring: bool = False,
+    ):
+        self.model = model
+        self.settings = settings or InferenceSettings.from_metadata(getattr(model, "metadata", {}))
+        self.tile_size = tile_size
+        self.batch_size = batch_size
+        self.memory_budget_mb = memory_budget_mb
+        self.test_time_mirroring = test_time_mirroring
+        self.depth = model.depth
+        self.border = net_border(model.depth, model.padding)
+        self._functions: dict = {}
+
+    def plan(self, image_hw) -> TilePlan:
+        if self.tile_size:
+            return plan_for_tile(image_hw, (self.tile_size, self.tile_size), self.depth)
+        return choose_tile(
+            image_hw,
+            self.depth,
+            self.model.base_filters,
+            self.model.input_channels,
+            self.model.num_classes,
+            self.model.variant,
+            self.memory_budget_mb,
+            self.batch_size,
+        )
+
+    def _function(self, plan: TilePlan, strip: bool = False):
+        """A compiled function for one tile size; ``strip`` predicts a row of tiles from a context strip."""
+        key = (plan.input_hw, plan.stride_hw, strip)
+        if key not in self._functions:
+            model, batch = self.model, self.batch_size
+            border_hw = (0, plan.border) if strip else (plan.border, plan.border)
+            # A strip is one row of tiles and yields its tile's whole output height, so that a vertically
+            # flipped strip (test-time mirroring) maps back onto the same rows.
+            stride_hw = (plan.output_hw[0], plan.stride_hw[1]) if strip else plan.stride_hw
+
+            def model_fn(tiles):
+                return model(tiles, training=False)
+
+            def predict(image):
+                out_hw = (plan.output_hw[0], tf.shape(image)[1]) if strip else None
+                return tiled_probabilities(model_fn, image, plan.input_hw, stride_hw, border_hw, out_hw, batch)
+
+            height = plan.input_hw[0] if strip else None
+            spec = tf.TensorSpec([height, None, self.model.input_channels], tf.float32)
+            function = (lambda image: mirrored_probabilities(predict, image)) if self.test_time_mirroring else predict
+            self._functions[key] = tf.function(function, input_signature=[spec], reduce_retracing=True)
+        return self._functions[key]
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Raw image [H, W] or [H, W, C] -> normalised float32 [H, W, C] (whole-image statistics)."""
+        unit = self._unit(image)
+        return normalize(unit, self.settings.normalize, image_statistics(unit))
+
+    @staticmethod
+    def _unit(image: np.ndarray) -> np.ndarray:
+        if image.ndim == 2:
+            image = image[:, :, None]
+        return image.astype(np.float32) / np.float32(dtype_max(image.dtype))
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities [H, W, K] of a raw image of any size."""
+        prepared = self.prepare(image)
+        plan = self.plan(prepared.shape[:2])
+        return self._function(plan)(tf.constant(prepared)).numpy()
+
+    def probabilities_streaming(self, image: np.ndarray, out: np.ndarray | None = None, progress=None) -> np.ndarray:
+        """Like :meth:`probabilities`, one row of tiles at a time: memory bounded by a strip, not the image.
+
+        Args:
+            image: Raw image [H, W] or [H, W, C] (may be a memory-mapped array).
+            out: Optional preallocated (e.g. memory-mapped) float32 array [H, W, K] to fill.
+            progress: Called once per tile row.
+        """
+        unit = self._unit(image)
+        height, width = unit.shape[:2]
+        statistics = image_statistics(unit)
+        plan = self.plan((height, width))
+        function = self._function(plan, strip=True)
+        if out is None:
+            out = np.zeros((height, width, self.model.num_classes), np.float32)
+        for top in range(0, height, plan.stride_hw[0]):
+            rows = fold_indices(top - plan.border, plan.input_hw[0], height).numpy()
+            strip = normalize(unit[rows], self.settings.normalize, statistics)
+            take = min(plan.stride_hw[0], height - top)
+            out[top : top + take] = function(tf.constant(strip)).numpy()[:take]
+            if progress:
+                progress()
+        return out
+
+    def classes(self, probabilities: np.ndarray) -> np.ndarray:
+        return decide_classes(probabilities, self.settings.threshold)

@@ -1,0 +1,107 @@
+"""Overlap-tile prediction: tiled equals one pass over the whole mirror-extended image, at any size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kunet.inference import (
+    InferenceSettings,
+    Predictor,
+    choose_tile,
+    decide_classes,
+    fold_indices,
+    mirror_extend,
+    plan_for_tile,
+)
+from kunet.model import UNet, forward_flops, valid_input_size
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    # Depth 4 like the paper (so the 16-px pooling period and 92-px border are real), few channels.
+    return UNet(base_filters=4, depth=4, seed=3)
+
+
+def _whole_image_pass(model, prepared: np.ndarray) -> np.ndarray:
+    """The reference: the net once over the image mirror-extended by its border (no tiling at all)."""
+    height, width = prepared.shape[:2]
+    extended = mirror_extend(tf.constant(prepared), -92, -92, valid_input_size(height), valid_input_size(width))
+    logits = model(extended[None], training=False)[0]
+    return tf.nn.softmax(logits).numpy()[:height, :width]
+
+
+@pytest.mark.parametrize("height,width", [(300, 517), (37, 53), (100, 100), (229, 130)])
+def test_tiled_prediction_equals_a_single_whole_image_pass(small_net, height, width):
+    image = np.random.default_rng(height * width).integers(0, 255, (height, width), dtype=np.uint8)
+    predictor = Predictor(small_net, tile_size=220)  # 220 -> 36 output, stride 32: many tiles, many seams
+    plan = predictor.plan((height, width))
+    reference = _whole_image_pass(small_net, predictor.prepare(image))
+    tiled = predictor.probabilities(image)
+    assert tiled.shape == (height, width, 2)
+    np.testing.assert_allclose(tiled, reference, atol=2e-5)
+    assert plan.num_tiles >= 4 or min(height, width) < 64
+    streamed = predictor.probabilities_streaming(image)
+    np.testing.assert_allclose(streamed, reference, atol=2e-5)
+
+
+def test_automatic_tiles_and_batched_tiles_give_the_same_result(small_net):
+    image = np.random.default_rng(7).integers(0, 65535, (260, 310), dtype=np.uint16)
+    automatic = Predictor(small_net).probabilities(image)
+    batched = Predictor(small_net, tile_size=236, batch_size=3).probabilities(image)
+    np.testing.assert_allclose(automatic, batched, atol=2e-5)
+
+
+def test_a_stride_that_is_not_a_multiple_of_16_would_leave_seams(small_net):
+    """Why tiles advance by 16k: with the full 36-px output as stride the pooling grid shifts per tile."""
+    from kunet.inference import tiled_probabilities
+
+    image = np.random.default_rng(5).normal(size=(120, 120, 1)).astype(np.float32)
+    reference = _whole_image_pass(small_net, image)
+    model_fn = lambda tiles: small_net(tiles, training=False)  # noqa: E731
+    aligned = tiled_probabilities(model_fn, tf.constant(image), (220, 220), (32, 32), (92, 92)).numpy()
+    shifted = tiled_probabilities(model_fn, tf.constant(image), (220, 220), (36, 36), (92, 92)).numpy()
+    np.testing.assert_allclose(aligned, reference, atol=2e-5)
+    assert np.abs(shifted - reference).max() > 1e-3
+
+
+def test_mirror_extension_equals_numpy_reflect_padding_at_any_distance():
+    image = np.arange(5 * 7).reshape(5, 7, 1).astype(np.float32)
+    extended = mirror_extend(tf.constant(image), -23, -30, 5 + 2 * 23, 7 + 2 * 30).numpy()
+    np.testing.assert_array_equal(extended, np.pad(image, ((23, 23), (30, 30), (0, 0)), mode="reflect"))
+    assert fold_indices(-3, 8, 1).numpy().tolist() == [0] * 8
+
+
+def test_tile_choice_minimises_flops_for_the_whole_image():
+    plan = choose_tile((512, 512))
+    assert plan.input_hw == (700, 700) and plan.num_tiles == 1
+    naive = plan_for_tile((512, 512), (572, 572))
+    assert naive.num_tiles == 4
+    assert forward_flops(700, 700) < 0.45 * 4 * forward_flops(572, 572)
+    # A small memory budget forces smaller tiles.
+    small = choose_tile((512, 512), memory_budget_mb=150)
+    assert small.input_hw[0] < 700 and small.num_tiles > 1
+
+
+def test_test_time_mirroring_is_the_mean_over_flips(small_net):
+    image = np.random.default_rng(2).integers(0, 255, (64, 80), dtype=np.uint8)
+    plain = Predictor(small_net, tile_size=220)
+    mirrored = Predictor(small_net, tile_size=220, test_time_mirroring=True).probabilities(image)
+    flips = [
+        plain.probabilities(image),
+        plain.probabilities(image[::-1])[::-1],
+        plain.probabilities(image[:, ::-1])[:, ::-1],
+        plain.probabilities(image[::-1, ::-1])[::-1, ::-1],
+    ]
+    np.testing.assert_allclose(mirrored, np.mean(flips, axis=0), atol=2e-5)
+
+
+def test_decision_rule_uses_the_threshold_for_binary_and_argmax_otherwise():
+    probabilities = np.array([[[0.7, 0.3], [0.4, 0.6]]], np.float32)
+    assert decide_classes(probabilities, 0.5).tolist() == [[0, 1]]
+    assert decide_classes(probabilities, 0.25).tolist() == [[1, 1]]
+    three = np.array([[[0.2, 0.3, 0.5]]], np.float32)
+    assert decide_classes(three, 0.5).tolist() == [[2]]
+    settings = InferenceSettings.from_metadata({"threshold": 0.3, "class_values": [0, 255], "unknown": 1})
+    assert settings.threshold == 0.3 and settings.class_values == (0, 255)
