@@ -198,11 +198,13 @@ class InferenceSettings:
     postprocess: str = "none"
     min_object_size: int = 0
     label_kind: str = "binary"
+    image_dtype: str = "uint8"
+    typical_size: tuple[int, int] = (512, 512)
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> InferenceSettings:
         known = {k: v for k, v in (metadata or {}).items() if k in cls.__dataclass_fields__}
-        for key in ("class_values", "class_names"):
+        for key in ("class_values", "class_names", "typical_size"):
             if key in known:
                 known[key] = tuple(known[key])
         return cls(**known)
@@ -216,6 +218,8 @@ class InferenceSettings:
             "postprocess": self.postprocess,
             "min_object_size": self.min_object_size,
             "label_kind": self.label_kind,
+            "image_dtype": self.image_dtype,
+            "typical_size": list(self.typical_size),
         }
 
 
@@ -303,11 +307,11 @@ class Predictor:
         unit = self._unit(image)
         return normalize(unit, self.settings.normalize, image_statistics(unit))
 
-    @staticmethod
-    def _unit(image: np.ndarray) -> np.ndarray:
+    def _unit(self, image: np.ndarray) -> np.ndarray:
+        """Raw values -> [0, 1] by the maximum of the dtype the model was trained on (float inputs too)."""
         if image.ndim == 2:
             image = image[:, :, None]
-        return image.astype(np.float32) / np.float32(dtype_max(image.dtype))
+        return image.astype(np.float32) / np.float32(dtype_max(self.settings.image_dtype))
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities [H, W, K] of a raw image of any size."""

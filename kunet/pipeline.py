@@ -1,0 +1,181 @@
+"""The tf.data training pipeline: records -> decode -> cache -> shuffle -> repeat -> tiles -> batches.
+
+Tiles follow the overlap-tile strategy: an input tile of the model's input size whose context beyond
+the image border is mirror-extrapolated, with class map and weight map cropped to the model's output
+size at the matching centre. Tile sampling and the paper's augmentation are one coordinate map per
+sample (:mod:`kunet.augment`), placed by ``augment.on``:
+
+* ``host``: per sample, XLA-compiled, inside ``Dataset.map`` with parallel calls;
+* ``device``: whole frames are batched (zero-padded, with their true sizes) and the same code runs
+  batched inside the training step, so on a GPU it runs on the GPU;
+* ``auto``: ``device`` when a GPU is visible, else ``host``.
+
+Determinism: frame order comes from a seeded shuffle and every tile's randomness from a stateless seed
+``(seed + 7919 * pipeline_id, element_index)``, so a given seed gives the same stream regardless of
+parallelism, and resuming at step ``n`` is ``skip(n * batch_size)`` on the frame stream.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from kunet.augment import AugmentParams, make_host_sampler, sample_tiles
+from kunet.config import PipelineConfig
+from kunet.model import output_size
+from kunet.preprocess import dtype_max, tf_image_statistics, tf_normalize
+from kunet.records import parse_example, read_manifest, shard_paths
+
+# Keeps per-worker seeds apart (any odd constant larger than typical seeds works).
+_WORKER_SEED_STRIDE = 7919
+
+
+def resolve_placement(placement: str) -> str:
+    """``auto`` -> ``device`` when TensorFlow sees a GPU, else ``host``."""
+    if placement not in ("auto", "host", "device"):
+        raise ValueError(f"augment.on must be auto, host or device, got {placement!r}")
+    if placement == "auto":
+        return "device" if tf.config.list_physical_devices("GPU") else "host"
+    return placement
+
+
+@dataclass(frozen=True)
+class TileShape:
+    input: int
+    output: int
+
+
+def tile_shape(config: PipelineConfig) -> TileShape:
+    model = config.model
+    return TileShape(config.train.tile_size, output_size(config.train.tile_size, model.depth, model.padding))
+
+
+def decoded_frames(records_dir: str | os.PathLike, split: str, num_shards: int = 1, shard_index: int = 0):
+    """Dataset of decoded frames: image in [0, 1] [H, W, C], classes uint8 [H, W], weight float32 [H, W].
+
+    ``num_shards``/``shard_index`` split the frames between input pipelines (tf.distribute workers).
+    """
+    manifest = read_manifest(records_dir)
+    paths = shard_paths(records_dir, split)
+    if not paths:
+        raise ValueError(f"{records_dir}: no {split} records")
+    image_dtype, channels = manifest["image"]["dtype"], manifest["image"]["channels"]
+    scale = 1.0 / dtype_max(image_dtype)
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    dataset = files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=max(1, min(len(paths), 4)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if num_shards > 1:
+        dataset = dataset.shard(num_shards, shard_index)
+
+    def decode(serialized):
+        parsed = parse_example(serialized, image_dtype, channels)
+        image = tf.cast(parsed["image"], tf.float32) * scale
+        # Whole-frame statistics, computed once here: tiles are normalised as the whole image would be.
+        mean, std = tf_image_statistics(image[None])
+        return {
+            "image": image,
+            "classes": parsed["classes"],
+            "weight": parsed["weight"],
+            "mean": mean[0],
+            "std": std[0],
+        }
+
+    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def training_dataset(
+    config: PipelineConfig,
+    records_dir: str | os.PathLike,
+    batch_size: int,
+    placement: str = "host",
+    start_step: int = 0,
+    num_pipelines: int = 1,
+    pipeline_id: int = 0,
+    augment: bool = True,
+):
+    """The infinite stream of training batches for one input pipeline.
+
+    Args:
+        config: Pipeline configuration (augment, train, model, image sections).
+        records_dir: Records written by ``kunet build-records``.
+        batch_size: Tiles per batch of this pipeline (per worker).
+        placement: ``host`` or ``device`` (resolve ``auto`` with :func:`resolve_placement` first).
+        start_step: Batches already consumed (resume); the stream continues exactly where it stopped.
+        num_pipelines: Input pipelines in the job (tf.distribute workers).
+        pipeline_id: This pipeline's index.
+        augment: ``False`` samples centred, unaugmented tiles (for checks and previews).
+
+    Returns:
+        host: batches ``(tiles [B, T, T, C], classes [B, t, t] int32, weights [B, t, t])``, normalised.
+        device: batches of whole frames ``{"image", "classes", "weight", "size", "seed"}`` zero-padded to
+        the largest frame, for :func:`device_tiles` inside the training step.
+    """
+    shape = tile_shape(config)
+    params = AugmentParams.from_config(config.augment) if augment else AugmentParams.disabled()
+    frame_count = read_manifest(records_dir)["counts"]["train"]
+    shard = num_pipelines > 1 and frame_count >= num_pipelines
+    frames = decoded_frames(records_dir, "train", num_pipelines if shard else 1, pipeline_id if shard else 0)
+    if config.train.cache == "memory":
+        frames = frames.cache()
+    seed = config.train.seed + _WORKER_SEED_STRIDE * pipeline_id
+    frames = frames.shuffle(
+        max(1, min(config.train.shuffle_buffer, frame_count)), seed=seed, reshuffle_each_iteration=True
+    )
+    first_element = start_step * batch_size
+    frames = frames.repeat().skip(first_element)
+    indexed = tf.data.Dataset.zip((tf.data.Dataset.counter(first_element, dtype=tf.int64), frames))
+
+    def with_seed(index, frame):
+        frame = dict(frame)
+        frame["seed"] = tf.stack([tf.constant(seed, tf.int64), index])
+        return frame
+
+    indexed = indexed.map(with_seed, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    normalize = config.image.normalize
+
+    if placement == "device":
+
+        def add_size(frame):
+            frame["size"] = tf.shape(frame["classes"], out_type=tf.int32)
+            return frame
+
+        batches = indexed.map(add_size, deterministic=True).padded_batch(batch_size, drop_remainder=True)
+    else:
+        sampler = make_host_sampler(params, shape.input, shape.output, jit_compile=True)
+
+        def sample(frame):
+            tile, classes, weight = sampler(frame["image"], frame["classes"], frame["weight"], frame["seed"])
+            tile = tf_normalize(tile[None], normalize, (frame["mean"][None], frame["std"][None]))[0]
+            return tile, tf.cast(classes, tf.int32), weight
+
+        batches = indexed.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        batches = batches.batch(batch_size, drop_remainder=True)
+
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def device_tiles(batch: dict, config: PipelineConfig, augment: bool = True):
+    """The device-placement half: tiles from a batch of whole frames, inside the training step."""
+    shape = tile_shape(config)
+    params = AugmentParams.from_config(config.augment) if augment else AugmentParams.disabled()
+    tiles, classes, weights = sample_tiles(
+        batch["image"],
+        batch["classes"],
+        batch["weight"],
+        batch["size"],
+        batch["seed"],
+        params,
+        shape.input,
+        shape.output,
+    )
+    tiles = tf_normalize(tiles, config.image.normalize, (batch["mean"], batch["std"]))
+    return tiles, tf.cast(classes, tf.int32), weights

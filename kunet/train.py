@@ -1,0 +1,564 @@
+"""``kunet fit``: training with the paper's weighted loss — checkpointed, resumable, observable, distributable.
+
+A custom loop rather than ``model.fit``: the data stream, the optimizer and the step counter are
+checkpointed together, so a run killed with SIGKILL resumes exactly where its last checkpoint was
+(``training_dataset(start_step=...)`` replays the stream deterministically), and the same code runs under
+the default strategy, MirroredStrategy and MultiWorkerMirroredStrategy (``TF_CONFIG``).
+
+Run directory::
+
+    runs/NAME/
+      config.json          pipeline settings and the records used
+      state.json           step, epoch, best metric, status (rewritten atomically)
+      checkpoints/         tf.train.Checkpoint: weights, optimizer state, step, running epoch loss
+      last.keras           model after the latest validation (weights + inference metadata)
+      best.keras           model with the best validation metric so far
+      history.csv          one row per epoch: loss, learning rate, validation metrics, time
+      training.png         loss and validation curves, refreshed every epoch
+      tensorboard/         scalars and image summaries (input, prediction, label)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kunet import visualize
+from kunet.config import PipelineConfig, pipeline_from_dict
+from kunet.inference import InferenceSettings, Predictor
+from kunet.losses import segmentation_loss
+from kunet.model import UNet
+from kunet.pipeline import device_tiles, resolve_placement, tile_shape, training_dataset
+from kunet.records import iterate_frames, read_manifest
+
+HISTORY_FIELDS = ["epoch", "step", "loss", "learning_rate", "seconds"]
+
+
+class RunError(ValueError):
+    """A run directory that cannot be started or resumed; the message names it."""
+
+
+# --- model and optimizer from the configuration ---------------------------------------------------
+
+
+def inference_settings(config: PipelineConfig, manifest: dict | None = None) -> InferenceSettings:
+    """Inference settings from the pipeline; image dtype and typical frame size from the records manifest."""
+    extra = {}
+    if manifest:
+        sizes = [(source["height"], source["width"]) for source in manifest["sources"]]
+        extra = {"image_dtype": manifest["image"]["dtype"], "typical_size": max(sizes) if sizes else (512, 512)}
+    return InferenceSettings(
+        normalize=config.image.normalize,
+        class_values=tuple(config.labels.class_values()),
+        class_names=tuple(config.labels.class_names),
+        threshold=config.inference.threshold,
+        postprocess=config.inference.postprocess,
+        min_object_size=config.inference.min_object_size,
+        label_kind=config.labels.kind,
+        **extra,
+    )
+
+
+def build_model(config: PipelineConfig, precision: str | None = None, manifest: dict | None = None) -> UNet:
+    """The U-Net described by ``config`` with its inference settings as metadata."""
+    precision = precision or config.train.precision
+    return UNet(
+        input_channels=config.image.channels,
+        num_classes=config.labels.num_classes,
+        variant=config.model.variant,
+        base_filters=config.model.base_filters,
+        depth=config.model.depth,
+        padding=config.model.padding,
+        batch_norm=config.model.batch_norm,
+        dropout=config.model.dropout,
+        activation=config.model.activation,
+        compute_dtype=None if precision == "float32" else precision,
+        seed=config.train.seed,
+        metadata=inference_settings(config, manifest).to_metadata(),
+    )
+
+
+def learning_rate_schedule(config: PipelineConfig, total_steps: int):
+    """Constant, polynomial (power 0.9) or cosine decay, with optional linear warm-up."""
+    train = config.train
+    decay_steps = max(1, total_steps - train.warmup_steps)
+    if train.schedule == "constant":
+        schedule = train.learning_rate
+        if train.warmup_steps:
+            schedule = keras.optimizers.schedules.CosineDecay(
+                0.0, 1, alpha=1.0, warmup_target=train.learning_rate, warmup_steps=train.warmup_steps
+            )
+        return schedule
+    if train.schedule == "poly":
+        poly = keras.optimizers.schedules.PolynomialDecay(train.learning_rate, decay_steps, 0.0, power=0.9)
+        return _Warmup(poly, train.learning_rate, train.warmup_steps) if train.warmup_steps else poly
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if train.warmup_steps else train.learning_rate,
+        decay_steps,
+        warmup_target=train.learning_rate if train.warmup_steps else None,
+        warmup_steps=train.warmup_steps,
+    )
+
+
+@keras.saving.register_keras_serializable(package="kunet")
+class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then ``after(step - warmup_steps)``."""
+
+    def __init__(self, after, peak: float, warmup_steps: int):
+        self.after, self.peak, self.warmup_steps = after, peak, warmup_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / float(self.warmup_steps)
+        return tf.where(step < self.warmup_steps, warm, self.after(step - self.warmup_steps))
+
+    def get_config(self):
+        return {
+            "after": keras.saving.serialize_keras_object(self.after),
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+def build_optimizer(config: PipelineConfig, total_steps: int, precision: str):
+    train = config.train
+    schedule = learning_rate_schedule(config, total_steps)
+    clip = {"global_clipnorm": train.clip_norm} if train.clip_norm > 0 else {}
+    if train.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=train.momentum, **clip)
+    else:
+        optimizer = keras.optimizers.Adam(schedule, **clip)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+# --- distribution ---------------------------------------------------------------------------------
+
+
+def make_strategy(name: str):
+    """``default`` | ``mirrored`` (all local GPUs, or the CPU) | ``multiworker`` (cluster from TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise RunError("--strategy multiworker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise RunError(f"unknown strategy {name!r} (default, mirrored, multiworker)")
+
+
+def is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def validation_scores(predicted: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Per-frame validation metrics: foreground IoU, pixel error and foreground-restricted Rand errors.
+
+    Rand errors compare 4-connected foreground components (``val_rand_error``) and the same components
+    grown into the predicted boundary (``val_rand_error_grown``), truth boundary pixels ignored.
+    Multi-class nets report the mean IoU over the non-background classes instead.
+    """
+    from kunet import metrics
+
+    if num_classes != 2:
+        iou = metrics.iou_per_class(predicted, truth, num_classes)
+        return {"val_mean_iou": float(np.nanmean(iou[1:])), "val_pixel_error": float(np.mean(predicted != truth))}
+    truth_segments = metrics.segments_from_foreground(truth > 0)
+    predicted_segments = metrics.segments_from_foreground(predicted > 0)
+    return {
+        "val_foreground_iou": float(metrics.iou_per_class(predicted, truth, 2)[1]),
+        "val_pixel_error": metrics.pixel_error(predicted > 0, truth > 0),
+        "val_rand_error": metrics.adapted_rand_error(predicted_segments, truth_segments)[0],
+        "val_rand_error_grown": metrics.adapted_rand_error(metrics.grow_segments(predicted_segments), truth_segments)[
+            0
+        ],
+    }
+
+
+def validate(model: UNet, records_dir, settings: InferenceSettings, max_frames: int = 0) -> tuple[dict, dict]:
+    """Whole-image overlap-tile prediction on the validation split: metrics and one example for pictures."""
+    predictor = Predictor(model, settings)
+    totals: dict[str, list[float]] = {}
+    example = {}
+    for index, frame in enumerate(iterate_frames(records_dir, "val")):
+        if max_frames and index >= max_frames:
+            break
+        probabilities = predictor.probabilities(frame["image"])
+        truth = frame["classes"]
+        predicted = predictor.classes(probabilities)
+        picked = np.take_along_axis(probabilities, truth[..., None].astype(np.int64), axis=-1)[..., 0]
+        scores = {"val_loss": float(np.mean(frame["weight"] * -np.log(np.maximum(picked, 1e-7))))}
+        scores.update(validation_scores(predicted, truth, model.num_classes))
+        for key, value in scores.items():
+            totals.setdefault(key, []).append(value)
+        if not example:
+            example = {"image": frame["image"], "probabilities": probabilities, "classes": truth}
+    return {key: float(np.nanmean(values)) for key, values in totals.items()}, example
+
+
+def metric_is_better(name: str, value: float, best: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    if not math.isfinite(best):
+        return True
+    minimise = "error" in name or "loss" in name
+    return value < best if minimise else value > best
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_model(self) -> Path:
+        return self.root / "last.keras"
+
+    @property
+    def best_model(self) -> Path:
+        return self.root / "best.keras"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "training.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
+
+
+def _save_model_atomically(model, path: Path) -> None:
+    temporary = path.with_name(f".{path.stem}.part.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def load_run_config(run_dir: str | os.PathLike) -> tuple[PipelineConfig, Path]:
+    """The configuration and records folder a run was started with."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.is_file():
+        raise RunError(f"{run_dir}: not a kunet run (no config.json)")
+    saved = json.loads(paths.config.read_text())
+    return pipeline_from_dict(saved["pipeline"], saved.get("base_dir", ".")), Path(saved["records"])
+
+
+class Trainer:
+    """Trains one run. See the module docstring for the run directory.
+
+    Args:
+        config: The pipeline configuration (overrides already applied).
+        run_dir: Where the run lives.
+        records_dir: Records from ``kunet build-records`` (default: the pipeline's records folder).
+        strategy: A tf.distribute strategy (default: the default strategy).
+        resume: Continue the run in ``run_dir`` from its latest checkpoint.
+        log: Prints one-line messages (default: print).
+
+    Example:
+        >>> Trainer(load_pipeline("pipelines/isbi2012.toml"), "runs/isbi").fit(max_minutes=60)
+    """
+
+    def __init__(self, config: PipelineConfig, run_dir, records_dir=None, strategy=None, resume=False, log=print):
+        self.config = config
+        self.paths = RunPaths(Path(run_dir))
+        self.records_dir = Path(records_dir) if records_dir else config.records_dir()
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = is_chief(self.strategy)
+        self.log = log if self.chief else (lambda *args, **kwargs: None)
+        self.resume = resume
+        self.manifest = read_manifest(self.records_dir)
+        if self.manifest["counts"]["train"] == 0:
+            raise RunError(f"{self.records_dir}: no training frames")
+        if not resume and self.paths.state.exists():
+            raise RunError(f"{run_dir}: a run already exists here (use --resume, or another --run-dir)")
+
+    # The steps the whole run will take (epochs x steps per epoch unless capped).
+    def _total_steps(self, epochs: int | None, steps: int | None) -> int:
+        if steps:
+            return steps
+        return (epochs or self.config.train.epochs) * self.config.train.steps_per_epoch
+
+    def fit(self, epochs: int | None = None, steps: int | None = None, max_minutes: float | None = None) -> dict:
+        """Trains until ``steps`` (or ``epochs`` x steps_per_epoch) or ``max_minutes``; returns the final state."""
+        config, train = self.config, self.config.train
+        total_steps = self._total_steps(epochs, steps)
+        max_minutes = train.max_minutes if max_minutes is None else max_minutes
+        precision = train.precision
+        placement = resolve_placement(config.augment.on)
+        strategy = self.strategy
+        replicas = strategy.num_replicas_in_sync
+        global_batch = train.batch_size * replicas
+        shape = tile_shape(config)
+
+        checkpoint_dir = self.paths.checkpoints if self.chief else Path(tempfile.mkdtemp(prefix="kunet-worker-"))
+        if self.chief:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(
+                self.paths.config,
+                {"pipeline": config.to_dict(), "base_dir": config.base_dir, "records": str(self.records_dir.resolve())},
+            )
+
+        with strategy.scope():
+            model = build_model(config, precision, self.manifest)
+            optimizer = build_optimizer(config, total_steps, precision)
+            optimizer.build(model.trainable_variables)
+            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
+            epoch_loss_count = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_loss_count")
+            best_value = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_value")
+        # Dropout's random state is not part of the model's checkpointed weights; without it a resumed
+        # run would draw different dropout masks than an uninterrupted one.
+        dropout_states = [g.state for layer in model.layers for g in getattr(layer, "_seed_generators", [])]
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            dropout_states=dropout_states,
+            step=step,
+            epoch_loss_sum=epoch_loss_sum,
+            epoch_loss_count=epoch_loss_count,
+            best_value=best_value,
+        )
+        manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
+        if self.resume:
+            if manager.latest_checkpoint is None:
+                raise RunError(f"{self.paths.root}: nothing to resume (no checkpoint)")
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            self.log(f"resumed {self.paths.root} at step {int(step.numpy())}")
+        start_step = int(step.numpy())
+        if self.chief:
+            self._truncate_history(start_step // train.steps_per_epoch)
+
+        local_replicas = max(1, replicas // max(1, getattr(strategy.extended, "_num_workers", 1) or 1))
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            per_replica = context.get_per_replica_batch_size(global_batch)
+            return training_dataset(
+                config,
+                self.records_dir,
+                per_replica,
+                placement,
+                start_step=start_step * local_replicas,
+                num_pipelines=context.num_input_pipelines,
+                pipeline_id=context.input_pipeline_id,
+            )
+
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        global_pixels = float(global_batch * shape.output * shape.output)
+        num_classes = config.labels.num_classes
+
+        def step_fn(batch):
+            if placement == "device":
+                tiles, classes, weights = device_tiles(batch, config)
+            else:
+                tiles, classes, weights = batch
+            with tf.GradientTape() as tape:
+                logits = model(tiles, training=True)
+                loss = segmentation_loss(
+                    classes, logits, weights, num_classes, global_pixels, train.loss, train.dice_weight
+                )
+                scaled = optimizer.scale_loss(loss)
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply(gradients, model.trainable_variables)
+            return loss
+
+        compiled_step = tf.function(step_fn, jit_compile=train.jit_compile)
+
+        @tf.function
+        def train_step(iterator):
+            per_replica = strategy.run(compiled_step, args=(next(iterator),))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        writer = tf.summary.create_file_writer(str(self.paths.tensorboard)) if self.chief else None
+        started = time.monotonic()
+        status = "completed"
+        current = start_step
+        self.log(
+            f"training {config.name}: steps {start_step}->{total_steps}, {replicas} replica(s), batch {global_batch}, "
+            f"tile {shape.input}->{shape.output}, {precision}, augmentation on {placement}"
+        )
+        try:
+            while current < total_steps:
+                epoch = current // train.steps_per_epoch
+                epoch_end = min((epoch + 1) * train.steps_per_epoch, total_steps)
+                progress = keras.utils.Progbar(epoch_end - epoch * train.steps_per_epoch, stateful_metrics=["loss"])
+                if self.chief:
+                    print(f"epoch {epoch + 1}/{math.ceil(total_steps / train.steps_per_epoch)}")
+                while current < epoch_end:
+                    loss = float(train_step(iterator))
+                    if not math.isfinite(loss):
+                        raise RunError(
+                            f"{self.paths.root}: loss became {loss} at step {current}; lower the learning rate"
+                        )
+                    current += 1
+                    step.assign(current)
+                    epoch_loss_sum.assign_add(loss)
+                    epoch_loss_count.assign_add(1)
+                    if self.chief:
+                        progress.update(current - epoch * train.steps_per_epoch, [("loss", loss)])
+                    if current % train.checkpoint_every_steps == 0 or current == epoch_end:
+                        manager.save(checkpoint_number=current)
+                    if max_minutes and (time.monotonic() - started) / 60.0 >= max_minutes:
+                        status = "time budget reached"
+                        break
+                epoch_complete = current == epoch_end
+                if epoch_complete or status != "completed":
+                    self._end_of_epoch(
+                        model, optimizer, epoch, current, epoch_loss_sum, epoch_loss_count, best_value, writer,
+                        started, force_validation=status != "completed" or current >= total_steps,
+                    )  # fmt: skip
+                    manager.save(checkpoint_number=current)
+                if status != "completed":
+                    break
+        finally:
+            if not self.chief:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        state = {
+            "status": status,
+            "step": current,
+            "total_steps": total_steps,
+            "epoch": current // train.steps_per_epoch,
+            "best_metric": train.best_metric,
+            "best_value": float(best_value.numpy()),
+            "seconds_this_session": round(time.monotonic() - started, 1),
+        }
+        if self.chief:
+            _write_json_atomically(self.paths.state, state)
+            self.log(f"{status} at step {current}; best {train.best_metric} = {state['best_value']:.4f}")
+        self.model = model
+        return state
+
+    def _end_of_epoch(
+        self, model, optimizer, epoch, current, loss_sum, loss_count, best_value, writer, started, force_validation
+    ):
+        train = self.config.train
+        row = {
+            "epoch": epoch + 1,
+            "step": current,
+            "loss": float(loss_sum.numpy()) / max(1, int(loss_count.numpy())),
+            "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        loss_sum.assign(0.0)
+        loss_count.assign(0)
+        validate_now = force_validation or (epoch + 1) % train.validate_every == 0
+        if self.chief and validate_now and self.manifest["counts"]["val"]:
+            scores, example = validate(model, self.records_dir, inference_settings(self.config, self.manifest))
+            row.update(scores)
+            value = scores.get(train.best_metric, float("nan"))
+            if metric_is_better(train.best_metric, value, float(best_value.numpy())):
+                best_value.assign(value)
+                _save_model_atomically(model, self.paths.best_model)
+            self._write_images(writer, example, current)
+        elif self.chief and validate_now and not self.paths.best_model.exists():
+            _save_model_atomically(model, self.paths.best_model)
+        if not self.chief:
+            return
+        _save_model_atomically(model, self.paths.last_model)
+        self._append_history(row)
+        with writer.as_default(step=current):
+            for key, value in row.items():
+                if key not in ("epoch", "step", "seconds"):
+                    tf.summary.scalar(key, value)
+        writer.flush()
+        self._plot()
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+        self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f}" + (f", {shown}" if shown else ""))
+        _write_json_atomically(
+            self.paths.state,
+            {"status": "running", "step": current, "epoch": epoch + 1, "best_metric": train.best_metric,
+             "best_value": float(best_value.numpy())},
+        )  # fmt: skip
+
+    def _write_images(self, writer, example: dict, current: int) -> None:
+        if not example:
+            return
+        image = visualize.to_display(example["image"])
+        foreground = example["probabilities"][..., -1]
+        prediction = (np.stack([foreground] * 3, -1) * 255).astype(np.uint8)
+        label = visualize.overlay_outlines(example["image"], example["classes"])
+        with writer.as_default(step=current):
+            tf.summary.image("validation/input_prediction_label", np.stack([image, prediction, label]), max_outputs=3)
+
+    def _history_rows(self) -> list[dict]:
+        if not self.paths.history.exists():
+            return []
+        with open(self.paths.history, newline="") as stream:
+            return list(csv.DictReader(stream))
+
+    def _truncate_history(self, completed_epochs: int) -> None:
+        """Drops rows of epochs a resumed run will redo (written after the checkpoint it resumes from)."""
+        rows = [row for row in self._history_rows() if int(row["epoch"]) <= completed_epochs]
+        self._write_history(rows)
+
+    def _append_history(self, row: dict) -> None:
+        rows = self._history_rows() + [{k: str(v) for k, v in row.items()}]
+        self._write_history(rows)
+
+    def _write_history(self, rows: list[dict]) -> None:
+        fields = list(HISTORY_FIELDS)
+        for row in rows:
+            fields += [key for key in row if key not in fields]
+        temporary = self.paths.history.with_name(".history.csv.part")
+        with open(temporary, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, self.paths.history)
+
+    def _plot(self) -> None:
+        rows = self._history_rows()
+        series = {"train loss": [(float(r["epoch"]), float(r["loss"])) for r in rows]}
+        for key in rows[-1] if rows else []:
+            if key.startswith("val_") and key in (
+                "val_loss",
+                "val_foreground_iou",
+                "val_pixel_error",
+                "val_rand_error",
+            ):
+                series[key] = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        visualize.plot_curves(self.paths.plot, series, title=f"{self.config.name}: training")

@@ -1,0 +1,265 @@
+"""kunet fit: the weighted loss against NumPy, learning, exact resume, SIGKILL, and tf.distribute."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kunet.config import pipeline_from_dict
+from kunet.losses import segmentation_loss
+from kunet.model import UNet
+from kunet.train import Trainer
+
+from conftest import REPO_ROOT, tiny_pipeline_dict
+
+
+def _numpy_weighted_ce(labels, logits, weights):
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_softmax, labels[..., None], -1)[..., 0]
+    return float(np.sum(weights * -picked) / labels.size)
+
+
+def test_weighted_loss_equals_numpy_with_class_balance_border_weights_and_ignore_regions():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 5, 7))
+    logits = rng.normal(0, 3, (2, 5, 7, 3)).astype(np.float32)
+    class_weights = np.array([3.2, 1.0, 1.7], np.float32)  # w_c: class balance
+    weights = class_weights[labels] + rng.uniform(0, 10, labels.shape).astype(np.float32) * (labels == 0)
+    weights[0, :2, :3] = 0.0  # an ignore region
+    got = segmentation_loss(labels, logits, weights, 3, global_pixels=labels.size).numpy()
+    assert got == pytest.approx(_numpy_weighted_ce(labels, logits, weights), rel=1e-5)
+    # Ignored pixels really do not matter: changing their logits leaves the loss unchanged.
+    changed = logits.copy()
+    changed[0, :2, :3] += 50
+    assert segmentation_loss(labels, changed, weights, 3, labels.size).numpy() == pytest.approx(got, rel=1e-6)
+    # Stable from logits: huge logits give a finite loss.
+    huge = segmentation_loss(labels, logits * 1e4, weights, 3, labels.size).numpy()
+    assert np.isfinite(huge)
+
+
+def test_dice_term_matches_numpy():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, (1, 6, 6))
+    logits = rng.normal(size=(1, 6, 6, 2)).astype(np.float32)
+    weights = np.ones((1, 6, 6), np.float32)
+    ce = segmentation_loss(labels, logits, weights, 2, labels.size).numpy()
+    both = segmentation_loss(labels, logits, weights, 2, labels.size, "weighted_ce_dice", 0.5).numpy()
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    dice = (2 * np.sum(p[..., 1] * (labels == 1)) + 1) / (p[..., 1].sum() + (labels == 1).sum() + 1)
+    assert both - ce == pytest.approx(0.5 * (1 - dice), rel=1e-5)
+
+
+def test_a_tiny_unet_overfits_a_small_batch():
+    rng = np.random.default_rng(3)
+    from conftest import blob_image
+
+    pairs = [blob_image(rng, 124) for _ in range(2)]
+    tiles = np.stack([(image.astype(np.float32) / 255 - 0.4) / 0.2 for image, _ in pairs])[..., None]
+    labels = np.stack([(label[20:104, 20:104] > 0).astype(np.int32) for _, label in pairs])
+    weights = np.ones(labels.shape, np.float32)
+    model = UNet(base_filters=8, depth=2, seed=0, dropout=0.0)
+    optimizer = keras.optimizers.Adam(3e-3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = segmentation_loss(labels, model(tiles, training=True), weights, 2, labels.size)
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        return loss
+
+    losses = [float(step()) for _ in range(80)]
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def _weights(path: Path):
+    return keras.models.load_model(path).get_weights()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_records, tmp_path):
+    config, records = tiny_records
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    Trainer(config, tmp_path / "straight", records, log=quiet).fit(epochs=2)
+    Trainer(config, tmp_path / "split", records, log=quiet).fit(epochs=1)
+    Trainer(config, tmp_path / "split", records, resume=True, log=quiet).fit(epochs=2)
+    for a, b in zip(_weights(tmp_path / "straight" / "last.keras"), _weights(tmp_path / "split" / "last.keras")):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    straight = (tmp_path / "straight" / "history.csv").read_text().splitlines()
+    split = (tmp_path / "split" / "history.csv").read_text().splitlines()
+    assert len(straight) == len(split) == 3  # header + two epochs, no duplicated rows after resuming
+    for name in ("config.json", "state.json", "best.keras", "last.keras", "training.png", "tensorboard"):
+        assert (tmp_path / "split" / name).exists(), name
+
+
+def test_an_existing_run_is_not_overwritten(tiny_records, tmp_path):
+    from kunet.train import RunError
+
+    config, records = tiny_records
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    Trainer(config, tmp_path / "run", records, log=quiet).fit(steps=2)
+    with pytest.raises(RunError, match="already exists"):
+        Trainer(config, tmp_path / "run", records, log=quiet)
+
+
+def _kunet_fit_command(config_path: Path, run_dir: Path, records: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kunet_cli.main", "fit", str(config_path), "--run-dir", str(run_dir),
+            "--records", str(records), *extra]  # fmt: skip
+
+
+def _write_tiny_toml(path: Path, records: Path, **train) -> Path:
+    data = tiny_pipeline_dict(str(records))
+    data["train"].update(train)
+    lines = [f'name = "{data["name"]}"']
+    for section in ("source", "records", "model", "train"):
+        lines.append(f"[{section}]")
+        for key, value in data[section].items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tiny_records, tmp_path):
+    _, records = tiny_records
+    toml = _write_tiny_toml(tmp_path / "tiny.toml", records, steps_per_epoch=40, epochs=1, checkpoint_every_steps=4)
+    run = tmp_path / "run"
+    process = subprocess.Popen(_kunet_fit_command(toml, run, records), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        index = run / "checkpoints" / "checkpoint"
+        if index.exists() and "ckpt-8" in index.read_text():
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("no checkpoint at step 8 in time: " + process.stderr.read().decode()[-2000:])
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = tf.train.load_checkpoint(tf.train.latest_checkpoint(run / "checkpoints"))
+    saved_step = int(state.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert saved_step >= 8 and saved_step % 4 == 0
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kunet_cli.main", "fit", "--resume", str(run)], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed {run} at step {saved_step}" in resumed.stdout
+    assert json.loads((run / "state.json").read_text())["step"] == 40
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_WORKER_SCRIPT = """
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+from kunet.config import pipeline_from_dict
+from kunet.train import Trainer, make_strategy
+strategy = make_strategy(sys.argv[1])
+config = pipeline_from_dict(json.loads(sys.argv[2]), sys.argv[3])
+trainer = Trainer(config, sys.argv[4], sys.argv[5], strategy=strategy)
+state = trainer.fit(steps=4)
+np.savez(sys.argv[6], *[w for w in trainer.model.get_weights()])
+print("replicas", strategy.num_replicas_in_sync, "step", state["step"])
+"""
+
+
+def test_two_worker_multiworker_mirrored_run_completes_and_workers_agree(tiny_records, tmp_path):
+    config, records = tiny_records
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    data = json.dumps(config.to_dict() | {"train": {**config.to_dict()["train"], "batch_size": 1}})
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        command = [sys.executable, "-c", _WORKER_SCRIPT, "multiworker", data, config.base_dir, str(tmp_path / "run"),
+                   str(records), str(tmp_path / f"weights{index}.npz")]  # fmt: skip
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+        assert "replicas 2 step 4" in out
+    first, second = np.load(tmp_path / "weights0.npz"), np.load(tmp_path / "weights1.npz")
+    initial = UNet(base_filters=8, depth=2, seed=config.train.seed).get_weights()
+    moved = False
+    for key, start in zip(first.files, initial):
+        np.testing.assert_allclose(first[key], second[key], atol=1e-6)
+        moved |= not np.allclose(first[key], start)
+    assert moved, "the workers agreed, but did they train at all?"
+    assert (tmp_path / "run" / "last.keras").exists()  # only the chief writes the run directory
+
+
+def test_mirrored_strategy_over_two_logical_cpus_trains(tiny_records, tmp_path):
+    config, records = tiny_records
+    script = (
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        + _WORKER_SCRIPT.replace("make_strategy(sys.argv[1])", "tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])")
+    )
+    data = json.dumps(config.to_dict())
+    result = subprocess.run(
+        [sys.executable, "-c", script, "mirrored", data, config.base_dir, str(tmp_path / "run"), str(records),
+         str(tmp_path / "w.npz")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2 step 4" in result.stdout
+    history = (tmp_path / "run" / "history.csv").read_text()
+    assert history.count("\n") >= 2
+
+
+def test_config_round_trips_through_the_run_directory(tiny_records, tmp_path):
+    from kunet.train import load_run_config
+
+    config, records = tiny_records
+    Trainer(config, tmp_path / "run", records, log=lambda *a, **k: None).fit(steps=1)
+    loaded, loaded_records = load_run_config(tmp_path / "run")
+    assert loaded.to_dict() == config.to_dict() and loaded_records == records.resolve()
+    assert pipeline_from_dict(loaded.to_dict()).model.base_filters == 8
+
+
+def test_cli_fit_predict_and_evaluate(tiny_records, tmp_path):
+    _, records = tiny_records
+    toml = _write_tiny_toml(tmp_path / "tiny.toml", records)
+    run = tmp_path / "run"
+    fitted = subprocess.run(_kunet_fit_command(toml, run, records, "--steps", "6"), capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    images = Path(records).parent / "images"
+    predicted = subprocess.run(
+        [sys.executable, "-m", "kunet_cli.main", "predict", str(run), str(images), "--out", str(tmp_path / "pred"),
+         "--probabilities", "npy"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    masks = sorted((tmp_path / "pred").glob("*_mask.png"))
+    assert len(masks) == 8
+    probabilities = np.load(tmp_path / "pred" / "b0_probabilities.npy")
+    assert probabilities.shape == (96, 96, 2)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "kunet_cli.main", "evaluate", str(run), str(toml), "--records", str(records), "--out",
+         str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "scores.json").read_text())
+    assert set(report["frames"]) == {"b2", "b6"} or len(report["frames"]) == 2
+    assert 0 <= report["mean"]["pixel_error"] <= 1
+
+
+del REPO_ROOT
