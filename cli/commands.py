@@ -85,6 +85,169 @@ def inspect_records(
 
 
 @app.command()
+def fit(
+    pipeline: Path = typer.Argument(None, help="Pipeline TOML. Omit with --resume."),
+    run_dir: Path = typer.Option(None, help="Run directory (default: runs/<pipeline name>)."),
+    resume: Path = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
+    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    epochs: int = typer.Option(None, help="Epochs in total (each train.steps_per_epoch steps)."),
+    steps: int = typer.Option(None, help="Steps in total (overrides --epochs)."),
+    max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpointed, resumable)."),
+    precision: str = typer.Option(None, help="float32, mixed_bfloat16 or mixed_float16."),
+    jit_compile: bool = typer.Option(None, "--jit-compile/--no-jit-compile", help="XLA-compile the train step."),
+    strategy: str = typer.Option("default", help="default, mirrored (local devices) or multiworker (TF_CONFIG)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
+):
+    """Train a U-Net with the paper's weighted loss (checkpointed, resumable)."""
+    from kunet.train import Trainer, load_run_config, make_strategy
+
+    overrides = list(set_)
+    if precision:
+        overrides.append(f"train.precision={precision}")
+    if jit_compile is not None:
+        overrides.append(f"train.jit_compile={str(jit_compile).lower()}")
+    with user_errors():
+        if resume is not None:
+            config, saved_records = load_run_config(resume)
+            if overrides:
+                from kunet.config import apply_overrides, pipeline_from_dict
+
+                config = pipeline_from_dict(apply_overrides(config.to_dict(), overrides), config.base_dir)
+            run_dir, records = resume, records or saved_records
+        elif pipeline is None:
+            fail("give a pipeline TOML, or --resume RUN")
+        else:
+            config = load_config(pipeline, overrides)
+            run_dir = run_dir or Path("runs") / config.name
+        trainer = Trainer(config, run_dir, records, make_strategy(strategy), resume=resume is not None)
+        state = trainer.fit(epochs=epochs, steps=steps, max_minutes=max_minutes)
+    typer.echo(f"run: {run_dir} ({state['status']}, step {state['step']}/{state['total_steps']})")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder."),
+    inputs: list[Path] = typer.Argument(..., help="Images, folders or multi-page TIFFs."),
+    out: Path = typer.Option(Path("predictions"), help="Output folder."),
+    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 (about 2x faster on bf16 CPUs)."),
+    tile_size: int = typer.Option(0, help="Input tile side; 0 chooses the cheapest tiling per image."),
+    mirror: bool = typer.Option(False, "--mirror", help="Test-time mirroring: average over the four flips."),
+    threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
+    probabilities: str = typer.Option(None, help="Also write probabilities: tif (foreground) or npy (all classes)."),
+    mask_format: str = typer.Option("png", help="Mask file format: png or tif."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
+):
+    """Segment images of any size with overlap-tile prediction."""
+    from kunet.predict_files import expand_inputs, predict_files
+    from kunet.segmenter import Segmenter
+
+    with user_errors():
+        segmenter = Segmenter(model, precision, tile_size, mirror, threshold)
+        channels = segmenter.model.input_channels if segmenter.model is not None else 1
+        count = len(expand_inputs(inputs))
+        with progress_bars() as factory:
+            written = predict_files(
+                segmenter, inputs, out, channels, mask_format, probabilities, overlays, factory("predicting", count)
+            )
+    typer.echo(f"wrote outputs for {len(written)} image(s) to {out}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder."),
+    pipeline: Path = typer.Argument(..., help="Pipeline TOML whose records to score."),
+    split: str = typer.Option("val", help="Records split: val or train."),
+    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    out: Path = typer.Option(
+        None, help="Folder for scores.json, scores.csv and overlays (default: <model>/eval-<split>)."
+    ),
+    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
+    mirror: bool = typer.Option(False, "--mirror", help="Test-time mirroring."),
+    threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
+):
+    """Score a model on a records split: pixel, Rand and warping errors, IoU/Dice, SEG."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kunet.evaluate import evaluate as run_evaluation
+    from kunet.segmenter import Segmenter
+
+    with user_errors():
+        config = load_config(pipeline, list(set_))
+        records = records or config.records_dir()
+        segmenter = Segmenter(model, precision, 0, mirror, threshold)
+        default_out = (model if model.is_dir() else model.parent) / f"eval-{split}"
+        with progress_bars() as factory:
+            from kunet.records import read_manifest
+
+            count = read_manifest(records)["counts"][split]
+            report = run_evaluation(segmenter, records, split, out or default_out, factory("scoring", count))
+    table = Table(title=f"{config.name} {split}: {report['model']} (threshold {report['threshold']:g})")
+    keys = list(report["mean"])
+    short = {
+        "pixel_error": "pixel err",
+        "rand_error": "Rand err",
+        "adapted_rand_error": "V_rand",
+        "adapted_rand_error_grown": "V_rand grown",
+        "warping_error": "warping",
+    }
+    table.add_column("frame", no_wrap=True)
+    for key in keys:
+        table.add_column(short.get(key, key), justify="right")
+    for frame_id, scores in report["frames"].items():
+        table.add_row(frame_id, *[f"{scores[k]:.4f}" for k in keys])
+    table.add_row("mean", *[f"{report['mean'][k]:.4f}" for k in keys], style="bold")
+    Console().print(table)
+    typer.echo(f"scores: {out or default_out}/scores.json")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(None, help="Run directory or .keras file to export."),
+    name: str = typer.Option("unet", help="Model name (the serving URL's /v1/models/<name>)."),
+    base_dir: Path = typer.Option(Path("saved_models"), help="Export root."),
+    version: int = typer.Option(None, help="Integer version (default: the next free one; never overwritten)."),
+    tile_size: int = typer.Option(0, help="Input tile inside the graph (0: cheapest for the training frame size)."),
+    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
+    check: Path = typer.Option(None, "--check", help="Validate an existing export version folder instead."),
+):
+    """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one."""
+    from kunet import export as export_lib
+
+    with user_errors():
+        if check is not None:
+            export_lib.check(check, log=typer.echo)
+            typer.echo(f"{check}: OK")
+            return
+        if model is None:
+            fail("give a run directory or .keras file to export, or --check EXPORT_DIR")
+        export_lib.export(model, name, base_dir, version, tile_size, precision, log=typer.echo)
+
+
+@app.command()
+def synth(
+    kind: str = typer.Argument(..., help="em (ISBI-like membranes) or cells (touching cells, CTC layout)."),
+    out: Path = typer.Option(..., help="Output folder (must not exist unless --overwrite)."),
+    count: int = typer.Option(20, help="Number of images."),
+    size: int = typer.Option(512, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same data)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+):
+    """Generate a synthetic labelled dataset (used by the demo and the tests)."""
+    from kunet import synthetic
+
+    with user_errors():
+        if kind == "em":
+            path = synthetic.write_em_dataset(out, count, size, seed, overwrite)
+        elif kind == "cells":
+            path = synthetic.write_cells_dataset(out, count, size, seed, overwrite=overwrite)
+        else:
+            fail(f"unknown kind {kind!r} (em or cells)")
+    typer.echo(f"wrote {count} {kind} images to {path}")
+
+
+@app.command()
 def demo(
     workdir: Path = typer.Option(Path("demo"), help="Where the demo writes data, records, runs and results."),
 ):
