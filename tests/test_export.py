@@ -1,0 +1,149 @@
+"""kunet export: SavedModels that TensorFlow's own loaders serve exactly as kunet predict does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kunet.export import ExportError, check, export
+from kunet.segmenter import Segmenter
+from kunet.train import Trainer
+
+_LOAD_AND_PREDICT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+image = np.load(sys.argv[2])
+out = model.signatures["serving_default"](images=tf.constant(image[None, ..., None].astype(np.float32)))
+png = model.signatures["segment_png"](png=tf.constant([open(sys.argv[3], "rb").read()]))["png"].numpy()[0]
+np.save(sys.argv[4], out["labels"].numpy()[0])
+open(sys.argv[5], "wb").write(png)
+print(json.dumps({k: list(v.shape) for k, v in out.items()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_records, tmp_path_factory):
+    config, records = tiny_records
+    run = tmp_path_factory.mktemp("export") / "run"
+    Trainer(config, run, records, log=lambda *a, **k: None).fit(steps=12)
+    return run
+
+
+@pytest.mark.parametrize("source", ["isbi slice", "300x517", "96x96"])
+def test_export_loads_in_a_separate_process_and_both_signatures_match_predict(trained_run, tmp_path, source, request):
+    root = tmp_path / "saved_models"
+    version_dir = export(trained_run, "tiny", root, log=lambda *a: None)
+    assert version_dir == root / "tiny" / "1"
+    if source == "isbi slice":
+        isbi = request.getfixturevalue("isbi_dir")
+        image = cv2.imread(str(isbi / "train" / "images" / "slice_17.png"), cv2.IMREAD_UNCHANGED)
+    else:
+        image = np.random.default_rng(0).integers(0, 255, tuple(map(int, source.split("x"))), dtype=np.uint8)
+        image[40:70, 30:80] = 220  # something bright to segment
+    shape = image.shape
+    np.save(tmp_path / "image.npy", image)
+    cv2.imwrite(str(tmp_path / "image.png"), image)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_PREDICT, str(version_dir), str(tmp_path / "image.npy"),
+         str(tmp_path / "image.png"), str(tmp_path / "labels.npy"), str(tmp_path / "mask.png")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    shapes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert shapes == {"probabilities": [1, *shape, 2], "labels": [1, *shape], "classes": [1, *shape]}
+    reference = Segmenter(trained_run).segment(image)
+    expected = reference.label_values
+    # Same masks, except pixels whose probability sits within float noise of the threshold (tile sizes
+    # differ between the export and predict, so sums are ordered differently).
+    decided = np.abs(reference.probabilities[..., 1] - 0.5) > 1e-4
+    served_labels = np.load(tmp_path / "labels.npy")
+    served_png = cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(served_labels[decided], expected[decided])
+    np.testing.assert_array_equal(served_png, served_labels.astype(np.uint8))
+    assert decided.mean() > 0.999
+    assert set(np.unique(expected)) <= {0, 255}
+
+
+def test_saved_model_cli_lists_the_documented_signatures(trained_run, tmp_path):
+    version_dir = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    shown = subprocess.run([str(cli), "show", "--dir", str(version_dir), "--all"], capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    text = shown.stdout
+    for fragment in [
+        "signature_def['serving_default']", "inputs['images']", "DT_FLOAT", "shape: (-1, -1, -1, 1)",
+        "outputs['probabilities']", "outputs['labels']", "DT_INT32",
+        "signature_def['segment_png']", "inputs['png']", "DT_STRING", "outputs['png']",
+    ]:  # fmt: skip
+        assert fragment in text, fragment
+
+
+def test_warmup_file_holds_prediction_logs_matching_the_signatures(trained_run, tmp_path):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    version_dir = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(str(version_dir / "assets.extra" / "tf_serving_warmup_requests"))
+    ]
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "segment_png"]
+    loaded = tf.saved_model.load(str(version_dir))
+    for log in logs:
+        request = log.predict_log.request
+        assert request.model_spec.name == "tiny"
+        signature = loaded.signatures[request.model_spec.signature_name]
+        expected = signature.structured_input_signature[1]
+        assert set(request.inputs) == set(expected)
+        for key, proto in request.inputs.items():
+            assert tf.as_dtype(proto.dtype) == expected[key].dtype
+            assert expected[key].shape.is_compatible_with(tf.make_ndarray(proto).shape)
+    info = json.loads((version_dir / "assets.extra" / "kunet.json").read_text())
+    assert [c["label_value"] for c in info["classes"]] == [0, 255]
+    assert 'name: "tiny"' in (tmp_path / "tiny" / "models.config").read_text()
+    assert "max_batch_size" in (tmp_path / "tiny" / "batching_parameters.txt").read_text()
+    assert "docker run" in (version_dir / "assets.extra" / "README.md").read_text()
+
+
+def test_second_export_gets_a_new_version_and_leaves_the_first_untouched(trained_run, tmp_path):
+    first = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
+    before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    second = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
+    assert (first.name, second.name) == ("1", "2")
+    assert {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+    with pytest.raises(ExportError, match="already exists"):
+        export(trained_run, "tiny", tmp_path, version=1, log=lambda *a: None)
+
+
+def test_an_interrupted_export_leaves_no_half_written_version(trained_run, tmp_path, monkeypatch):
+    import kunet.export as export_module
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted while writing warm-up requests")
+
+    monkeypatch.setattr(export_module, "write_warmup_requests", explode)
+    with pytest.raises(KeyboardInterrupt):
+        export(trained_run, "tiny", tmp_path, log=lambda *a: None)
+    assert [p.name for p in (tmp_path / "tiny").iterdir()] == []
+
+
+def test_check_validates_an_export_in_a_fresh_process(trained_run, tmp_path):
+    version_dir = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
+    report = check(version_dir, log=lambda *a: None)
+    assert report["warmup_requests"] == 2 and report["masks_identical"]
+    assert report["max_probability_difference_vs_predict"] < 1e-4
+    broken = tmp_path / "broken"
+    shutil.copytree(version_dir, broken)
+    (broken / "saved_model.pb").write_bytes(b"garbage")
+    with pytest.raises(ExportError, match="fresh process"):
+        check(broken, log=lambda *a: None)
