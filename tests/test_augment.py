@@ -525,3 +525,19 @@ def test_preview_grid_png(tmp_path):
     red = (sheet[..., 2] > 200) & (sheet[..., 1] < 80) & (sheet[..., 0] < 80)
     cyan = (sheet[..., 0] > 150) & (sheet[..., 1] > 120) & (sheet[..., 2] < 120)
     assert red.sum() > 100 and cyan.sum() > 100  # label boundaries and the warped reference grid
+
+
+def test_table_normal_noise_is_gaussian_and_identical_with_and_without_xla():
+    from kunet.augment import table_normal
+
+    seed = tf.constant([3, 11], tf.int64)
+    eager = table_normal([200, 300], seed, stddev=2.0).numpy()
+    compiled = tf.function(lambda s: table_normal([200, 300], s, stddev=2.0), jit_compile=True)(seed).numpy()
+    np.testing.assert_array_equal(eager, compiled)
+    values = eager.ravel() / 2.0
+    assert abs(values.mean()) < 0.02 and abs(values.std() - 1.0) < 0.02
+    # Normal shape, not just the first two moments: kurtosis 3 and the 1-sigma / 2-sigma masses.
+    assert abs(np.mean(values**4) - 3.0) < 0.1
+    assert abs(np.mean(np.abs(values) < 1) - 0.6827) < 0.01 and abs(np.mean(np.abs(values) < 2) - 0.9545) < 0.005
+    other = table_normal([200, 300], tf.constant([3, 12], tf.int64)).numpy()
+    assert abs(np.corrcoef(values, other.ravel())[0, 1]) < 0.02
