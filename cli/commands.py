@@ -247,11 +247,50 @@ def synth(
     typer.echo(f"wrote {count} {kind} images to {path}")
 
 
+@app.command("show-augment")
+def show_augment(
+    pipeline: Path = typer.Argument(..., help="Pipeline TOML (its augment, model and train sections are used)."),
+    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    out: Path = typer.Option(None, help="PNG to write (default: augment-<name>.png)."),
+    frame: int = typer.Option(0, help="Which training frame to show."),
+    count: int = typer.Option(8, help="Augmented tiles beside the original."),
+    seed: int = typer.Option(0, help="Seed of the first augmented tile."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
+):
+    """Write a PNG grid: the original tile and augmented tiles with label outlines and a deformed grid."""
+    from itertools import islice
+
+    from kunet.augment import AugmentParams
+    from kunet.augment_preview import write_augmentation_grid
+    from kunet.pipeline import tile_shape
+    from kunet.preprocess import to_unit_range
+    from kunet.records import iterate_frames
+
+    with user_errors():
+        config = load_config(pipeline, list(set_))
+        records = records or config.records_dir()
+        chosen = list(islice(iterate_frames(records, "train"), frame, frame + 1))
+        if not chosen:
+            fail(f"{records}: no training frame {frame}")
+        shape = tile_shape(config)
+        path = out or Path(f"augment-{config.name}.png")
+        write_augmentation_grid(
+            path, to_unit_range(chosen[0]["image"]), chosen[0]["classes"], chosen[0]["weight"],
+            AugmentParams.from_config(config.augment), shape.input, shape.output, seed=seed, count=count,
+        )  # fmt: skip
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("demo"), help="Where the demo writes data, records, runs and results."),
+    pipeline: Path = typer.Option(None, help="Pipeline TOML (default: pipelines/synthetic-em.toml)."),
+    export_root: Path = typer.Option(Path("saved_models"), help="Where the export goes."),
 ):
-    """Run the end-to-end job on data kunet generates itself."""
+    """Run the end-to-end job on data kunet generates itself: synth, records, fit, evaluate, export, predict."""
     from kunet import demo as demo_lib
 
-    demo_lib.run(workdir)
+    with user_errors():
+        result = demo_lib.run(workdir, pipeline, export_root=export_root)
+    if not result["passed"]:
+        raise typer.Exit(code=1)
