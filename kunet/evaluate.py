@@ -13,6 +13,7 @@ from kunet import metrics, visualize
 from kunet.records import iterate_frames, read_manifest
 from kunet.segmenter import Segmenter
 
+
 def score_frame(segmenter: Segmenter, frame: dict, label_kind: str) -> tuple[dict, np.ndarray]:
     """Scores of one frame and its predicted classes."""
     result = segmenter.segment(frame["image"])

@@ -15,13 +15,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO_ROOT, tiny_pipeline_dict
 
 from kunet.config import pipeline_from_dict
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
 from kunet.train import Trainer
-
-from conftest import REPO_ROOT, tiny_pipeline_dict
 
 
 def _numpy_weighted_ce(labels, logits, weights):
@@ -133,7 +132,9 @@ def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tin
     _, records = tiny_records
     toml = _write_tiny_toml(tmp_path / "tiny.toml", records, steps_per_epoch=40, epochs=1, checkpoint_every_steps=4)
     run = tmp_path / "run"
-    process = subprocess.Popen(_kunet_fit_command(toml, run, records), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _kunet_fit_command(toml, run, records), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         index = run / "checkpoints" / "checkpoint"
@@ -149,7 +150,10 @@ def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tin
     saved_step = int(state.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
     assert saved_step >= 8 and saved_step % 4 == 0
     resumed = subprocess.run(
-        [sys.executable, "-m", "kunet_cli.main", "fit", "--resume", str(run)], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "kunet_cli.main", "fit", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed {run} at step {saved_step}" in resumed.stdout
