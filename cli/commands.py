@@ -203,6 +203,38 @@ def evaluate(
 
 
 @app.command()
+def tune(
+    model: Path = typer.Argument(..., help="Run directory (best.keras and last.keras are updated) or .keras file."),
+    pipeline: Path = typer.Argument(..., help="Pipeline TOML whose validation records to tune on."),
+    objective: str = typer.Option("rand", help="rand (V_rand grown), rand_raw, pixel, iou or seg."),
+    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the sweep; leave the model unchanged."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
+):
+    """Choose the threshold and post-processing on the validation split and store them with the model."""
+    from kunet.tune import OBJECTIVES
+    from kunet.tune import tune as run_tune
+
+    with user_errors():
+        config = load_config(pipeline, list(set_))
+        result = run_tune(model, records or config.records_dir(), objective, store=not dry_run)
+    key = OBJECTIVES[objective][0]
+    for row in result["rows"]:
+        mark = "  <- chosen" if row is result["chosen"] else ""
+        seeds = f" seeds>={row['seed_threshold']}" if row["seed_threshold"] else ""
+        typer.echo(
+            f"threshold {row['threshold']:.2f} {row['postprocess']:>9}{seeds:<12} pixel {row['pixel_error']:.4f} "
+            f"IoU {row['iou']:.4f} V_rand {row['adapted_rand_error']:.4f} grown {row['adapted_rand_error_grown']:.4f}"
+            + (f" SEG {row['seg']:.4f}" if "seg" in row else "")
+            + mark
+        )
+    chosen = result["chosen"]
+    typer.echo(f"best {key}: {chosen[key]:.4f} at threshold {chosen['threshold']:.2f}, {chosen['postprocess']}")
+    for path in result["stored_in"]:
+        typer.echo(f"stored in {path}")
+
+
+@app.command()
 def export(
     model: Path = typer.Argument(None, help="Run directory or .keras file to export."),
     name: str = typer.Option("unet", help="Model name (the serving URL's /v1/models/<name>)."),

@@ -196,6 +196,7 @@ class InferenceSettings:
     class_names: tuple[str, ...] = ("background", "foreground")
     threshold: float = 0.5
     postprocess: str = "none"
+    seed_threshold: float = 0.9
     min_object_size: int = 0
     label_kind: str = "binary"
     image_dtype: str = "uint8"
@@ -216,6 +217,7 @@ class InferenceSettings:
             "class_names": list(self.class_names),
             "threshold": self.threshold,
             "postprocess": self.postprocess,
+            "seed_threshold": self.seed_threshold,
             "min_object_size": self.min_object_size,
             "label_kind": self.label_kind,
             "image_dtype": self.image_dtype,

@@ -17,6 +17,7 @@ import numpy as np
 
 from kunet import metrics
 from kunet.inference import InferenceSettings, Predictor, decide_classes
+from kunet.postprocess import foreground_mask
 
 
 class ModelLoadError(ValueError):
@@ -122,8 +123,16 @@ class Segmenter:
 
     def segment(self, image: np.ndarray, streaming: bool = False) -> Segmentation:
         probabilities = self.probabilities(image, streaming)
-        classes = decide_classes(probabilities, self.settings.threshold)
+        classes = self.decide(probabilities)
         return Segmentation(probabilities, classes, self.label_values(classes), self.instances(classes))
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class indices: the threshold (and post-processing) for two classes, the argmax otherwise."""
+        if probabilities.shape[-1] != 2:
+            return decide_classes(probabilities, self.settings.threshold)
+        settings = self.settings
+        mask = foreground_mask(probabilities[..., 1], settings.threshold, settings.postprocess, settings.seed_threshold)
+        return mask.astype(np.uint8)
 
     def label_values(self, classes: np.ndarray) -> np.ndarray:
         values = np.asarray(self.settings.class_values)

@@ -1,0 +1,47 @@
+"""Gap closing for membrane maps, and tuning the decision rule on the validation split."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+
+from kunet import metrics
+from kunet.postprocess import foreground_mask, watershed_lines
+from kunet.segmenter import Segmenter
+from kunet.train import Trainer
+from kunet.tune import choose, tune
+
+
+def _two_cells_with_a_faint_gap():
+    """p(cell): two bright interiors, a membrane (p 0.05) with a 4-px gap where p is 0.6."""
+    p = np.full((40, 60), 0.97, np.float32)
+    p[:, 28:32] = 0.05
+    p[18:22, 28:32] = 0.6  # the faint stretch of membrane
+    return p
+
+
+def test_watershed_lines_close_a_membrane_gap_that_merges_cells_at_the_threshold():
+    p = _two_cells_with_a_faint_gap()
+    plain = foreground_mask(p, 0.5, "none")
+    assert metrics.segments_from_foreground(plain).max() == 1  # merged through the gap
+    closed = foreground_mask(p, 0.5, "watershed", seed_threshold=0.9)
+    assert metrics.segments_from_foreground(closed).max() == 2
+    assert np.sum(plain != closed) <= 8  # only the cut through the gap changes
+    assert not watershed_lines(np.full((30, 30), 0.99, np.float32)).any()  # one seed: nothing to separate
+
+
+def test_tune_picks_the_best_row_and_stores_it_with_the_model(tiny_records, tmp_path):
+    config, records = tiny_records
+    run = tmp_path / "run"
+    Trainer(config, run, records, log=lambda *a, **k: None).fit(steps=8)
+    result = tune(run, records, objective="pixel")
+    values = [row["pixel_error"] for row in result["rows"]]
+    assert result["chosen"]["pixel_error"] == min(values)
+    assert choose(result["rows"], "iou")["iou"] == max(row["iou"] for row in result["rows"])
+    stored = keras.models.load_model(run / "best.keras").metadata
+    assert stored["threshold"] == result["chosen"]["threshold"]
+    assert stored["postprocess"] == result["chosen"]["postprocess"]
+    assert Segmenter(run).settings.threshold == result["chosen"]["threshold"]
+    assert json.loads((run / "tune.json").read_text())["objective"] == "pixel"
