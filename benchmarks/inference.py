@@ -77,7 +77,9 @@ def main():
     for precision in ("float32", "mixed_bfloat16"):
         predictor = Predictor(with_precision(model, precision))
         seconds = timed(lambda p=predictor: p.probabilities(image), args.repeats)
-        rows.append((f"kunet: {plan.num_tiles} x {plan.input_hw[0]} tile, tf.function, {precision}", seconds, kunet_flops))
+        rows.append(
+            (f"kunet: {plan.num_tiles} x {plan.input_hw[0]} tile, tf.function, {precision}", seconds, kunet_flops)
+        )
     reference = Predictor(model).probabilities(image)
     agreement = np.abs(naive_predict(model, image) - reference).max()
     for name, seconds, flops in rows:
