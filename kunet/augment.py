@@ -610,8 +610,9 @@ def _warp_yx(images, classes, weights, y, x, image_sizes, output_tile, mode):
     return tiles, tile_classes, tile_weights
 
 
-def warp(images, coords, image_sizes, classes=None, weights=None, output_tile: int | None = None,
-         mirror: str = MIRROR_MODE):
+def warp(
+    images, coords, image_sizes, classes=None, weights=None, output_tile: int | None = None, mirror: str = MIRROR_MODE
+):
     """Samples images (bilinear), classes (nearest) and weights (bilinear) through one coordinate map.
 
     Args:
@@ -670,8 +671,17 @@ def gray_value_variation(tiles, seeds, params: AugmentParams):
 # The public entry points
 
 
-def sample_tiles(images, classes, weights, image_sizes, seeds, params: AugmentParams, input_tile: int,
-                 output_tile: int, mirror: str = MIRROR_MODE):
+def sample_tiles(
+    images,
+    classes,
+    weights,
+    image_sizes,
+    seeds,
+    params: AugmentParams,
+    input_tile: int,
+    output_tile: int,
+    mirror: str = MIRROR_MODE,
+):
     """Augmented training tiles for a batch, all geometry through one coordinate map per sample.
 
     Args:
@@ -695,16 +705,15 @@ def sample_tiles(images, classes, weights, image_sizes, seeds, params: AugmentPa
     _check_tiles(input_tile, output_tile)
     seeds = _seeds(seeds)
     y, x, uniforms = _draw_coordinates(seeds, image_sizes, params, input_tile, classes)
-    tiles, tile_classes, tile_weights = _warp_yx(
-        images, classes, weights, y, x, image_sizes, output_tile, mirror
-    )
+    tiles, tile_classes, tile_weights = _warp_yx(images, classes, weights, y, x, image_sizes, output_tile, mirror)
     if params.has_gray_values:
         tiles = _gray(tiles, uniforms, seeds, params)
     return tiles, tile_classes, tile_weights
 
 
-def make_host_sampler(params: AugmentParams, input_tile: int, output_tile: int, jit_compile: bool = True,
-                      mirror: str = MIRROR_MODE):
+def make_host_sampler(
+    params: AugmentParams, input_tile: int, output_tile: int, jit_compile: bool = True, mirror: str = MIRROR_MODE
+):
     """Per-sample function for ``Dataset.map``: (image [H, W, C], classes [H, W], weight [H, W], seed [2])
     -> (tile, tile_classes, tile_weight); :func:`sample_tiles` with B = 1 in a ``tf.function``.
 
@@ -720,16 +729,24 @@ def make_host_sampler(params: AugmentParams, input_tile: int, output_tile: int, 
             image = image[..., None]
         sizes = tf.shape(image)[None, :2]
         tiles, tile_classes, tile_weights = sample_tiles(
-            image[None], tf.convert_to_tensor(classes)[None], tf.convert_to_tensor(weight)[None], sizes,
-            tf.convert_to_tensor(seed)[None], params, input_tile, output_tile, mirror=mirror,
+            image[None],
+            tf.convert_to_tensor(classes)[None],
+            tf.convert_to_tensor(weight)[None],
+            sizes,
+            tf.convert_to_tensor(seed)[None],
+            params,
+            input_tile,
+            output_tile,
+            mirror=mirror,
         )
         return tiles[0], tile_classes[0], tile_weights[0]
 
     return sampler
 
 
-def make_batch_sampler(params: AugmentParams, input_tile: int, output_tile: int, jit_compile: bool = True,
-                       mirror: str = MIRROR_MODE):
+def make_batch_sampler(
+    params: AugmentParams, input_tile: int, output_tile: int, jit_compile: bool = True, mirror: str = MIRROR_MODE
+):
     """Batched :func:`sample_tiles` in its own ``tf.function(jit_compile=...)`` for the "device" placement.
 
     Call it from the training step (a ``tf.function``, XLA or not): the augmentation then compiles as its
@@ -741,8 +758,8 @@ def make_batch_sampler(params: AugmentParams, input_tile: int, output_tile: int,
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def sampler(images, classes, weights, image_sizes, seeds):
-        return sample_tiles(images, classes, weights, image_sizes, seeds, params, input_tile, output_tile,
-                            mirror=mirror)
+        return sample_tiles(
+            images, classes, weights, image_sizes, seeds, params, input_tile, output_tile, mirror=mirror
+        )
 
     return sampler
-

@@ -65,8 +65,12 @@ def _tiles(image_unit, classes, weight, grid, params, input_tile, output_tile, s
     weights = None if weight is None else weight[None].repeat(count, 0)
     tiles, tile_classes, tile_weights = warp(stacked, coords, sizes, class_batch, weights, output_tile)
     images = gray_value_variation(tiles[..., :channels], seeds, params).numpy()
-    return (images, tiles[..., channels].numpy(), tile_classes.numpy(),
-            None if tile_weights is None else tile_weights.numpy())
+    return (
+        images,
+        tiles[..., channels].numpy(),
+        tile_classes.numpy(),
+        None if tile_weights is None else tile_weights.numpy(),
+    )
 
 
 def _panel(image, grid, classes, weight, weight_max, input_tile, output_tile, caption):
@@ -81,8 +85,7 @@ def _panel(image, grid, classes, weight, weight_max, input_tile, output_tile, ca
     window[class_boundaries(classes)] = BOUNDARY_BGR
     cv2.rectangle(canvas, (start - 1, start - 1), (start + output_tile, start + output_tile), FRAME_BGR, 1)
     parts = [np.full((CAPTION_HEIGHT, input_tile, 3), 255, np.uint8), canvas]
-    cv2.putText(parts[0], caption, (4, CAPTION_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
-                cv2.LINE_AA)
+    cv2.putText(parts[0], caption, (4, CAPTION_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     if weight is not None:
         below = np.full((input_tile, input_tile, 3), 40, np.uint8)
         scaled = np.clip(weight / weight_max, 0.0, 1.0)
@@ -93,8 +96,18 @@ def _panel(image, grid, classes, weight, weight_max, input_tile, output_tile, ca
     return np.concatenate(parts, axis=0)
 
 
-def write_augmentation_grid(path, image_unit, classes, weight, params: AugmentParams, input_tile: int,
-                            output_tile: int, seed: int = 0, count: int = 8, grid_spacing: int = 32) -> Path:
+def write_augmentation_grid(
+    path,
+    image_unit,
+    classes,
+    weight,
+    params: AugmentParams,
+    input_tile: int,
+    output_tile: int,
+    seed: int = 0,
+    count: int = 8,
+    grid_spacing: int = 32,
+) -> Path:
     """Writes a PNG grid: the un-augmented centred tile and ``count`` augmented tiles of one image.
 
     Args:
@@ -115,17 +128,34 @@ def write_augmentation_grid(path, image_unit, classes, weight, params: AugmentPa
     weight = None if weight is None else np.asarray(weight, np.float32)
     grid = grid_image(*image_unit.shape[:2], spacing=grid_spacing)
     seeds = np.array([[seed, i] for i in range(count)], np.int64)
-    original = _tiles(image_unit, classes, weight, grid, AugmentParams.disabled(), input_tile, output_tile,
-                      seeds[:1])
+    original = _tiles(image_unit, classes, weight, grid, AugmentParams.disabled(), input_tile, output_tile, seeds[:1])
     augmented = _tiles(image_unit, classes, weight, grid, params, input_tile, output_tile, seeds)
     weight_max = float(weight.max()) if weight is not None and weight.max() > 0 else 1.0
-    panels = [_panel(original[0][0], original[1][0], original[2][0],
-                     None if weight is None else original[3][0], weight_max, input_tile, output_tile,
-                     "original")]
+    panels = [
+        _panel(
+            original[0][0],
+            original[1][0],
+            original[2][0],
+            None if weight is None else original[3][0],
+            weight_max,
+            input_tile,
+            output_tile,
+            "original",
+        )
+    ]
     for i in range(count):
-        panels.append(_panel(augmented[0][i], augmented[1][i], augmented[2][i],
-                             None if weight is None else augmented[3][i], weight_max, input_tile, output_tile,
-                             f"seed ({seed}, {i})"))
+        panels.append(
+            _panel(
+                augmented[0][i],
+                augmented[1][i],
+                augmented[2][i],
+                None if weight is None else augmented[3][i],
+                weight_max,
+                input_tile,
+                output_tile,
+                f"seed ({seed}, {i})",
+            )
+        )
     columns = math.ceil(math.sqrt(len(panels)))
     gap = 8
     height, width = panels[0].shape[:2]
@@ -155,15 +185,19 @@ def main(argv=None) -> int:
             continue
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
-    params = AugmentParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AugmentParams)
-                              if hasattr(args, f.name)})
+    params = AugmentParams(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(AugmentParams) if hasattr(args, f.name)}
+    )
     image = cv2.imread(args.image, cv2.IMREAD_UNCHANGED)
     label = cv2.imread(args.label, cv2.IMREAD_UNCHANGED)
     if image is None or label is None:
         raise SystemExit(f"cannot read {args.image} or {args.label}")
     classes = (label > 0).astype(np.uint8)
-    print(write_augmentation_grid(args.out, image, classes, None, params, args.tile, args.output_tile,
-                                  seed=args.seed, count=args.count))
+    print(
+        write_augmentation_grid(
+            args.out, image, classes, None, params, args.tile, args.output_tile, seed=args.seed, count=args.count
+        )
+    )
     return 0
 
 

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 import kunet
 from kunet.inference import InferenceSettings, choose_tile, net_border, plan_for_tile, tiled_probabilities
+from kunet.postprocess import tf_foreground_mask
 from kunet.preprocess import dtype_max, tf_normalize
 from kunet.segmenter import resolve_model_path, with_precision
 
@@ -58,9 +59,16 @@ def next_version(model_root: Path) -> int:
 
 
 def _decision(probabilities, settings: InferenceSettings):
-    if probabilities.shape[-1] == 2:
-        return tf.cast(probabilities[..., 1] >= settings.threshold, tf.int32)
-    return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    """Class indices [B, H, W]: the stored threshold and post-processing, or the argmax."""
+    if probabilities.shape[-1] != 2:
+        return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    seed_threshold = max(settings.seed_threshold, settings.threshold)
+
+    def one(foreground):
+        mask = tf_foreground_mask(foreground, settings.threshold, settings.postprocess, seed_threshold)
+        return tf.cast(mask, tf.int32)
+
+    return tf.map_fn(one, probabilities[..., 1], fn_output_signature=tf.int32, parallel_iterations=1)
 
 
 def build_serving_functions(model, settings: InferenceSettings, tile_hw, batch_size: int = 1):
@@ -134,7 +142,9 @@ def client_info(model, settings: InferenceSettings, plan) -> dict:
         "decision": {
             "threshold": settings.threshold,
             "rule": "p(class 1) >= threshold" if model.num_classes == 2 else "argmax",
-        },  # fmt: skip
+            "postprocess": settings.postprocess,
+            "seed_threshold": settings.seed_threshold,
+        },
         "inference": settings.to_metadata(),
         "model": model.get_config(),
         "signatures": {

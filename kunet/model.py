@@ -355,9 +355,9 @@ class _UNetGraphBuilder:
             x = self._conv_block(x, filters, f"down{level}")
             if level in dropout_levels:
                 # The Caffe release drops out in place, so the skip also sees the dropped map.
-                x = layers.Dropout(
-                    self.dropout, seed=self._next_seed(), dtype=self.dtype, name=f"down{level}_dropout"
-                )(x)
+                x = layers.Dropout(self.dropout, seed=self._next_seed(), dtype=self.dtype, name=f"down{level}_dropout")(
+                    x
+                )
             if level < self.depth:
                 skips.append(x)
                 x = layers.MaxPooling2D(2, dtype=self.dtype, name=f"down{level}_pool")(x)

@@ -30,6 +30,7 @@ OBJECTIVES = {
     "seg": ("seg", False),
 }
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
+WATERSHED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def frame_scores(mask: np.ndarray, frame: dict, label_kind: str) -> dict:
@@ -54,35 +55,30 @@ def sweep(
     records_dir,
     split: str = "val",
     thresholds=THRESHOLDS,
-    postprocessing=("none", "watershed"),
+    watershed_thresholds=WATERSHED_THRESHOLDS,
     seed_thresholds=(0.8, 0.9, 0.95),
 ) -> list[dict]:
-    """Mean scores over ``split`` for every (threshold, post-processing) combination."""
+    """Mean scores over ``split`` for every threshold, and the watershed on a coarser threshold grid."""
     frames = list(iterate_frames(records_dir, split))
     if not frames:
         raise ValueError(f"{records_dir}: no {split} frames to tune on")
     label_kind = segmenter.settings.label_kind
     foreground = [segmenter.probabilities(frame["image"])[..., -1] for frame in frames]
     rows = []
-    for threshold in thresholds:
-        for postprocess in postprocessing:
-            seeds = seed_thresholds if postprocess == "watershed" else (None,)
-            for seed_threshold in seeds:
-                if seed_threshold is not None and seed_threshold <= threshold:
-                    continue
-                per_frame = [
-                    frame_scores(foreground_mask(p, threshold, postprocess, seed_threshold or 0.9), frame, label_kind)
-                    for p, frame in zip(foreground, frames)
-                ]
-                mean = {key: float(np.nanmean([s[key] for s in per_frame])) for key in per_frame[0]}
-                rows.append(
-                    {
-                        "threshold": float(threshold),
-                        "postprocess": postprocess,
-                        "seed_threshold": seed_threshold,
-                        **mean,
-                    }
-                )
+    combinations = [(t, "none", None) for t in thresholds] + [
+        (t, "watershed", s) for t in watershed_thresholds for s in seed_thresholds
+    ]
+    for threshold, postprocess, seed_threshold in combinations:
+        if seed_threshold is not None and seed_threshold <= threshold:
+            continue
+        per_frame = [
+            frame_scores(foreground_mask(p, threshold, postprocess, seed_threshold or 0.9), frame, label_kind)
+            for p, frame in zip(foreground, frames)
+        ]
+        mean = {key: float(np.nanmean([s[key] for s in per_frame])) for key in per_frame[0]}
+        rows.append(
+            {"threshold": float(threshold), "postprocess": postprocess, "seed_threshold": seed_threshold, **mean}
+        )
     return rows
 
 

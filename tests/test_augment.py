@@ -55,15 +55,20 @@ def _seeds(*values):
 def _sample(example, params, input_tile, output_tile, seed=1):
     image, classes, weight = example
     out = augment.sample_tiles(
-        image[None], classes[None], weight[None], np.array([image.shape[:2]], np.int32), _seeds(seed),
-        params, input_tile, output_tile,
+        image[None],
+        classes[None],
+        weight[None],
+        np.array([image.shape[:2]], np.int32),
+        _seeds(seed),
+        params,
+        input_tile,
+        output_tile,
     )
     return tuple(t.numpy()[0] for t in out)
 
 
 def _grid(tile):
-    rows, cols = np.meshgrid(np.arange(tile, dtype=np.float32), np.arange(tile, dtype=np.float32),
-                             indexing="ij")
+    rows, cols = np.meshgrid(np.arange(tile, dtype=np.float32), np.arange(tile, dtype=np.float32), indexing="ij")
     return np.stack([rows, cols], axis=-1)
 
 
@@ -157,8 +162,14 @@ def test_image_label_and_weight_share_one_field():
     weight = cols.astype(np.float32)
     params = dataclasses.replace(GEOMETRY, scale_range=0.2)
     tiles, tile_classes, tile_weights = augment.sample_tiles(
-        image[None].repeat(4, 0), classes[None].repeat(4, 0), weight[None].repeat(4, 0),
-        np.array([[height, width]] * 4, np.int32), _seeds(1, 2, 3, 4), params, 60, 40,
+        image[None].repeat(4, 0),
+        classes[None].repeat(4, 0),
+        weight[None].repeat(4, 0),
+        np.array([[height, width]] * 4, np.int32),
+        _seeds(1, 2, 3, 4),
+        params,
+        60,
+        40,
     )
     assert tile_classes.dtype == tf.int32
     y = tiles.numpy()[:, 10:50, 10:50, 0] * 64.0
@@ -177,8 +188,14 @@ def test_warped_labels_only_contain_original_values():
     classes = np.random.default_rng(3).choice(np.array([0, 3, 7, 200], np.uint8), (50, 70))
     params = dataclasses.replace(AugmentParams(), scale_range=0.3, elastic_sigma=15.0)
     _, tile_classes, _ = augment.sample_tiles(
-        image[None].repeat(3, 0), classes[None].repeat(3, 0), weight[None].repeat(3, 0),
-        np.array([[50, 70]] * 3, np.int32), _seeds(5, 6, 7), params, 96, 60,
+        image[None].repeat(3, 0),
+        classes[None].repeat(3, 0),
+        weight[None].repeat(3, 0),
+        np.array([[50, 70]] * 3, np.int32),
+        _seeds(5, 6, 7),
+        params,
+        96,
+        60,
     )
     assert set(np.unique(tile_classes.numpy())) <= {0, 3, 7, 200}
 
@@ -188,8 +205,14 @@ def test_flips_alone_give_the_eight_dihedral_symmetries():
     params = dataclasses.replace(DISABLED, flip=True)
     seeds = _seeds(*range(40))
     tiles, tile_classes, _ = augment.sample_tiles(
-        image[None].repeat(40, 0), classes[None].repeat(40, 0), weight[None].repeat(40, 0),
-        np.array([[20, 20]] * 40, np.int32), seeds, params, 20, 20,
+        image[None].repeat(40, 0),
+        classes[None].repeat(40, 0),
+        weight[None].repeat(40, 0),
+        np.array([[20, 20]] * 40, np.int32),
+        seeds,
+        params,
+        20,
+        20,
     )
     variants = []
     for k in range(4):
@@ -305,6 +328,7 @@ def test_xla_compiles_and_matches_graph_mode():
     np.testing.assert_allclose(xla[0], graph[0], atol=1e-4)
     assert (xla[1] == graph[1]).mean() > 0.999  # nearest may differ at an exact .5 tie by an ulp
     np.testing.assert_allclose(xla[2], graph[2], atol=1e-3)
+
     # With gray values too (noise included): the same random numbers with and without XLA.
     def run_full(*args):
         return augment.sample_tiles(*args, AugmentParams(), 64, 32)
@@ -367,8 +391,9 @@ def test_host_sampler_in_dataset_map_is_deterministic():
 
     def collect():
         seeds = tf.data.Dataset.range(6).map(lambda i: tf.stack([i, tf.constant(5, tf.int64)]))
-        tiles = seeds.map(lambda s: (s, *sampler(image, classes, weight, s)),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        tiles = seeds.map(
+            lambda s: (s, *sampler(image, classes, weight, s)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+        )
         return {int(s[0]): rest for s, *rest in tiles}
 
     first, second = collect(), collect()
@@ -383,11 +408,16 @@ def test_host_sampler_in_dataset_map_is_deterministic():
     # Frames of unknown, varying size (as decoded from records): one trace, XLA compiles per shape.
     frames = tf.data.Dataset.from_generator(
         lambda: iter([_example(48, 52, seed=1), _example(35, 61, channels=1, seed=2)]),
-        output_signature=(tf.TensorSpec([None, None, 1], tf.float32), tf.TensorSpec([None, None], tf.uint8),
-                          tf.TensorSpec([None, None], tf.float32)),
+        output_signature=(
+            tf.TensorSpec([None, None, 1], tf.float32),
+            tf.TensorSpec([None, None], tf.uint8),
+            tf.TensorSpec([None, None], tf.float32),
+        ),
     )
-    shapes = [tuple(t.shape for t in out) for out in frames.map(
-        lambda i, c, w: sampler(i, c, w, tf.constant([1, 2], tf.int64)))]
+    shapes = [
+        tuple(t.shape for t in out)
+        for out in frames.map(lambda i, c, w: sampler(i, c, w, tf.constant([1, 2], tf.int64)))
+    ]
     assert shapes == [((60, 60, 1), (28, 28), (28, 28))] * 2
     # The per-sample function is sample_tiles with B = 1 (XLA on both sides).
     direct = tf.function(lambda *a: augment.sample_tiles(*a, AugmentParams(), 60, 28), jit_compile=True)(
@@ -424,8 +454,14 @@ def test_foreground_bias_centres_tiles_on_foreground():
     params = dataclasses.replace(DISABLED, foreground_bias=1.0)
     count = 12
     _, tile_classes, _ = augment.sample_tiles(
-        image[None].repeat(count, 0), classes[None].repeat(count, 0), weight[None].repeat(count, 0),
-        np.array([[80, 90]] * count, np.int32), _seeds(*range(count)), params, 40, 2,
+        image[None].repeat(count, 0),
+        classes[None].repeat(count, 0),
+        weight[None].repeat(count, 0),
+        np.array([[80, 90]] * count, np.int32),
+        _seeds(*range(count)),
+        params,
+        40,
+        2,
     )
     assert (tile_classes.numpy() > 0).any(axis=(1, 2)).all()
     # Without the bias (and without shift) the centre stays on the image centre: background.
@@ -441,8 +477,14 @@ def test_shift_covers_the_image():
     params = dataclasses.replace(DISABLED, shift=True)
     count = 400
     _, centre, _ = augment.sample_tiles(
-        image[None].repeat(count, 0), classes[None].repeat(count, 0), weight[None].repeat(count, 0),
-        np.array([[height, width]] * count, np.int32), _seeds(*range(count)), params, 41, 1,
+        image[None].repeat(count, 0),
+        classes[None].repeat(count, 0),
+        weight[None].repeat(count, 0),
+        np.array([[height, width]] * count, np.int32),
+        _seeds(*range(count)),
+        params,
+        41,
+        1,
     )
     y, x = np.divmod(centre.numpy().ravel(), width)
     assert y.min() < 5 and y.max() > height - 6 and x.min() < 5 and x.max() > width - 6
@@ -516,8 +558,9 @@ def test_preview_grid_png(tmp_path):
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     classes = (((rows // 15) + (cols // 15)) % 2).astype(np.uint8)  # checkerboard: many boundaries
     image = (0.2 + 0.6 * classes).astype(np.float32)
-    path = write_augmentation_grid(tmp_path / "grid.png", image, classes, 1 + classes.astype(np.float32),
-                                   AugmentParams(), 92, 40, seed=3, count=3)
+    path = write_augmentation_grid(
+        tmp_path / "grid.png", image, classes, 1 + classes.astype(np.float32), AugmentParams(), 92, 40, seed=3, count=3
+    )
     sheet = cv2.imread(str(path))
     assert sheet is not None and sheet.shape[2] == 3
     # 4 panels in a 2 x 2 sheet, each caption + tile + weight image.

@@ -147,3 +147,22 @@ def test_check_validates_an_export_in_a_fresh_process(trained_run, tmp_path):
     (broken / "saved_model.pb").write_bytes(b"garbage")
     with pytest.raises(ExportError, match="fresh process"):
         check(broken, log=lambda *a: None)
+
+
+def test_stored_threshold_and_watershed_travel_into_the_export(trained_run, tmp_path):
+    from kunet.tune import store_settings
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    store_settings(run / "best.keras", {"threshold": 0.4, "postprocess": "watershed", "seed_threshold": 0.8})
+    version_dir = export(run, "tiny", tmp_path / "saved", log=lambda *a: None)
+    info = json.loads((version_dir / "assets.extra" / "kunet.json").read_text())
+    assert info["decision"]["postprocess"] == "watershed" and info["decision"]["threshold"] == 0.4
+    image = np.full((150, 170), 40, np.uint8)
+    for cy, cx in ((40, 40), (40, 75), (100, 120)):  # two touching bright disks and one apart
+        cv2.circle(image, (cx, cy), 22, 210, -1)
+    loaded = tf.saved_model.load(str(version_dir))
+    served = loaded.signatures["serving_default"](images=tf.constant(image[None, ..., None], tf.float32))
+    reference = Segmenter(run).segment(image)
+    decided = np.abs(reference.probabilities[..., 1] - 0.4) > 1e-4
+    np.testing.assert_array_equal(served["classes"].numpy()[0][decided], reference.classes[decided])
