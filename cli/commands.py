@@ -96,10 +96,12 @@ def fit(
     precision: str = typer.Option(None, help="float32, mixed_bfloat16 or mixed_float16."),
     jit_compile: bool = typer.Option(None, "--jit-compile/--no-jit-compile", help="XLA-compile the train step."),
     strategy: str = typer.Option("default", help="default, mirrored (local devices) or multiworker (TF_CONFIG)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the pipeline without data and exit."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
 ):
     """Train a U-Net with the paper's weighted loss (checkpointed, resumable)."""
     from kunet.train import Trainer, load_run_config, make_strategy
+    from kunet.train import dry_run as check_pipeline
 
     overrides = list(set_)
     if precision:
@@ -118,6 +120,10 @@ def fit(
             fail("give a pipeline TOML, or --resume RUN")
         else:
             config = load_config(pipeline, overrides)
+            if dry_run:
+                for key, value in check_pipeline(config).items():
+                    typer.echo(f"{key:>10}: {value}")
+                return
             run_dir = run_dir or Path("runs") / config.name
         trainer = Trainer(config, run_dir, records, make_strategy(strategy), resume=resume is not None)
         state = trainer.fit(epochs=epochs, steps=steps, max_minutes=max_minutes)

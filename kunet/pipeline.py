@@ -145,7 +145,7 @@ def training_dataset(
             frame["size"] = tf.shape(frame["classes"], out_type=tf.int32)
             return frame
 
-        batches = indexed.map(add_size, deterministic=True).padded_batch(batch_size, drop_remainder=True)
+        batches = indexed.map(add_size).padded_batch(batch_size, drop_remainder=True)
     else:
         sampler = make_host_sampler(params, shape.input, shape.output, jit_compile=True)
 

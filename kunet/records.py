@@ -338,11 +338,20 @@ def build_records(
 # --- reading -----------------------------------------------------------------------------------
 
 
+def _join(records_dir: str | os.PathLike, name: str) -> str:
+    """A path inside a records folder, kept as a string so gs://, s3:// and hdfs:// folders work."""
+    return f"{str(records_dir).rstrip('/')}/{name}"
+
+
 def read_manifest(records_dir: str | os.PathLike) -> dict:
-    path = Path(records_dir) / MANIFEST
-    if not path.is_file():
+    """The manifest of a records folder on any ``tf.io.gfile`` file system."""
+    import tensorflow as tf
+
+    path = _join(records_dir, MANIFEST)
+    if not tf.io.gfile.exists(path):
         raise RecordsError(f"{records_dir}: no {MANIFEST} (not a kunet records folder, or an unfinished one)")
-    manifest = json.loads(path.read_text())
+    with tf.io.gfile.GFile(path, "r") as stream:
+        manifest = json.loads(stream.read())
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise RecordsError(
             f"{path}: records schema version {manifest.get('schema_version')}, this kunet reads {SCHEMA_VERSION}"
@@ -352,7 +361,7 @@ def read_manifest(records_dir: str | os.PathLike) -> dict:
 
 def shard_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
     manifest = read_manifest(records_dir)
-    return [str(Path(records_dir) / shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
+    return [_join(records_dir, shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
 
 
 def verify_checksums(records_dir: str | os.PathLike) -> None:

@@ -144,6 +144,35 @@ def build_optimizer(config: PipelineConfig, total_steps: int, precision: str):
     return optimizer
 
 
+def dry_run(config: PipelineConfig) -> dict:
+    """Checks a pipeline without data: builds the model, one augmented batch from a synthetic frame
+    through the same sampler and normalisation as training, a forward pass and the loss."""
+    from kunet.augment import AugmentParams, make_host_sampler
+
+    shape = tile_shape(config)
+    model = build_model(config)
+    frame_size = max(shape.input, 512)
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.random((frame_size, frame_size, config.image.channels), dtype=np.float32))
+    classes = tf.constant(rng.integers(0, config.labels.num_classes, (frame_size, frame_size)).astype(np.uint8))
+    weight = tf.ones((frame_size, frame_size), tf.float32)
+    sampler = make_host_sampler(AugmentParams.from_config(config.augment), shape.input, shape.output)
+    tiles, tile_classes, tile_weights = sampler(image, classes, weight, tf.constant([config.train.seed, 0], tf.int64))
+    logits = model(tiles[None], training=False)
+    loss = segmentation_loss(tile_classes[None], logits, tile_weights[None], config.labels.num_classes,
+                             float(shape.output**2), config.train.loss, config.train.dice_weight)  # fmt: skip
+    build_optimizer(config, config.train.epochs * config.train.steps_per_epoch, config.train.precision)
+    return {
+        "name": config.name,
+        "parameters": model.count_params(),
+        "tile": f"{shape.input} -> {shape.output}",
+        "logits": list(logits.shape),
+        "loss": float(loss),
+        "classes": config.labels.class_values(),
+        "weights": config.weights.resolved().preset,
+    }
+
+
 # --- distribution ---------------------------------------------------------------------------------
 
 
@@ -306,7 +335,9 @@ class Trainer:
     def __init__(self, config: PipelineConfig, run_dir, records_dir=None, strategy=None, resume=False, log=print):
         self.config = config
         self.paths = RunPaths(Path(run_dir))
-        self.records_dir = Path(records_dir) if records_dir else config.records_dir()
+        records_dir = records_dir or config.records_dir()
+        # Remote folders (gs://, s3://) stay strings: pathlib would fold their "//".
+        self.records_dir = records_dir if "://" in str(records_dir) else Path(records_dir).resolve()
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = is_chief(self.strategy)
         self.log = log if self.chief else (lambda *args, **kwargs: None)
@@ -340,7 +371,7 @@ class Trainer:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             _write_json_atomically(
                 self.paths.config,
-                {"pipeline": config.to_dict(), "base_dir": config.base_dir, "records": str(self.records_dir.resolve())},
+                {"pipeline": config.to_dict(), "base_dir": config.base_dir, "records": str(self.records_dir)},
             )
 
         with strategy.scope():

@@ -24,3 +24,18 @@ def test_demo_runs_every_step_and_reuses_its_outputs(tmp_path):
                    for line in again)  # fmt: skip
     assert second["export"] == result["export"]
     assert second["scores"] == result["scores"]
+
+
+def test_every_shipped_pipeline_passes_a_dry_run_without_data():
+    from pathlib import Path
+
+    from kunet.config import load_pipeline
+    from kunet.train import dry_run
+
+    pipelines = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"))
+    assert {p.stem for p in pipelines} >= {"isbi2012", "dic-hela", "phc-u373", "synthetic-em"}
+    for path in pipelines:
+        config = load_pipeline(path, ["model.base_filters=4"])  # the architecture as configured, narrower
+        report = dry_run(config)
+        assert report["logits"][-1] == config.labels.num_classes, path
+        assert report["loss"] > 0, path
