@@ -212,8 +212,12 @@ def evaluate(
 def tune(
     model: Path = typer.Argument(..., help="Run directory (best.keras and last.keras are updated) or .keras file."),
     pipeline: Path = typer.Argument(..., help="Pipeline TOML whose validation records to tune on."),
-    objective: str = typer.Option("rand", help="rand (V_rand grown), rand_raw, pixel, iou or seg."),
+    objective: str = typer.Option(
+        "rand", help="rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou or seg."
+    ),
     records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    mirror: bool = typer.Option(False, "--mirror", help="Tune with (and store) test-time mirroring."),
+    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 for the sweep's predictions."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the sweep; leave the model unchanged."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
 ):
@@ -223,7 +227,10 @@ def tune(
 
     with user_errors():
         config = load_config(pipeline, list(set_))
-        result = run_tune(model, records or config.records_dir(), objective, store=not dry_run)
+        result = run_tune(
+            model, records or config.records_dir(), objective, store=not dry_run, test_time_mirroring=mirror,
+            precision=precision,
+        )  # fmt: skip
     key = OBJECTIVES[objective][0]
     for row in result["rows"]:
         mark = "  <- chosen" if row is result["chosen"] else ""

@@ -41,7 +41,14 @@ import numpy as np
 import tensorflow as tf
 
 import kunet
-from kunet.inference import InferenceSettings, choose_tile, net_border, plan_for_tile, tiled_probabilities
+from kunet.inference import (
+    InferenceSettings,
+    choose_tile,
+    mirrored_probabilities,
+    net_border,
+    plan_for_tile,
+    tiled_probabilities,
+)
 from kunet.postprocess import tf_foreground_mask
 from kunet.preprocess import dtype_max, tf_normalize
 from kunet.segmenter import resolve_model_path, with_precision
@@ -79,13 +86,15 @@ def build_serving_functions(model, settings: InferenceSettings, tile_hw, batch_s
     scale = 1.0 / dtype_max(settings.image_dtype)
     class_values = tf.constant(list(settings.class_values), tf.int32)
 
-    def one_image(image):
-        unit = image * scale
-        prepared = tf_normalize(unit[None], settings.normalize)[0]
+    def predict(prepared):
         return tiled_probabilities(
             lambda tiles: model(tiles, training=False), prepared, plan.input_hw, plan.stride_hw, (border, border),
             batch_size=batch_size,
         )  # fmt: skip
+
+    def one_image(image):
+        prepared = tf_normalize((image * scale)[None], settings.normalize)[0]
+        return mirrored_probabilities(predict, prepared) if settings.test_time_mirroring else predict(prepared)
 
     def segment(images):
         probabilities = tf.map_fn(one_image, images, fn_output_signature=tf.float32, parallel_iterations=1)

@@ -197,6 +197,7 @@ class InferenceSettings:
     threshold: float = 0.5
     postprocess: str = "none"
     seed_threshold: float = 0.9
+    test_time_mirroring: bool = False
     min_object_size: int = 0
     label_kind: str = "binary"
     image_dtype: str = "uint8"
@@ -218,6 +219,7 @@ class InferenceSettings:
             "threshold": self.threshold,
             "postprocess": self.postprocess,
             "seed_threshold": self.seed_threshold,
+            "test_time_mirroring": self.test_time_mirroring,
             "min_object_size": self.min_object_size,
             "label_kind": self.label_kind,
             "image_dtype": self.image_dtype,
@@ -241,7 +243,7 @@ class Predictor:
         tile_size: Input tile side (valid for the net); 0 chooses per image (fewest FLOPs).
         batch_size: Tiles per model call.
         memory_budget_mb: Bound for automatic tile sizes.
-        test_time_mirroring: Average over the four flips.
+        test_time_mirroring: Average over the four flips (default: the settings').
 
     Example:
         >>> predictor = Predictor(model)
@@ -255,13 +257,15 @@ class Predictor:
         tile_size: int = 0,
         batch_size: int = 1,
         memory_budget_mb: float = 4096,
-        test_time_mirroring: bool = False,
+        test_time_mirroring: bool | None = None,
     ):
         self.model = model
         self.settings = settings or InferenceSettings.from_metadata(getattr(model, "metadata", {}))
         self.tile_size = tile_size
         self.batch_size = batch_size
         self.memory_budget_mb = memory_budget_mb
+        if test_time_mirroring is None:
+            test_time_mirroring = self.settings.test_time_mirroring
         self.test_time_mirroring = test_time_mirroring
         self.depth = model.depth
         self.border = net_border(model.depth, model.padding)

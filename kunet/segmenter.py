@@ -63,7 +63,7 @@ class Segmenter:
         model_path: Run directory, ``.keras`` file or SavedModel folder.
         precision: ``float32`` or ``mixed_bfloat16`` (Keras models only).
         tile_size: Input tile side; 0 picks the cheapest tiling per image.
-        test_time_mirroring: Average the four flips (Keras models only).
+        test_time_mirroring: Average the four flips (default: as stored with the model).
         threshold: Overrides the model's stored decision threshold.
 
     Example:
@@ -77,7 +77,7 @@ class Segmenter:
         model_path,
         precision: str = "float32",
         tile_size: int = 0,
-        test_time_mirroring: bool = False,
+        test_time_mirroring: bool | None = None,
         threshold: float | None = None,
         batch_size: int = 1,
         memory_budget_mb: float = 4096,

@@ -23,6 +23,7 @@ from kunet.segmenter import Segmenter
 
 OBJECTIVES = {
     # name: (metric key, minimise?)
+    "rand+pixel": ("rand_plus_pixel", True),
     "rand": ("adapted_rand_error_grown", True),
     "rand_raw": ("adapted_rand_error", True),
     "pixel": ("pixel_error", True),
@@ -76,6 +77,7 @@ def sweep(
             for p, frame in zip(foreground, frames)
         ]
         mean = {key: float(np.nanmean([s[key] for s in per_frame])) for key in per_frame[0]}
+        mean["rand_plus_pixel"] = mean["adapted_rand_error_grown"] + mean["pixel_error"]
         rows.append(
             {"threshold": float(threshold), "postprocess": postprocess, "seed_threshold": seed_threshold, **mean}
         )
@@ -97,6 +99,7 @@ def store_settings(model_path: Path, chosen: dict) -> None:
         threshold=chosen["threshold"],
         postprocess=chosen["postprocess"],
         seed_threshold=chosen["seed_threshold"] or 0.9,
+        test_time_mirroring=bool(chosen.get("test_time_mirroring", False)),
     )
     rebuilt = model.__class__.from_config({**model.get_config(), "metadata": metadata})
     rebuilt.set_weights(model.get_weights())
@@ -105,12 +108,26 @@ def store_settings(model_path: Path, chosen: dict) -> None:
     os.replace(temporary, model_path)
 
 
-def tune(run_or_model, records_dir, objective: str = "rand", split: str = "val", store: bool = True) -> dict:
-    """Sweeps, chooses by ``objective`` and (with ``store``) writes the choice into the model files."""
+def tune(
+    run_or_model,
+    records_dir,
+    objective: str = "rand",
+    split: str = "val",
+    store: bool = True,
+    test_time_mirroring: bool = False,
+    precision: str = "float32",
+) -> dict:
+    """Sweeps, chooses by ``objective`` and (with ``store``) writes the choice into the model files.
+
+    With ``test_time_mirroring`` the probabilities average the four flips, and the stored settings
+    switch mirroring on for predict and export.
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
-    segmenter = Segmenter(run_or_model)
+    segmenter = Segmenter(run_or_model, precision=precision, test_time_mirroring=test_time_mirroring)
     rows = sweep(segmenter, records_dir, split)
+    for row in rows:
+        row["test_time_mirroring"] = test_time_mirroring
     chosen = choose(rows, objective)
     path = Path(run_or_model)
     targets = [p for p in (path / "best.keras", path / "last.keras") if p.is_file()] if path.is_dir() else [path]

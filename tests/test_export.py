@@ -154,10 +154,14 @@ def test_stored_threshold_and_watershed_travel_into_the_export(trained_run, tmp_
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    store_settings(run / "best.keras", {"threshold": 0.4, "postprocess": "watershed", "seed_threshold": 0.8})
+    store_settings(
+        run / "best.keras",
+        {"threshold": 0.4, "postprocess": "watershed", "seed_threshold": 0.8, "test_time_mirroring": True},
+    )
     version_dir = export(run, "tiny", tmp_path / "saved", log=lambda *a: None)
     info = json.loads((version_dir / "assets.extra" / "kunet.json").read_text())
     assert info["decision"]["postprocess"] == "watershed" and info["decision"]["threshold"] == 0.4
+    assert info["inference"]["test_time_mirroring"] is True
     image = np.full((150, 170), 40, np.uint8)
     for cy, cx in ((40, 40), (40, 75), (100, 120)):  # two touching bright disks and one apart
         cv2.circle(image, (cx, cy), 22, 210, -1)
