@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import cv2
-from typer.testing import CliRunner
-
-from kunet_cli.main import app
-
 from conftest import REPO_ROOT
+from kunet_cli.main import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
