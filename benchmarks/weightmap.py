@@ -56,7 +56,7 @@ def frames():
             _, instances = make_cells_sample(512, rng, num_cells=(15, 15))
             if instances.max() == 15:
                 break
-        yield f"synthetic cells #{index} (15 objects)", instances, LabelConfig(kind="instance")
+        yield f"synthetic, 15 cells #{index}", instances, LabelConfig(kind="instance")
     hela = SHARED / "DIC-C2DH-HeLa" / "01_GT" / "SEG" / "man_seg002.tif"
     if hela.exists():
         yield "DIC-HeLa 01/t002", cv2.imread(str(hela), cv2.IMREAD_UNCHANGED), LabelConfig(kind="instance")
