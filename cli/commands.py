@@ -137,7 +137,9 @@ def predict(
     out: Path = typer.Option(Path("predictions"), help="Output folder."),
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 (about 2x faster on bf16 CPUs)."),
     tile_size: int = typer.Option(0, help="Input tile side; 0 chooses the cheapest tiling per image."),
-    mirror: bool = typer.Option(False, "--mirror", help="Test-time mirroring: average over the four flips."),
+    mirror: bool = typer.Option(
+        None, "--mirror/--no-mirror", help="Test-time mirroring: average the four flips (default: as stored)."
+    ),
     threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
     probabilities: str = typer.Option(None, help="Also write probabilities: tif (foreground) or npy (all classes)."),
     mask_format: str = typer.Option("png", help="Mask file format: png or tif."),
@@ -168,7 +170,7 @@ def evaluate(
         None, help="Folder for scores.json, scores.csv and overlays (default: <model>/eval-<split>)."
     ),
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
-    mirror: bool = typer.Option(False, "--mirror", help="Test-time mirroring."),
+    mirror: bool = typer.Option(None, "--mirror/--no-mirror", help="Test-time mirroring (default: as stored)."),
     threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
 ):

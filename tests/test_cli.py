@@ -48,3 +48,24 @@ def test_configuration_errors_name_the_file_and_key(tmp_path):
 def test_predict_reports_a_missing_model_clearly(tmp_path):
     result = runner.invoke(app, ["predict", str(tmp_path / "nope"), str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "nope" in result.output and "not found" in result.output
+
+
+def test_predict_and_evaluate_leave_mirroring_to_the_model_unless_told(tmp_path, monkeypatch):
+    # `kunet tune --mirror` stores test-time mirroring with the model; a CLI default of False silently
+    # dropped it, so predict/evaluate scored a different decision rule than the one tuned.
+    import kunet.segmenter
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, model, precision, tile_size, mirror, threshold):
+            seen.append(mirror)
+            raise kunet.segmenter.ModelLoadError("recorded")
+
+    monkeypatch.setattr(kunet.segmenter, "Segmenter", Recorder)
+    toml = REPO_ROOT / "pipelines" / "isbi2012.toml"
+    for flags, expected in (([], None), (["--mirror"], True), (["--no-mirror"], False)):
+        runner.invoke(app, ["predict", str(tmp_path), str(tmp_path), *flags])
+        assert seen.pop() is expected
+        runner.invoke(app, ["evaluate", str(tmp_path), str(toml), *flags])
+        assert seen.pop() is expected
