@@ -76,8 +76,9 @@ def dataset_rate(map_fn, data, seconds: float) -> float:
     """Per-sample map inside tf.data with AUTOTUNE parallelism, consumed element by element."""
     image, classes, weight = data
     seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.constant(7, tf.int64), i]))
-    dataset = seeds.map(lambda s: map_fn(image[..., None], classes, weight, s),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = seeds.map(
+        lambda s: map_fn(image[..., None], classes, weight, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    )
     iterator = iter(dataset.prefetch(tf.data.AUTOTUNE))
 
     def step():
@@ -122,8 +123,9 @@ def elasticdeform_loop(data, seconds) -> float | None:
     image, classes, weight = data
 
     def step():
-        elasticdeform.deform_random_grid([image.astype(np.float32) / 255.0, classes, weight], sigma=10,
-                                         points=3, order=[3, 0, 1])
+        elasticdeform.deform_random_grid(
+            [image.astype(np.float32) / 255.0, classes, weight], sigma=10, points=3, order=[3, 0, 1]
+        )
         return 1
 
     return timed(step, seconds, warmup=2)
@@ -138,8 +140,9 @@ def elasticdeform_dataset(data, seconds) -> float | None:
     def deform(image, classes, weight, seed):
         rng_state = np.random.RandomState(int(seed[1]) % (2**31))
         np.random.set_state(rng_state.get_state())  # elasticdeform draws from the global state
-        out = elasticdeform.deform_random_grid([image[..., 0].astype(np.float32) / 255.0, classes, weight],
-                                               sigma=10, points=3, order=[3, 0, 1])
+        out = elasticdeform.deform_random_grid(
+            [image[..., 0].astype(np.float32) / 255.0, classes, weight], sigma=10, points=3, order=[3, 0, 1]
+        )
         return out[0][..., None], out[1], out[2]
 
     def map_fn(image, classes, weight, seed):
@@ -156,8 +159,11 @@ def albumentations_rate(data, seconds, approximate: bool) -> float | None:
         return None
     image, classes, weight = data
     transform = A.Compose(
-        [A.ElasticTransform(alpha=1000.0, sigma=50.0, approximate=approximate, border_mode=cv2.BORDER_REFLECT_101,
-                            p=1.0)],
+        [
+            A.ElasticTransform(
+                alpha=1000.0, sigma=50.0, approximate=approximate, border_mode=cv2.BORDER_REFLECT_101, p=1.0
+            )
+        ],
         additional_targets={"weight": "mask"},
     )
     unit = image.astype(np.float32) / 255.0
@@ -177,10 +183,14 @@ def main(argv=None) -> int:
     seconds = 1.0 if args.quick else args.seconds
     data = make_data()
 
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores, load average before: "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"workload: {SIZE}x{SIZE} uint8 image + uint8 label + float32 weight, one field, "
-          f"{SIZE}x{SIZE} out; {seconds:g} s per figure\n")
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} cores, load average before: "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
+    print(
+        f"workload: {SIZE}x{SIZE} uint8 image + uint8 label + float32 weight, one field, "
+        f"{SIZE}x{SIZE} out; {seconds:g} s per figure\n"
+    )
     rates: dict[str, float | None] = {}
 
     def report(key: str, label: str, value: float | None, unit: str = "images/s"):
@@ -188,29 +198,52 @@ def main(argv=None) -> int:
         text = "not installed" if value is None else f"{value:8.1f} {unit}"
         print(f"  {label:<62} {text}", flush=True)
 
-    report("a_geo", "(a) kunet per-sample XLA in Dataset.map, geometry",
-           kunet_per_sample(data, GEOMETRY, SIZE, SIZE, seconds))
-    report("a_full", "(a) kunet per-sample XLA in Dataset.map, full",
-           kunet_per_sample(data, FULL, SIZE, SIZE, seconds))
+    report(
+        "a_geo",
+        "(a) kunet per-sample XLA in Dataset.map, geometry",
+        kunet_per_sample(data, GEOMETRY, SIZE, SIZE, seconds),
+    )
+    report("a_full", "(a) kunet per-sample XLA in Dataset.map, full", kunet_per_sample(data, FULL, SIZE, SIZE, seconds))
     report("b_geo", f"(b) kunet batched XLA (batch {BATCH}), geometry", kunet_batched(data, GEOMETRY, seconds))
     report("b_full", f"(b) kunet batched XLA (batch {BATCH}), full", kunet_batched(data, FULL, seconds))
-    report("c_geo", "(c) kunet per-sample graph mode (no XLA) in Dataset.map, geometry",
-           kunet_per_sample(data, GEOMETRY, SIZE, SIZE, seconds, jit_compile=False))
+    report(
+        "c_geo",
+        "(c) kunet per-sample graph mode (no XLA) in Dataset.map, geometry",
+        kunet_per_sample(data, GEOMETRY, SIZE, SIZE, seconds, jit_compile=False),
+    )
     report("d_loop", "(d) elasticdeform deform_random_grid, loop", elasticdeform_loop(data, seconds))
-    report("d_data", "(d) elasticdeform via numpy_function in Dataset.map",
-           elasticdeform_dataset(data, seconds) if rates["d_loop"] is not None else None)
+    report(
+        "d_data",
+        "(d) elasticdeform via numpy_function in Dataset.map",
+        elasticdeform_dataset(data, seconds) if rates["d_loop"] is not None else None,
+    )
     report("e_exact", "(e) albumentations ElasticTransform", albumentations_rate(data, seconds, False))
-    report("e_approx", "(e) albumentations ElasticTransform approximate=True",
-           albumentations_rate(data, seconds, True) if rates["e_exact"] is not None else None)
+    report(
+        "e_approx",
+        "(e) albumentations ElasticTransform approximate=True",
+        albumentations_rate(data, seconds, True) if rates["e_exact"] is not None else None,
+    )
     print()
-    report("train", "training size 572 -> 388 from 512x512, full, (a)'s placement",
-           kunet_per_sample(data, FULL, 572, 388, seconds), unit="tiles/s")
+    report(
+        "train",
+        "training size 572 -> 388 from 512x512, full, (a)'s placement",
+        kunet_per_sample(data, FULL, 572, 388, seconds),
+        unit="tiles/s",
+    )
 
     print("\nratios (kunet / peer):")
-    peers = [("d_loop", "elasticdeform loop"), ("d_data", "elasticdeform in tf.data"),
-             ("e_exact", "albumentations exact"), ("e_approx", "albumentations approximate")]
-    for key, name in (("a_geo", "(a) geometry"), ("a_full", "(a) full"), ("b_geo", "(b) geometry"),
-                      ("c_geo", "(c) geometry")):
+    peers = [
+        ("d_loop", "elasticdeform loop"),
+        ("d_data", "elasticdeform in tf.data"),
+        ("e_exact", "albumentations exact"),
+        ("e_approx", "albumentations approximate"),
+    ]
+    for key, name in (
+        ("a_geo", "(a) geometry"),
+        ("a_full", "(a) full"),
+        ("b_geo", "(b) geometry"),
+        ("c_geo", "(c) geometry"),
+    ):
         parts = [f"{rates[key] / rates[p]:5.1f}x {label}" for p, label in peers if rates.get(p)]
         print(f"  {name:<14} " + (", ".join(parts) if parts else "no peers installed"))
 
@@ -220,8 +253,9 @@ def main(argv=None) -> int:
     print(f"  best kunet geometry {best:.0f} images/s: {'met' if best >= 300 else 'NOT met'}")
     if best_elasticdeform:
         ratio = rates["a_geo"] / best_elasticdeform
-        print(f"  (a) geometry vs the faster elasticdeform placement: {ratio:.1f}x "
-              f"{'met' if ratio >= 10 else 'NOT met'}")
+        print(
+            f"  (a) geometry vs the faster elasticdeform placement: {ratio:.1f}x {'met' if ratio >= 10 else 'NOT met'}"
+        )
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 

@@ -187,12 +187,15 @@ class TrainConfig:
 class InferenceConfig:
     """Overlap-tile prediction and the decision rule that turns probabilities into masks."""
 
+    # How validation during training tiles its images (predict/evaluate take --tile-size instead).
     tile_size: int = 0
     memory_budget_mb: int = 4096
     batch_size: int = 1
+    # The decision rule, stored with the model; `kunet tune` replaces it with the one it measures best.
     test_time_mirroring: bool = False
     threshold: float = 0.5
     postprocess: str = "none"
+    seed_threshold: float = 0.9
     min_object_size: int = 0
 
 

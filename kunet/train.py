@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from kunet import visualize
-from kunet.config import PipelineConfig, pipeline_from_dict
+from kunet.config import InferenceConfig, PipelineConfig, pipeline_from_dict
 from kunet.inference import InferenceSettings, Predictor
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
@@ -64,6 +64,8 @@ def inference_settings(config: PipelineConfig, manifest: dict | None = None) -> 
         class_names=tuple(config.labels.class_names),
         threshold=config.inference.threshold,
         postprocess=config.inference.postprocess,
+        seed_threshold=config.inference.seed_threshold,
+        test_time_mirroring=config.inference.test_time_mirroring,
         min_object_size=config.inference.min_object_size,
         label_kind=config.labels.kind,
         **extra,
@@ -226,9 +228,12 @@ def validation_scores(predicted: np.ndarray, truth: np.ndarray, num_classes: int
     }
 
 
-def validate(model: UNet, records_dir, settings: InferenceSettings, max_frames: int = 0) -> tuple[dict, dict]:
+def validate(
+    model: UNet, records_dir, settings: InferenceSettings, max_frames: int = 0, tiling: InferenceConfig | None = None
+) -> tuple[dict, dict]:
     """Whole-image overlap-tile prediction on the validation split: metrics and one example for pictures."""
-    predictor = Predictor(model, settings)
+    tiling = tiling or InferenceConfig()
+    predictor = Predictor(model, settings, tiling.tile_size, tiling.batch_size, tiling.memory_budget_mb)
     totals: dict[str, list[float]] = {}
     example = {}
     for index, frame in enumerate(iterate_frames(records_dir, "val")):
@@ -518,7 +523,9 @@ class Trainer:
         loss_count.assign(0)
         validate_now = force_validation or (epoch + 1) % train.validate_every == 0
         if self.chief and validate_now and self.manifest["counts"]["val"]:
-            scores, example = validate(model, self.records_dir, inference_settings(self.config, self.manifest))
+            scores, example = validate(
+                model, self.records_dir, inference_settings(self.config, self.manifest), tiling=self.config.inference
+            )
             row.update(scores)
             value = scores.get(train.best_metric, float("nan"))
             if metric_is_better(train.best_metric, value, float(best_value.numpy())):

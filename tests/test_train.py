@@ -236,6 +236,19 @@ def test_config_round_trips_through_the_run_directory(tiny_records, tmp_path):
     assert pipeline_from_dict(loaded.to_dict()).model.base_filters == 8
 
 
+def test_the_pipelines_decision_rule_travels_with_the_model():
+    from kunet.train import build_model
+
+    config = pipeline_from_dict(tiny_pipeline_dict())
+    config.inference.threshold = 0.3
+    config.inference.postprocess = "watershed"
+    config.inference.seed_threshold = 0.8
+    config.inference.test_time_mirroring = True
+    metadata = build_model(config, "float32").metadata
+    assert (metadata["threshold"], metadata["postprocess"]) == (0.3, "watershed")
+    assert metadata["seed_threshold"] == 0.8 and metadata["test_time_mirroring"] is True
+
+
 def test_cli_fit_predict_and_evaluate(tiny_records, tmp_path):
     _, records = tiny_records
     toml = _write_tiny_toml(tmp_path / "tiny.toml", records)
