@@ -597,6 +597,7 @@ class Trainer:
                 "val_foreground_iou",
                 "val_pixel_error",
                 "val_rand_error",
+                "val_rand_error_grown",
             ):
                 series[key] = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
-        visualize.plot_curves(self.paths.plot, series, title=f"{self.config.name}: training")
+        visualize.plot_curves(self.paths.plot, series, title=f"{self.config.name}: training", x_label="epoch")

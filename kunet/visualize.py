@@ -88,34 +88,36 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return write_image(path, rgb)
 
 
-def plot_curves(path: str | os.PathLike, series: dict[str, Sequence[tuple[float, float]]], title: str = "") -> Path:
-    """A small line plot of named (x, y) series drawn with OpenCV (no matplotlib dependency)."""
-    width, height, margin = 720, 400, 50
+def plot_curves(
+    path: str | os.PathLike, series: dict[str, Sequence[tuple[float, float]]], title: str = "", x_label: str = ""
+) -> Path:
+    """A small line plot of named (x, y) series drawn with OpenCV (no matplotlib dependency).
+
+    The legend sits right of the axes so it never hides a curve.
+    """
+    width, height, margin, legend_width = 900, 400, 50, 190
+    right = width - legend_width
     canvas = np.full((height, width, 3), 255, np.uint8)
+    font, grey = cv2.FONT_HERSHEY_SIMPLEX, (90, 90, 90)
     points = [p for values in series.values() for p in values if np.isfinite(p[1])]
     if points:
         xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
         x0, x1 = float(xs.min()), float(max(xs.max(), xs.min() + 1e-9))
         y0, y1 = float(min(ys.min(), 0.0)), float(max(ys.max(), 1e-9))
         to_px = lambda x, y: (  # noqa: E731
-            int(margin + (x - x0) / (x1 - x0) * (width - 2 * margin)),
+            int(margin + (x - x0) / (x1 - x0) * (right - margin)),
             int(height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin)),
         )
-        cv2.rectangle(canvas, (margin, margin), (width - margin, height - margin), (180, 180, 180), 1)
-        for fraction in (0.0, 0.5, 1.0):
+        cv2.rectangle(canvas, (margin, margin), (right, height - margin), (180, 180, 180), 1)
+        for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
             value = y0 + fraction * (y1 - y0)
             _, py = to_px(x0, value)
-            cv2.putText(canvas, f"{value:.3g}", (2, py + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1)
-        cv2.putText(canvas, f"{x0:g}", (margin, height - margin + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1)
-        cv2.putText(
-            canvas,
-            f"{x1:g}",
-            (width - margin - 30, height - margin + 16),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.4,
-            (90, 90, 90),
-            1,
-        )
+            cv2.line(canvas, (margin, py), (right, py), (235, 235, 235), 1)
+            cv2.putText(canvas, f"{value:.3g}", (2, py + 4), font, 0.4, grey, 1)
+        cv2.putText(canvas, f"{x0:g}", (margin, height - margin + 16), font, 0.4, grey, 1)
+        cv2.putText(canvas, f"{x1:g}", (right - 30, height - margin + 16), font, 0.4, grey, 1)
+        if x_label:
+            cv2.putText(canvas, x_label, ((margin + right) // 2 - 20, height - margin + 30), font, 0.45, grey, 1)
         palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
         for index, (name, values) in enumerate(series.items()):
             colour = palette[index % len(palette)]
@@ -124,15 +126,9 @@ def plot_curves(path: str | os.PathLike, series: dict[str, Sequence[tuple[float,
                 cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
             for p in finite if len(finite) < 40 else []:
                 cv2.circle(canvas, p, 3, colour, -1, cv2.LINE_AA)
-            cv2.putText(
-                canvas,
-                name,
-                (width - margin - 170, margin + 16 + 16 * index),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.45,
-                colour,
-                1,
-            )
+            label_y = margin + 16 + 20 * index
+            cv2.line(canvas, (right + 12, label_y - 4), (right + 32, label_y - 4), colour, 2, cv2.LINE_AA)
+            cv2.putText(canvas, name, (right + 38, label_y), font, 0.42, colour, 1, cv2.LINE_AA)
     if title:
-        cv2.putText(canvas, title, (margin, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, title, (margin, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     return save_png(path, canvas)
