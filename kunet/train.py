@@ -451,6 +451,9 @@ class Trainer:
 
         writer = tf.summary.create_file_writer(str(self.paths.tensorboard)) if self.chief else None
         started = time.monotonic()
+        # "seconds" in the history is the run's training wall time, summed over resumed sessions.
+        kept = [row for row in self._history_rows() if int(row["step"]) <= start_step]
+        self._seconds_before = float(kept[-1]["seconds"]) if kept else 0.0
         status = "completed"
         current = start_step
         self.log(
@@ -517,7 +520,7 @@ class Trainer:
             "step": current,
             "loss": float(loss_sum.numpy()) / max(1, int(loss_count.numpy())),
             "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
-            "seconds": round(time.monotonic() - started, 1),
+            "seconds": round(self._seconds_before + time.monotonic() - started, 1),
         }
         loss_sum.assign(0.0)
         loss_count.assign(0)

@@ -97,6 +97,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_records, tmp
     straight = (tmp_path / "straight" / "history.csv").read_text().splitlines()
     split = (tmp_path / "split" / "history.csv").read_text().splitlines()
     assert len(straight) == len(split) == 3  # header + two epochs, no duplicated rows after resuming
+    seconds = [float(line.split(",")[4]) for line in split[1:]]
+    assert seconds[1] > seconds[0] > 0  # wall time accumulates over the resumed session
     for name in ("config.json", "state.json", "best.keras", "last.keras", "training.png", "tensorboard"):
         assert (tmp_path / "split" / name).exists(), name
 
