@@ -594,13 +594,7 @@ class Trainer:
     def _plot(self) -> None:
         rows = self._history_rows()
         series = {"train loss": [(float(r["epoch"]), float(r["loss"])) for r in rows]}
-        for key in rows[-1] if rows else []:
-            if key.startswith("val_") and key in (
-                "val_loss",
-                "val_foreground_iou",
-                "val_pixel_error",
-                "val_rand_error",
-                "val_rand_error_grown",
-            ):
+        for key in ("val_loss", "val_foreground_iou", "val_pixel_error", "val_rand_error", "val_rand_error_grown"):
+            if rows and key in rows[-1]:
                 series[key] = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
         visualize.plot_curves(self.paths.plot, series, title=f"{self.config.name}: training", x_label="epoch")
