@@ -181,6 +181,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 50
     shuffle_buffer: int = 64
     cache: str = "memory"
+    # A .keras model of the same architecture whose weights start the run (fine-tuning); relative paths
+    # resolve against the pipeline's root like every other path.
+    init_from: str = ""
 
 
 @dataclass

@@ -146,6 +146,18 @@ def build_optimizer(config: PipelineConfig, total_steps: int, precision: str):
     return optimizer
 
 
+def initialise_from(model: UNet, source: Path) -> None:
+    """Copies the weights of the ``.keras`` model at ``source`` into ``model`` (same layers and shapes)."""
+    if not source.is_file():
+        raise RunError(f"{source}: train.init_from names no .keras file")
+    donor = keras.models.load_model(source, compile=False)
+    theirs, ours = donor.get_weights(), model.get_weights()
+    mismatched = len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours))
+    if mismatched:
+        raise RunError(f"{source}: its weights do not fit this pipeline's model (compare [model] settings)")
+    model.set_weights(theirs)
+
+
 def dry_run(config: PipelineConfig) -> dict:
     """Checks a pipeline without data: builds the model, one augmented batch from a synthetic frame
     through the same sampler and normalisation as training, a forward pass and the loss."""
@@ -405,6 +417,9 @@ class Trainer:
                 raise RunError(f"{self.paths.root}: nothing to resume (no checkpoint)")
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             self.log(f"resumed {self.paths.root} at step {int(step.numpy())}")
+        elif train.init_from:
+            initialise_from(model, config.path(train.init_from))
+            self.log(f"initialised the weights from {train.init_from}")
         start_step = int(step.numpy())
         if self.chief:
             self._truncate_history(start_step // train.steps_per_epoch)

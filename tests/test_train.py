@@ -113,6 +113,38 @@ def test_an_existing_run_is_not_overwritten(tiny_records, tmp_path):
         Trainer(config, tmp_path / "run", records, log=quiet)
 
 
+def test_init_from_starts_a_new_run_from_a_trained_models_weights(tiny_records, tmp_path):
+    import copy
+
+    from kunet.train import RunError
+
+    config, records = tiny_records
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    Trainer(config, tmp_path / "donor", records, log=quiet).fit(steps=3)
+    donor = _weights(tmp_path / "donor" / "last.keras")
+
+    # With a zero learning rate the step changes nothing, so the run ends with exactly its initial weights.
+    frozen = copy.deepcopy(config)
+    frozen.train.learning_rate = 0.0
+    frozen.train.init_from = str(tmp_path / "donor" / "last.keras")
+    Trainer(frozen, tmp_path / "tuned", records, log=quiet).fit(steps=1)
+    for a, b in zip(donor, _weights(tmp_path / "tuned" / "last.keras")):
+        np.testing.assert_array_equal(a, b)
+    fresh = copy.deepcopy(frozen)
+    fresh.train.init_from = ""
+    Trainer(fresh, tmp_path / "fresh", records, log=quiet).fit(steps=1)
+    assert any(not np.array_equal(a, b) for a, b in zip(donor, _weights(tmp_path / "fresh" / "last.keras")))
+
+    wider = copy.deepcopy(frozen)
+    wider.model.base_filters *= 2
+    with pytest.raises(RunError, match="donor/last.keras: its weights do not fit"):
+        Trainer(wider, tmp_path / "wider", records, log=quiet).fit(steps=1)
+    missing = copy.deepcopy(frozen)
+    missing.train.init_from = str(tmp_path / "nowhere.keras")
+    with pytest.raises(RunError, match="nowhere.keras: train.init_from names no .keras file"):
+        Trainer(missing, tmp_path / "missing", records, log=quiet).fit(steps=1)
+
+
 def _kunet_fit_command(config_path: Path, run_dir: Path, records: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "kunet_cli.main", "fit", str(config_path), "--run-dir", str(run_dir),
             "--records", str(records), *extra]  # fmt: skip
