@@ -384,13 +384,6 @@ class Trainer:
         shape = tile_shape(config)
 
         checkpoint_dir = self.paths.checkpoints if self.chief else Path(tempfile.mkdtemp(prefix="kunet-worker-"))
-        if self.chief:
-            self.paths.root.mkdir(parents=True, exist_ok=True)
-            _write_json_atomically(
-                self.paths.config,
-                {"pipeline": config.to_dict(), "base_dir": config.base_dir, "records": str(self.records_dir)},
-            )
-
         with strategy.scope():
             model = build_model(config, precision, self.manifest)
             optimizer = build_optimizer(config, total_steps, precision)
@@ -422,6 +415,13 @@ class Trainer:
             self.log(f"initialised the weights from {train.init_from}")
         start_step = int(step.numpy())
         if self.chief:
+            # Only now, once the model exists and its starting weights are in place: a run that cannot
+            # start (a bad init_from, a model that does not build) leaves no half-made run directory.
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(
+                self.paths.config,
+                {"pipeline": config.to_dict(), "base_dir": config.base_dir, "records": str(self.records_dir)},
+            )
             self._truncate_history(start_step // train.steps_per_epoch)
 
         local_replicas = max(1, replicas // max(1, getattr(strategy.extended, "_num_workers", 1) or 1))

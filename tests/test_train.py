@@ -139,10 +139,12 @@ def test_init_from_starts_a_new_run_from_a_trained_models_weights(tiny_records, 
     wider.model.base_filters *= 2
     with pytest.raises(RunError, match="donor/last.keras: its weights do not fit"):
         Trainer(wider, tmp_path / "wider", records, log=quiet).fit(steps=1)
+    assert not (tmp_path / "wider").exists()  # nothing half made
     missing = copy.deepcopy(frozen)
     missing.train.init_from = str(tmp_path / "nowhere.keras")
     with pytest.raises(RunError, match="nowhere.keras: train.init_from names no .keras file"):
         Trainer(missing, tmp_path / "missing", records, log=quiet).fit(steps=1)
+    assert not (tmp_path / "missing").exists()
 
 
 def _kunet_fit_command(config_path: Path, run_dir: Path, records: Path, *extra: str) -> list[str]:
