@@ -121,7 +121,34 @@ def build_serving_functions(model, settings: InferenceSettings, tile_hw, batch_s
     return serving_default, segment_png, plan
 
 
-def client_info(model, settings: InferenceSettings, plan) -> dict:
+def training_provenance(model_file: Path) -> dict | None:
+    """How the exported weights were trained, from the kunet run the ``.keras`` file sits in (None if not in one).
+
+    The decision rule already travels in the model's metadata; this adds what produced the weights (weight
+    map actually in the records, augmentation, optimiser and schedule, steps done) so an export can be
+    reproduced or compared without the run directory.
+    """
+    run_dir = model_file.parent
+    config_file, state_file = run_dir / "config.json", run_dir / "state.json"
+    if not config_file.is_file():
+        return None
+    saved = json.loads(config_file.read_text())
+    pipeline = saved.get("pipeline", {})
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    return {
+        "run": run_dir.name,
+        "model_file": model_file.name,
+        "run_status": state.get("status"),
+        "run_steps": state.get("step"),
+        "pipeline": pipeline.get("name"),
+        # Runs made before kunet recorded it only have the configured weights (records may differ).
+        "weight_map": saved.get("records_weight_map") or {"as_configured": pipeline.get("weights")},
+        "augment": pipeline.get("augment"),
+        "train": pipeline.get("train"),
+    }
+
+
+def client_info(model, settings: InferenceSettings, plan, training: dict | None = None) -> dict:
     """``assets.extra/kunet.json``: everything a client needs, without kunet."""
     period = 2**model.depth
     return {
@@ -156,6 +183,7 @@ def client_info(model, settings: InferenceSettings, plan) -> dict:
         },
         "inference": settings.to_metadata(),
         "model": model.get_config(),
+        "training": training,
         "signatures": {
             "serving_default": {
                 "inputs": {"images": "float32 [B, H, W, C]"},
@@ -338,7 +366,7 @@ def export(
         archive.write_out(str(temporary), verbose=False)
         extra = temporary / "assets.extra"
         extra.mkdir(exist_ok=True)
-        info = client_info(model, settings, plan)
+        info = client_info(model, settings, plan, training_provenance(source))
         (extra / "kunet.json").write_text(json.dumps(info, indent=2))
         write_warmup_requests(extra / WARMUP_FILE, name, settings, model.input_channels)
         shutil.copyfile(source, extra / "unet.keras")

@@ -420,7 +420,14 @@ class Trainer:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             _write_json_atomically(
                 self.paths.config,
-                {"pipeline": config.to_dict(), "base_dir": config.base_dir, "records": str(self.records_dir)},
+                {
+                    "pipeline": config.to_dict(),
+                    "base_dir": config.base_dir,
+                    "records": str(self.records_dir),
+                    # The weight map is baked into the records, which `--records` may take from another
+                    # pipeline's build: keep what the net actually trained on, not only what was configured.
+                    "records_weight_map": self.manifest.get("weight_map"),
+                },
             )
             self._truncate_history(start_step // train.steps_per_epoch)
 

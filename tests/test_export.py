@@ -115,6 +115,21 @@ def test_warmup_file_holds_prediction_logs_matching_the_signatures(trained_run, 
     assert "docker run" in (version_dir / "assets.extra" / "README.md").read_text()
 
 
+def test_kunet_json_records_how_the_weights_were_trained(trained_run, tiny_records, tmp_path):
+    version_dir = export(trained_run, "tiny", tmp_path / "saved", log=lambda *a: None)
+    training = json.loads((version_dir / "assets.extra" / "kunet.json").read_text())["training"]
+    manifest = json.loads((tiny_records[1] / "manifest.json").read_text())
+    assert training["run"] == trained_run.name and training["run_steps"] == 12
+    assert training["weight_map"] == manifest["weight_map"]
+    assert training["train"]["learning_rate"] == 0.001 and training["train"]["tile_size"] == 124
+    assert training["augment"]["flip"] is True
+    # A .keras file outside any run has no provenance to report, and says so rather than guessing.
+    loose = tmp_path / "loose.keras"
+    shutil.copyfile(trained_run / "last.keras", loose)
+    version_dir = export(loose, "loose", tmp_path / "saved", log=lambda *a: None)
+    assert json.loads((version_dir / "assets.extra" / "kunet.json").read_text())["training"] is None
+
+
 def test_second_export_gets_a_new_version_and_leaves_the_first_untouched(trained_run, tmp_path):
     first = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
     before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
