@@ -135,14 +135,18 @@ def training_provenance(model_file: Path) -> dict | None:
     saved = json.loads(config_file.read_text())
     pipeline = saved.get("pipeline", {})
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    weight_map = saved.get("records_weight_map")
+    manifest = Path(saved.get("records", "")) / "manifest.json"
+    if weight_map is None and manifest.is_file():  # runs made before config.json recorded it
+        weight_map = json.loads(manifest.read_text()).get("weight_map")
     return {
         "run": run_dir.name,
         "model_file": model_file.name,
         "run_status": state.get("status"),
         "run_steps": state.get("step"),
         "pipeline": pipeline.get("name"),
-        # Runs made before kunet recorded it only have the configured weights (records may differ).
-        "weight_map": saved.get("records_weight_map") or {"as_configured": pipeline.get("weights")},
+        # Without the records, only the configured weights are known (`--records` may have differed).
+        "weight_map": weight_map or {"as_configured": pipeline.get("weights")},
         "augment": pipeline.get("augment"),
         "train": pipeline.get("train"),
     }

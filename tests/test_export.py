@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kunet.export import ExportError, check, export
+from kunet.export import ExportError, check, export, training_provenance
 from kunet.segmenter import Segmenter
 from kunet.train import Trainer
 
@@ -123,6 +123,13 @@ def test_kunet_json_records_how_the_weights_were_trained(trained_run, tiny_recor
     assert training["weight_map"] == manifest["weight_map"]
     assert training["train"]["learning_rate"] == 0.001 and training["train"]["tile_size"] == 124
     assert training["augment"]["flip"] is True
+    # Runs from before config.json kept the weight map: read it from the records the run names.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(trained_run, legacy)
+    saved = json.loads((legacy / "config.json").read_text())
+    del saved["records_weight_map"]
+    (legacy / "config.json").write_text(json.dumps(saved))
+    assert training_provenance(legacy / "last.keras")["weight_map"] == manifest["weight_map"]
     # A .keras file outside any run has no provenance to report, and says so rather than guessing.
     loose = tmp_path / "loose.keras"
     shutil.copyfile(trained_run / "last.keras", loose)
