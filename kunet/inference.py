@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kunet.model import activation_bytes, layer_costs, layer_sizes, output_size, valid_input_size
+from kunet.postprocess import foreground_mask
 from kunet.preprocess import dtype_max, image_statistics, normalize
 
 
@@ -227,6 +228,16 @@ class InferenceSettings:
         }
 
 
+def decide(probabilities: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+    """Class indices by the full decision rule: threshold and post-processing (e.g. watershed cuts) for two
+    classes, the argmax otherwise. Validation during ``fit``, ``predict`` and ``evaluate`` all decide here,
+    so the curves and ``best.keras`` judge the masks users get."""
+    if probabilities.shape[-1] != 2:
+        return decide_classes(probabilities, settings.threshold)
+    mask = foreground_mask(probabilities[..., 1], settings.threshold, settings.postprocess, settings.seed_threshold)
+    return mask.astype(np.uint8)
+
+
 def decide_classes(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """Class index per pixel: binary nets use p(foreground) >= threshold, others the argmax."""
     if probabilities.shape[-1] == 2:
@@ -350,4 +361,4 @@ class Predictor:
         return out
 
     def classes(self, probabilities: np.ndarray) -> np.ndarray:
-        return decide_classes(probabilities, self.settings.threshold)
+        return decide(probabilities, self.settings)

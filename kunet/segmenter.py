@@ -16,8 +16,7 @@ import keras
 import numpy as np
 
 from kunet import metrics
-from kunet.inference import InferenceSettings, Predictor, decide_classes
-from kunet.postprocess import foreground_mask
+from kunet.inference import InferenceSettings, Predictor, decide
 
 
 class ModelLoadError(ValueError):
@@ -128,11 +127,7 @@ class Segmenter:
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices: the threshold (and post-processing) for two classes, the argmax otherwise."""
-        if probabilities.shape[-1] != 2:
-            return decide_classes(probabilities, self.settings.threshold)
-        settings = self.settings
-        mask = foreground_mask(probabilities[..., 1], settings.threshold, settings.postprocess, settings.seed_threshold)
-        return mask.astype(np.uint8)
+        return decide(probabilities, self.settings)
 
     def label_values(self, classes: np.ndarray) -> np.ndarray:
         values = np.asarray(self.settings.class_values)

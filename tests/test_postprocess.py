@@ -33,6 +33,23 @@ def test_watershed_lines_close_a_membrane_gap_that_merges_cells_at_the_threshold
     assert not watershed_lines(np.full((30, 30), 0.99, np.float32)).any()  # one seed: nothing to separate
 
 
+def test_predictor_and_validation_during_fit_decide_with_the_stored_watershed_rule():
+    # Validation during `fit` decides through Predictor.classes: it must score the masks `predict` returns,
+    # not plain threshold components, or best.keras and the curves judge a different rule.
+    from kunet.inference import InferenceSettings, Predictor
+    from kunet.model import UNet
+
+    p = _two_cells_with_a_faint_gap()
+    probabilities = np.stack([1 - p, p], axis=-1)
+    model = UNet(base_filters=2, depth=2, seed=0)
+    watershed = InferenceSettings(threshold=0.5, postprocess="watershed", seed_threshold=0.9)
+    classes = Predictor(model, watershed).classes(probabilities)
+    assert metrics.segments_from_foreground(classes > 0).max() == 2
+    np.testing.assert_array_equal(classes, foreground_mask(p, 0.5, "watershed", seed_threshold=0.9))
+    plain = Predictor(model, InferenceSettings(threshold=0.5)).classes(probabilities)
+    assert metrics.segments_from_foreground(plain > 0).max() == 1
+
+
 def test_watershed_cut_follows_the_dimmest_path_not_the_midpoint():
     """Fronts cross bright interiors first, so the cut lands on the faint membrane, off-centre."""
     p = np.full((20, 60), 0.98, np.float32)
