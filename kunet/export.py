@@ -51,7 +51,9 @@ from kunet.inference import (
 )
 from kunet.postprocess import tf_foreground_mask
 from kunet.preprocess import dtype_max, tf_normalize
+from kunet.records import RecordsError, read_manifest
 from kunet.segmenter import resolve_model_path, with_precision
+from kunet.train import RunPaths
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
@@ -128,19 +130,20 @@ def training_provenance(model_file: Path) -> dict | None:
     map actually in the records, augmentation, optimiser and schedule, steps done) so an export can be
     reproduced or compared without the run directory.
     """
-    run_dir = model_file.parent
-    config_file, state_file = run_dir / "config.json", run_dir / "state.json"
-    if not config_file.is_file():
+    paths = RunPaths(model_file.parent)
+    if not paths.config.is_file():
         return None
-    saved = json.loads(config_file.read_text())
+    saved = json.loads(paths.config.read_text())
     pipeline = saved.get("pipeline", {})
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    state = json.loads(paths.state.read_text()) if paths.state.is_file() else {}
     weight_map = saved.get("records_weight_map")
-    manifest = Path(saved.get("records", "")) / "manifest.json"
-    if weight_map is None and manifest.is_file():  # runs made before config.json recorded it
-        weight_map = json.loads(manifest.read_text()).get("weight_map")
+    if weight_map is None and saved.get("records"):  # runs made before config.json recorded it
+        try:
+            weight_map = read_manifest(saved["records"]).get("weight_map")
+        except RecordsError:
+            pass  # records gone or unreadable: fall back to the configured weights below
     return {
-        "run": run_dir.name,
+        "run": paths.root.name,
         "model_file": model_file.name,
         "run_status": state.get("status"),
         "run_steps": state.get("step"),
