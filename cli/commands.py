@@ -257,19 +257,25 @@ def export(
     version: int = typer.Option(None, help="Integer version (default: the next free one; never overwritten)."),
     tile_size: int = typer.Option(0, help="Input tile inside the graph (0: cheapest for the training frame size)."),
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
+    max_pixels: int = typer.Option(4096 * 4096, help="Serving bound: most pixels (H x W) of one image."),
+    max_batch: int = typer.Option(8, help="Serving bound: most images in one request."),
     check: Path = typer.Option(None, "--check", help="Validate an existing export version folder instead."),
 ):
     """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one."""
     from kunet import export as export_lib
+    from kunet.serving.signatures import ServingLimits
 
     with user_errors():
         if check is not None:
-            export_lib.check(check, log=typer.echo)
+            from kunet.serving.check import check as check_export
+
+            check_export(check, log=typer.echo)
             typer.echo(f"{check}: OK")
             return
         if model is None:
             fail("give a run directory or .keras file to export, or --check EXPORT_DIR")
-        export_lib.export(model, name, base_dir, version, tile_size, precision, log=typer.echo)
+        limits = ServingLimits(max_pixels=max_pixels, max_batch=max_batch)
+        export_lib.export(model, name, base_dir, version, tile_size, precision, log=typer.echo, limits=limits)
 
 
 @app.command()
@@ -341,3 +347,22 @@ def demo(
         result = demo_lib.run(workdir, pipeline, export_root=export_root)
     if not result["passed"]:
         raise typer.Exit(code=1)
+
+
+@app.command("serve-request")
+def serve_request(
+    url: str = typer.Argument(
+        ..., help="Model URL: http://HOST:8501/v1/models/NAME[/versions/N] (REST) or grpc://HOST:8500/NAME (gRPC)."
+    ),
+    inputs: list[Path] = typer.Argument(..., help="Images (PNG for segment_png; PNG or TIFF for serving_default)."),
+    out: Path = typer.Option(..., help="Mask file for one input, or a folder for several (<stem>_mask.png)."),
+    signature: str = typer.Option("segment_png", help="segment_png (PNG in, PNG out) or serving_default (pixels)."),
+    timeout: float = typer.Option(600.0, help="Seconds to wait for each answer."),
+):
+    """Send images to a TensorFlow Serving model exported by kunet and write the masks it returns."""
+    from kunet.serving.requests import request_masks
+
+    with user_errors():
+        written = request_masks(url, inputs, out, signature, timeout)
+    for path in written:
+        typer.echo(f"wrote {path}")

@@ -4,8 +4,8 @@ Layout (the TensorFlow Serving convention; a version folder that is not an integ
 
     saved_models/<name>/
       models.config              model_config_list for tensorflow_model_server --model_config_file
-      batching_parameters.txt    for --enable_batching --batching_parameters_file
-      README.md                  docker / tensorflow_model_server command lines, REST and gRPC examples
+      batching_parameters.txt    for --enable_batching --batching_parameters_file (safe: see below)
+      README.md                  docker / tensorflow_model_server command lines, REST, gRPC, Python clients
       <version>/
         saved_model.pb, variables/, assets/
         assets.extra/kunet.json                  what a client needs without kunet
@@ -13,27 +13,30 @@ Layout (the TensorFlow Serving convention; a version folder that is not an integ
         assets.extra/unet.keras                  the Keras model, for Keras users
         assets.extra/README.md                   the same README
 
-Signatures:
+Signatures (:mod:`kunet.serving.signatures` is the table): ``serving_default`` takes ``images`` float32
+[B, H, W, C] of any H, W in raw pixel values and returns ``probabilities``, ``labels`` (the dataset's label
+values) and ``classes``; ``segment_png`` takes ``png_bytes`` and returns ``mask_png_bytes`` (string outputs end
+in ``_bytes`` so TensorFlow Serving's REST API returns them as ``{"b64": ...}``). Normalisation, mirror
+padding, tiling, stitching and the stored decision rule all run in the graph.
 
-* ``serving_default``: ``images`` float32 [B, H, W, C] of any H, W, raw pixel values as stored in the
-  image files -> ``probabilities`` float32 [B, H, W, K], ``labels`` int32 [B, H, W] in the dataset's own
-  label values, ``classes`` int32 [B, H, W] class indices. Normalisation, mirror padding, tiling and
-  stitching all happen in the graph.
-* ``segment_png``: ``png`` string [B] (encoded PNGs; REST clients send ``{"b64": ...}``) -> ``png``
-  string [B], masks encoded as PNG in the dataset's label values (e.g. 0 = membrane, 255 = cell).
+The graph refuses, with an INVALID_ARGUMENT that says why, requests beyond the export's
+:class:`~kunet.serving.signatures.ServingLimits` (a PNG's declared size is read from its header before it is
+decoded) and images holding NaN or infinite values.
 
-A version is written to a temporary folder and renamed into place only when complete; an existing
-version is never overwritten.
+The shipped batching file never changes an answer: one image per execution batch (tasks are split, never
+merged or padded) and one batch thread, which bounds memory under a burst of requests.
+
+A version is written to a temporary folder and renamed into place only when complete; an existing version is
+never overwritten, and two exports racing for one version number end up in two versions.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-import subprocess
-import sys
-import uuid
+import time
 from pathlib import Path
 
 import keras
@@ -41,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 import kunet
+from kunet._fs import atomic_write_json, atomic_write_text, remove_paths, stale_temporaries, temporary_sibling
 from kunet.inference import (
     InferenceSettings,
     choose_tile,
@@ -53,9 +57,15 @@ from kunet.postprocess import tf_foreground_mask
 from kunet.preprocess import dtype_max, tf_normalize
 from kunet.records import RecordsError, read_manifest
 from kunet.segmenter import resolve_model_path, with_precision
+from kunet.serving import signatures as names
+from kunet.serving.readme import serving_readme
+from kunet.serving.signatures import SIGNATURES, ServingLimits
 from kunet.train import RunPaths
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+# A temporary export folder this old belongs to a killed export (exports take minutes), so it is removed.
+STALE_EXPORT_SECONDS = 6 * 3600
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class ExportError(ValueError):
@@ -80,8 +90,60 @@ def _decision(probabilities, settings: InferenceSettings):
     return tf.map_fn(one, probabilities[..., 1], fn_output_signature=tf.int32, parallel_iterations=1)
 
 
-def build_serving_functions(model, settings: InferenceSettings, tile_hw, batch_size: int = 1):
-    """The two signature functions (serving_default, segment_png) around ``model``."""
+def png_declared_size(encoded):
+    """(is_png, height, width) from a PNG's IHDR chunk, read without decoding the image.
+
+    A PNG starts with an 8-byte signature and the IHDR chunk (4-byte length, ``IHDR``, then width and
+    height as big-endian 32-bit integers at bytes 16-23). Padding the string first keeps short or empty
+    inputs from failing inside ``substr`` with a message that does not say what is wrong.
+    """
+    padded = tf.strings.join([encoded, tf.constant(b"\0" * 24)])
+    is_png = tf.logical_and(
+        tf.equal(tf.strings.substr(padded, 0, 8), PNG_MAGIC), tf.equal(tf.strings.substr(padded, 12, 4), b"IHDR")
+    )
+    header = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
+    place = tf.constant([2**24, 2**16, 2**8, 1], tf.int64)
+    width, height = tf.reduce_sum(header[:4] * place), tf.reduce_sum(header[4:] * place)
+    return is_png, height, width
+
+
+def _request_checks(images, limits: ServingLimits) -> list:
+    """Assertions on a batch [B, H, W, C] of raw images, run before any large tensor is made from it."""
+    shape = tf.shape(images, out_type=tf.int64)
+    return [
+        tf.debugging.assert_less_equal(
+            shape[0], tf.constant(limits.max_batch, tf.int64),
+            message=f"{names.IMAGES}: more images in one request than this export accepts (max_batch)",
+        ),
+        tf.debugging.assert_less_equal(
+            shape[1] * shape[2], tf.constant(limits.max_pixels, tf.int64),
+            message=f"{names.IMAGES}: image height x width exceeds this export's max_pixels",
+        ),
+        tf.debugging.assert_positive(shape[1] * shape[2], message=f"{names.IMAGES}: empty image (0 pixels)"),
+        tf.debugging.Assert(
+            tf.reduce_all(tf.math.is_finite(images)), [f"{names.IMAGES}: NaN or infinite pixel values"]
+        ),
+    ]  # fmt: skip
+
+
+def _png_checks(encoded, limits: ServingLimits) -> list:
+    """Assertions on one encoded PNG: that it is one, and that its declared size is within the bounds."""
+    is_png, height, width = png_declared_size(encoded)
+    return [
+        tf.debugging.Assert(is_png, [f"{names.PNG_INPUT}: not a PNG file (no PNG signature and IHDR header)"]),
+        tf.debugging.Assert(
+            height * width <= limits.max_pixels,
+            [f"{names.PNG_INPUT}: the PNG declares", height, "x", width,
+             f"pixels; this export accepts at most {limits.max_pixels} pixels per image (max_pixels)"],
+        ),
+    ]  # fmt: skip
+
+
+def build_serving_functions(
+    model, settings: InferenceSettings, tile_hw, batch_size: int = 1, limits: ServingLimits | None = None
+):
+    """The two signature functions (serving_default, segment_png) around ``model``, and the tile plan."""
+    limits = limits or ServingLimits()
     plan = plan_for_tile(settings.typical_size, tile_hw, model.depth)
     border = net_border(model.depth, model.padding)
     channels = model.input_channels
@@ -99,26 +161,36 @@ def build_serving_functions(model, settings: InferenceSettings, tile_hw, batch_s
         return mirrored_probabilities(predict, prepared) if settings.test_time_mirroring else predict(prepared)
 
     def segment(images):
+        with tf.control_dependencies(_request_checks(images, limits)):
+            images = tf.identity(images)
         probabilities = tf.map_fn(one_image, images, fn_output_signature=tf.float32, parallel_iterations=1)
         classes = _decision(probabilities, settings)
         return probabilities, classes, tf.gather(class_values, classes)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name=names.IMAGES)])
     def serving_default(images):
         probabilities, classes, labels = segment(images)
-        return {"probabilities": probabilities, "labels": labels, "classes": classes}
+        return {names.PROBABILITIES: probabilities, names.LABELS: labels, names.CLASSES: classes}
 
     png_dtype = tf.uint16 if max(settings.class_values) > 255 else tf.uint8
     image_dtype = tf.as_dtype(settings.image_dtype)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="png")])
-    def segment_png(png):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.PNG_INPUT)])
+    def segment_png(png_bytes):
         def one(encoded):
-            image = tf.cast(tf.io.decode_png(encoded, channels=channels, dtype=image_dtype), tf.float32)
-            _, _, labels = segment(image[None])
+            with tf.control_dependencies(_png_checks(encoded, limits)):
+                image = tf.io.decode_png(encoded, channels=channels, dtype=image_dtype)
+            _, _, labels = segment(tf.cast(image, tf.float32)[None])
             return tf.io.encode_png(tf.cast(labels[0][..., None], png_dtype))
 
-        return {"png": tf.map_fn(one, png, fn_output_signature=tf.string, parallel_iterations=1)}
+        count_check = tf.debugging.assert_less_equal(
+            tf.size(png_bytes, out_type=tf.int64), tf.constant(limits.max_batch, tf.int64),
+            message=f"{names.PNG_INPUT}: more images in one request than this export accepts (max_batch)",
+        )  # fmt: skip
+        with tf.control_dependencies([count_check]):
+            png_bytes = tf.identity(png_bytes)
+        masks = tf.map_fn(one, png_bytes, fn_output_signature=tf.string, parallel_iterations=1)
+        return {names.MASK_PNG_OUTPUT: masks}
 
     return serving_default, segment_png, plan
 
@@ -155,11 +227,12 @@ def training_provenance(model_file: Path) -> dict | None:
     }
 
 
-def client_info(model, settings: InferenceSettings, plan, training: dict | None = None) -> dict:
+def client_info(model, settings: InferenceSettings, plan, training: dict | None = None,
+                limits: ServingLimits | None = None) -> dict:  # fmt: skip
     """``assets.extra/kunet.json``: everything a client needs, without kunet."""
     period = 2**model.depth
     return {
-        "format": "kunet-export-1",
+        "format": "kunet-export-2",
         "kunet_version": kunet.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
@@ -175,6 +248,7 @@ def client_info(model, settings: InferenceSettings, plan, training: dict | None 
             + ("per-image standardisation over the whole image" if settings.normalize == "standardize" else "none"),
             "any_size": True,
         },
+        "limits": (limits or ServingLimits()).to_dict(),
         "tiling": {
             "input_tile": list(plan.input_hw),
             "output_tile": list(plan.output_hw),
@@ -191,17 +265,7 @@ def client_info(model, settings: InferenceSettings, plan, training: dict | None 
         "inference": settings.to_metadata(),
         "model": model.get_config(),
         "training": training,
-        "signatures": {
-            "serving_default": {
-                "inputs": {"images": "float32 [B, H, W, C]"},
-                "outputs": {
-                    "probabilities": "float32 [B, H, W, K]",
-                    "labels": "int32 [B, H, W] label values",
-                    "classes": "int32 [B, H, W] class indices",
-                },
-            },
-            "segment_png": {"inputs": {"png": "string [B] PNG bytes"}, "outputs": {"png": "string [B] PNG masks"}},
-        },
+        "signatures": SIGNATURES,
     }
 
 
@@ -221,82 +285,15 @@ def sample_image(settings: InferenceSettings, channels: int) -> np.ndarray:
 
 def write_warmup_requests(path: Path, name: str, settings: InferenceSettings, channels: int) -> int:
     """PredictionLog records for both signatures (TensorFlow Serving replays them before serving)."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    from kunet.serving import client
 
     image = sample_image(settings, channels)
     png = tf.io.encode_png(tf.constant(image)).numpy()
-    requests = [
-        ("serving_default", {"images": tf.make_tensor_proto(image[None].astype(np.float32))}),
-        ("segment_png", {"png": tf.make_tensor_proto([png], dtype=tf.string)}),
-    ]
+    requests = [client.grpc_pixels_request(name, image), client.grpc_png_request(name, [png])]
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature, inputs in requests:
-            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name, signature_name=signature))
-            for key, proto in inputs.items():
-                request.inputs[key].CopyFrom(proto)
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+        for request in requests:
+            writer.write(client.prediction_log(request).SerializeToString())
     return len(requests)
-
-
-def serving_readme(name: str, version: int, info: dict) -> str:
-    height, width = 512, 512
-    return f"""# {name} (kunet export, version {version})
-
-A U-Net SavedModel for TensorFlow Serving. Tiling, mirror padding and normalisation run inside the graph:
-send whole images of any size in raw pixel values, get whole masks back.
-Exported with TensorFlow {info["tensorflow_version"]}: serve it with TensorFlow Serving >= {info["tensorflow_version"]}
-(a SavedModel from a newer TF can fail in an older Serving binary).
-
-## Serve
-
-```sh
-docker run --rm -p 8500:8500 -p 8501:8501 \\
-  -v "$PWD/saved_models/{name}:/models/{name}" -e MODEL_NAME={name} \\
-  tensorflow/serving:{info["tensorflow_version"]} --enable_model_warmup=true
-
-tensorflow_model_server --port=8500 --rest_api_port=8501 \\
-  --model_config_file=saved_models/{name}/models.config --enable_model_warmup=true \\
-  --enable_batching --batching_parameters_file=saved_models/{name}/batching_parameters.txt
-```
-(`models.config` names `base_path: "/models/{name}"`; edit it to the absolute path outside Docker.)
-
-## REST
-
-```sh
-# raw pixels -> probabilities, labels, classes
-curl -X POST localhost:8501/v1/models/{name}:predict \\
-  -d '{{"signature_name": "serving_default", "instances": [[[[0.0], ...]]]}}'   # one [H][W][C] image
-
-# PNG in, PNG mask out (label values {[c["label_value"] for c in info["classes"]]})
-curl -X POST localhost:8501/v1/models/{name}:predict \\
-  -d "{{\\"signature_name\\": \\"segment_png\\", \\"instances\\": [{{\\"b64\\": \\"$(base64 -w0 image.png)\\"}}]}}"
-```
-The response's `predictions[0]` is `{{"b64": "..."}}`: base64-decode it to get the mask PNG.
-
-## gRPC (Python)
-
-```python
-import grpc, tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel("localhost:8500"))
-request = predict_pb2.PredictRequest()
-request.model_spec.name = "{name}"
-request.model_spec.signature_name = "segment_png"
-request.inputs["png"].CopyFrom(tf.make_tensor_proto([open("image.png", "rb").read()]))
-mask_png = stub.Predict(request, 60.0).outputs["png"].string_val[0]
-```
-
-## Without a server
-
-```python
-import tensorflow as tf
-model = tf.saved_model.load("saved_models/{name}/{version}")
-out = model.signatures["serving_default"](images=tf.zeros([1, {height}, {width}, {info["input"]["channels"]}]))
-```
-`assets.extra/kunet.json` lists classes, label values, normalisation and tiling; `assets.extra/unet.keras`
-is the same net for Keras users (`keras.models.load_model` after `import kunet.model`).
-"""
 
 
 def models_config(name: str, base_path: str) -> str:
@@ -311,18 +308,54 @@ def models_config(name: str, base_path: str) -> str:
     )
 
 
-BATCHING_PARAMETERS = """max_batch_size { value: 4 }
-batch_timeout_micros { value: 2000 }
-num_batch_threads { value: 2 }
-max_enqueued_batches { value: 16 }
-pad_variable_length_inputs: true
-"""
+def batching_parameters(limits: ServingLimits) -> str:
+    """``batching_parameters.txt`` (protobuf text format of TensorFlow Serving's BatchingParameters).
+
+    One image per execution batch: TensorFlow Serving splits a request into single images and never
+    concatenates images of different requests, so it never pads one image to another's size (with
+    ``pad_variable_length_inputs`` it would pad with the first pixel value and return masks of the wrong
+    size). One batch thread runs one image at a time, which bounds memory under a burst of requests; on a
+    CPU one image already keeps every core busy.
+    """
+    return (
+        "# kunet export: TensorFlow Serving batching that never changes an answer (see README.md).\n"
+        f"max_batch_size {{ value: {limits.max_batch} }}\n"
+        "enable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 1 }\n"
+        "batch_timeout_micros { value: 0 }\n"
+        "num_batch_threads { value: 1 }\n"
+        f"max_enqueued_batches {{ value: {4 * limits.max_batch} }}\n"
+    )
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+def _version_folder_for(model_root: Path, temporary: Path, version: int, explicit: bool, write_readme) -> Path:
+    """Renames the finished ``temporary`` to the version folder; takes the next free number when another
+    export claimed ``version`` meanwhile (an explicit ``version`` is never replaced: that is an error)."""
+    while True:
+        destination = model_root / str(version)
+        write_readme(version)
+        try:
+            if destination.exists():
+                raise FileExistsError(errno.EEXIST, "exists", str(destination))
+            os.rename(temporary, destination)  # fails on a non-empty folder: a racing export's version
+            return destination
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if explicit:
+                raise ExportError(
+                    f"{destination}: version {version} already exists (versions are never overwritten)"
+                ) from None
+            version = max(version + 1, next_version(model_root))
+
+
+def _remove_stale_exports(model_root: Path, log) -> None:
+    """Temporary folders of exports killed long ago (``.<version>.tmp-*``, and the older ``.export-*``)."""
+    stale = stale_temporaries(model_root, STALE_EXPORT_SECONDS)
+    now = time.time()
+    stale += [p for p in model_root.glob(".export-*") if now - p.stat().st_mtime >= STALE_EXPORT_SECONDS]
+    for path in remove_paths(stale):
+        log(f"removed {path} (left by an interrupted export)")
 
 
 def export(
@@ -334,6 +367,7 @@ def export(
     precision: str = "float32",
     batch_size: int = 1,
     log=print,
+    limits: ServingLimits | None = None,
 ) -> Path:
     """Exports a trained model as ``<base_dir>/<name>/<version>``; returns the version folder.
 
@@ -345,10 +379,21 @@ def export(
         tile_size: Input tile side inside the graph; 0 picks the cheapest for the training frame size.
         precision: ``float32`` or ``mixed_bfloat16``.
         batch_size: Tiles per model call inside the graph.
+        log: Prints progress lines.
+        limits: Request bounds the serving graph enforces (default :class:`ServingLimits`).
+
+    Example:
+        >>> export("runs/isbi2012", "isbi")   # saved_models/isbi/1
     """
+    limits = limits or ServingLimits()
     source = resolve_model_path(model_path)
     if source.suffix != ".keras":
         raise ExportError(f"{model_path}: export needs a run directory or a .keras file, not a SavedModel")
+    model_root = Path(base_dir) / name
+    if version is not None and (model_root / str(version)).exists():
+        raise ExportError(f"{model_root / str(version)}: version {version} already exists (versions are never "
+                          "overwritten)")  # fmt: skip
+    log(f"loading {source}")
     loaded = keras.models.load_model(source)
     model = with_precision(loaded, precision)
     settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
@@ -357,122 +402,34 @@ def export(
     else:
         tile_hw = choose_tile(settings.typical_size, model.depth, model.base_filters, model.input_channels,
                               model.num_classes, model.variant).input_hw  # fmt: skip
-    model_root = Path(base_dir) / name
-    version = version if version is not None else next_version(model_root)
-    destination = model_root / str(version)
-    if destination.exists():
-        raise ExportError(f"{destination}: version {version} already exists (versions are never overwritten)")
     model_root.mkdir(parents=True, exist_ok=True)
-    temporary = model_root / f".export-{uuid.uuid4().hex[:8]}"
+    _remove_stale_exports(model_root, log)
+    first_version = version if version is not None else next_version(model_root)
+    temporary = temporary_sibling(model_root / str(first_version))
     try:
-        serving_default, segment_png, plan = build_serving_functions(model, settings, tile_hw, batch_size)
+        log("tracing the serving graph and writing the SavedModel")
+        serving_default, segment_png, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serving_default", serving_default)
-        archive.add_endpoint("segment_png", segment_png)
+        archive.add_endpoint(names.PIXELS_SIGNATURE, serving_default)
+        archive.add_endpoint(names.PNG_SIGNATURE, segment_png)
         archive.write_out(str(temporary), verbose=False)
         extra = temporary / "assets.extra"
         extra.mkdir(exist_ok=True)
-        info = client_info(model, settings, plan, training_provenance(source))
-        (extra / "kunet.json").write_text(json.dumps(info, indent=2))
+        info = client_info(model, settings, plan, training_provenance(source), limits)
+        atomic_write_json(extra / "kunet.json", info)
+        log("writing warm-up requests")
         write_warmup_requests(extra / WARMUP_FILE, name, settings, model.input_channels)
         shutil.copyfile(source, extra / "unet.keras")
-        readme = serving_readme(name, version, info)
-        (extra / "README.md").write_text(readme)
-        if destination.exists():  # another export took this version meanwhile
-            raise ExportError(f"{destination}: version {version} appeared while exporting")
-        os.rename(temporary, destination)
+        destination = _version_folder_for(
+            model_root, temporary, first_version, version is not None,
+            lambda v: atomic_write_text(extra / "README.md", serving_readme(name, v, info)),
+        )  # fmt: skip
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _write_text_atomically(model_root / "models.config", models_config(name, f"/models/{name}"))
-    _write_text_atomically(model_root / "batching_parameters.txt", BATCHING_PARAMETERS)
-    _write_text_atomically(model_root / "README.md", serving_readme(name, version, info))
+    atomic_write_text(model_root / "models.config", models_config(name, f"/models/{name}"))
+    atomic_write_text(model_root / "batching_parameters.txt", batching_parameters(limits))
+    atomic_write_text(model_root / "README.md", serving_readme(name, int(destination.name), info))
     log(f"exported {source} -> {destination} (tile {plan.input_hw[0]}x{plan.input_hw[1]})")
     return destination
-
-
-# --- checking an export in a fresh process ------------------------------------------------------------
-
-_CHECK_SCRIPT = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-from tensorflow_serving.apis import prediction_log_pb2
-
-path = sys.argv[1]
-loaded = tf.saved_model.load(path)
-report = {"signatures": {}}
-for key, function in loaded.signatures.items():
-    inputs = {k: [v.dtype.name, v.shape.as_list()] for k, v in function.structured_input_signature[1].items()}
-    outputs = {k: [v.dtype.name, v.shape.as_list()] for k, v in function.structured_outputs.items()}
-    report["signatures"][key] = {"inputs": inputs, "outputs": outputs}
-warmups = 0
-for record in tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_requests"):
-    log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-    request = log.predict_log.request
-    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-    outputs = loaded.signatures[request.model_spec.signature_name](**{k: tf.constant(v) for k, v in inputs.items()})
-    warmups += 1
-    if request.model_spec.signature_name == "serving_default":
-        np.save(sys.argv[2], outputs["probabilities"].numpy()[0])
-        image = inputs["images"][0]
-report["warmup_requests"] = warmups
-print(json.dumps(report))
-"""
-
-
-def check(export_dir, log=print) -> dict:
-    """Validates an export in a fresh Python process: signatures, warm-up requests, and agreement with
-    ``kunet predict`` (the exported ``unet.keras`` through the Python overlap-tile path) on a sample image.
-    """
-    from kunet.segmenter import Segmenter
-
-    export_dir = Path(export_dir)
-    if not (export_dir / "saved_model.pb").is_file():
-        raise ExportError(f"{export_dir}: not a SavedModel version folder (no saved_model.pb)")
-    with tempfile_path(".npy") as probabilities_path:
-        result = subprocess.run(
-            [sys.executable, "-c", _CHECK_SCRIPT, str(export_dir), str(probabilities_path)],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        if result.returncode != 0:
-            raise ExportError(f"{export_dir}: loading in a fresh process failed:\n{result.stderr[-3000:]}")
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        served = np.load(probabilities_path)
-    missing = {"serving_default", "segment_png"} - set(report["signatures"])
-    if missing:
-        raise ExportError(f"{export_dir}: missing signatures {sorted(missing)}")
-    info = json.loads((export_dir / "assets.extra" / "kunet.json").read_text())
-    settings = InferenceSettings.from_metadata(info["inference"])
-    image = sample_image(settings, info["input"]["channels"])
-    reference = Segmenter(export_dir / "assets.extra" / "unet.keras").probabilities(image)
-    difference = float(np.abs(served - reference).max())
-    report["max_probability_difference_vs_predict"] = difference
-    report["masks_identical"] = bool(
-        np.array_equal(served[..., -1] >= settings.threshold, reference[..., -1] >= settings.threshold)
-    )
-    for key, signature in report["signatures"].items():
-        log(f"signature {key}: inputs {signature['inputs']} -> outputs {signature['outputs']}")
-    log(f"warm-up requests replayed: {report['warmup_requests']}")
-    log(f"max |p_export - p_predict| = {difference:.2e}; masks identical: {report['masks_identical']}")
-    if difference > 1e-3:
-        raise ExportError(f"{export_dir}: exported model disagrees with kunet predict (max diff {difference:.3g})")
-    return report
-
-
-class tempfile_path:
-    """A temporary file path removed on exit (the file itself is created by someone else)."""
-
-    def __init__(self, suffix: str):
-        import tempfile
-
-        self.path = Path(tempfile.mkdtemp(prefix="kunet-check-")) / f"out{suffix}"
-
-    def __enter__(self) -> Path:
-        return self.path
-
-    def __exit__(self, *exc):
-        shutil.rmtree(self.path.parent, ignore_errors=True)

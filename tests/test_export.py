@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kunet.export import ExportError, check, export, training_provenance
+from kunet.export import ExportError, export, training_provenance
 from kunet.segmenter import Segmenter
+from kunet.serving.check import check
 from kunet.train import Trainer
 
 _LOAD_AND_PREDICT = r"""
@@ -24,7 +25,8 @@ import tensorflow as tf
 model = tf.saved_model.load(sys.argv[1])
 image = np.load(sys.argv[2])
 out = model.signatures["serving_default"](images=tf.constant(image[None, ..., None].astype(np.float32)))
-png = model.signatures["segment_png"](png=tf.constant([open(sys.argv[3], "rb").read()]))["png"].numpy()[0]
+png = model.signatures["segment_png"](png_bytes=tf.constant([open(sys.argv[3], "rb").read()]))
+png = png["mask_png_bytes"].numpy()[0]
 np.save(sys.argv[4], out["labels"].numpy()[0])
 open(sys.argv[5], "wb").write(png)
 print(json.dumps({k: list(v.shape) for k, v in out.items()}))
@@ -84,7 +86,7 @@ def test_saved_model_cli_lists_the_documented_signatures(trained_run, tmp_path):
     for fragment in [
         "signature_def['serving_default']", "inputs['images']", "DT_FLOAT", "shape: (-1, -1, -1, 1)",
         "outputs['probabilities']", "outputs['labels']", "DT_INT32",
-        "signature_def['segment_png']", "inputs['png']", "DT_STRING", "outputs['png']",
+        "signature_def['segment_png']", "inputs['png_bytes']", "DT_STRING", "outputs['mask_png_bytes']",
     ]:  # fmt: skip
         assert fragment in text, fragment
 
