@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 # ``partial`` is the name older kunet versions gave a synthetic dataset being written.
@@ -292,7 +292,7 @@ def _unlocked_folder(path: Path) -> bool:
         os.close(descriptor)
 
 
-def sweep_temporaries(out: str | os.PathLike) -> tuple[list[Path], list[str]]:
+def sweep_temporaries(out: str | os.PathLike, log: Callable[[str], None] | None = None) -> tuple[list[Path], list[str]]:
     """Removes the temporaries that killed processes left beside the output folder ``out``.
 
     * ``.<out>.tmp-*`` (and the older ``.partial-*``) folders: removed unless a running process holds their
@@ -302,7 +302,7 @@ def sweep_temporaries(out: str | os.PathLike) -> tuple[list[Path], list[str]]:
       only copy of the previous output, so it is kept and named.
 
     Returns:
-        The paths removed, and one sentence for each temporary kept.
+        The paths removed, and one sentence for each temporary kept (both also passed to ``log``).
     """
     out = Path(out)
     removable, kept = [], []
@@ -317,4 +317,8 @@ def sweep_temporaries(out: str | os.PathLike) -> tuple[list[Path], list[str]]:
             removable.append(path)
         else:
             kept.append(f"{path}: being written by another running process; left alone")
-    return remove_paths(removable), kept
+    removed = remove_paths(removable)
+    if log:
+        for line in [f"removed {path} (left behind by a process that was killed)" for path in removed] + kept:
+            log(line)
+    return removed, kept

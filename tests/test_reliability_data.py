@@ -7,17 +7,23 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from test_records import _config, _two_blobs, _write_pair
 
+from kunet import records
 from kunet._fs import (
     LockHeldError,
+    UnsafeOverwriteError,
     building_directory,
     check_unlocked,
     exclusive_lock,
     sweep_temporaries,
     temporary_sibling,
 )
+from kunet.records import RecordsError, build_records, read_manifest
 
 _HOLD_LOCK = """
 import sys, time
@@ -90,3 +96,145 @@ def test_a_failed_build_leaves_no_temporary(tmp_path):
             (temporary / "part").write_text("x")
             raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- build-records: --overwrite replaces only kunet's records, bit depths checked in the first pass ------
+
+
+def _source(tmp_path: Path, count: int = 3) -> Path:
+    """images/ + labels/ of ``count`` small 8-bit frames and a notes file, all in ``tmp_path``."""
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        _write_pair(tmp_path, f"a{index}", rng.integers(0, 255, (40, 50), dtype=np.uint8), _two_blobs(40, 50))
+    (tmp_path / "notes.txt").write_text("my notes")
+    return tmp_path
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(output: str, phrase: str) -> bool:
+    """The CLI's answer to bad input: a single ``error:`` line with ``phrase`` (blank lines aside), no traceback."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    return len(lines) == 1 and lines[0].startswith("error: ") and phrase in lines[0]
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the expensive work started before the output was checked")
+
+
+def test_overwrite_refuses_the_folder_holding_the_source_before_reading_it(tmp_path, monkeypatch):
+    source = _source(tmp_path)
+    before = _tree(source)
+    monkeypatch.setattr(records, "check_frames", _never)
+    with pytest.raises(UnsafeOverwriteError, match="which this job reads"):
+        build_records(_config(source), out=source, overwrite=True)
+    assert _tree(source) == before
+
+
+def test_overwrite_refuses_a_folder_kunet_did_not_make(tmp_path, monkeypatch):
+    _source(tmp_path)
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_bytes(b"years of work")
+    monkeypatch.setattr(records, "check_frames", _never)
+    with pytest.raises(UnsafeOverwriteError, match="results: not made by kunet"):
+        build_records(_config(tmp_path), out=foreign, overwrite=True)
+    assert _tree(foreign) == {"thesis.docx": b"years of work"}
+
+
+def test_overwrite_is_checked_again_when_the_records_are_committed(tmp_path, monkeypatch):
+    _source(tmp_path)
+    out = tmp_path / "rec"
+    real_write = records._write_shards
+
+    def someone_else_creates_out(*args, **kwargs):
+        out.mkdir()
+        (out / "theirs.txt").write_text("not kunet's")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(records, "_write_shards", someone_else_creates_out)
+    with pytest.raises(UnsafeOverwriteError, match="rec: not made by kunet"):
+        build_records(_config(tmp_path), out=out, overwrite=True)
+    assert _tree(out) == {"theirs.txt": b"not kunet's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels", "notes.txt", "rec"]
+
+
+def test_cli_build_records_overwrite_of_the_source_folder_is_one_red_line_and_deletes_nothing(tmp_path):
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
+    source = _source(tmp_path)
+    before = _tree(source)
+    result = CliRunner().invoke(app, ["build-records", "--images", str(source / "images"), "--labels",
+                                      str(source / "labels"), "--out", str(source), "--overwrite"])  # fmt: skip
+    assert result.exit_code == 2
+    assert _one_error_line(result.output, "refusing to replace it")
+    assert _tree(source) == before
+
+
+def test_a_mix_of_bit_depths_names_the_first_differing_file_before_anything_is_encoded(tmp_path, monkeypatch):
+    _source(tmp_path)
+    deep = (np.arange(40 * 50, dtype=np.uint16).reshape(40, 50) * 20).astype(np.uint16)
+    _write_pair(tmp_path, "a1", deep, _two_blobs(40, 50))  # 16-bit image among 8-bit ones
+    monkeypatch.setattr(records, "encode_example", _never)
+    with pytest.raises(RecordsError, match=r"images/a1\.png: 16-bit \(uint16\) image, but .*images/a0\.png is 8-bit"):
+        build_records(_config(tmp_path), out=tmp_path / "rec")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels", "notes.txt"]
+
+
+_BUILD_THEN_HANG_OR_DIE = """
+import os, signal, sys, time
+from kunet import records
+from kunet.config import pipeline_from_dict
+
+def stop(*args, **kwargs):
+    if sys.argv[3] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print("ready", flush=True)
+    time.sleep(600)
+
+records.commit_directory = stop
+config = pipeline_from_dict({"name": "t", "source": {"kind": "folders", "images": "images", "labels": "labels"},
+                             "records": {"shards": 1}}, base_dir=sys.argv[1])
+records.build_records(config, out=sys.argv[2])
+"""
+
+
+def _builder(source: Path, out: Path, how: str) -> subprocess.Popen:
+    """A build of ``source`` into ``out`` in another process that dies (SIGKILL) or hangs just before its commit."""
+    command = [sys.executable, "-c", _BUILD_THEN_HANG_OR_DIE, str(source), str(out), how]
+    with open(source / f".{how}.stderr", "w") as errors:  # a file, not a pipe: reading a pipe waits for the end
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+
+
+def _stderr(source: Path, how: str) -> str:
+    return (source / f".{how}.stderr").read_text()[-2000:]
+
+
+def test_a_killed_builds_temporary_is_removed_by_the_next_build_but_a_running_ones_is_not(tmp_path):
+    source = _source(tmp_path)
+    out = tmp_path / "rec"
+    running = _builder(source, out, "hang")
+    try:
+        assert running.stdout.readline().strip() == "ready", _stderr(source, "hang")
+        [being_written] = [p for p in tmp_path.iterdir() if p.name.startswith(".rec.tmp-")]
+        killed = _builder(source, out, "die")
+        assert killed.wait(timeout=300) == -signal.SIGKILL, _stderr(source, "die")
+        [left_by_killed] = [p for p in tmp_path.iterdir() if p.name.startswith(".rec.tmp-") and p != being_written]
+        assert any(left_by_killed.glob("*.tfrecord.gz"))  # a real, complete-but-uncommitted build
+        lines: list[str] = []
+        build_records(_config(source), out=out, log=lines.append)
+        assert not left_by_killed.exists() and being_written.is_dir()
+        assert any(str(left_by_killed) in line and "killed" in line for line in lines), lines
+        assert any(str(being_written) in line and "another running process" in line for line in lines), lines
+        assert read_manifest(out)["counts"]["train"] == 2
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait()
+    build_records(_config(source), out=out, overwrite=True, log=lines.append)
+    assert not being_written.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".stderr")) == [
+        "images", "labels", "notes.txt", "rec"
+    ]  # fmt: skip
