@@ -24,6 +24,7 @@ from kunet._fs import (
     temporary_sibling,
 )
 from kunet.records import RecordsError, build_records, read_manifest
+from kunet.synthetic import write_em_dataset
 
 _HOLD_LOCK = """
 import sys, time
@@ -238,3 +239,54 @@ def test_a_killed_builds_temporary_is_removed_by_the_next_build_but_a_running_on
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".stderr")) == [
         "images", "labels", "notes.txt", "rec"
     ]  # fmt: skip
+
+
+# --- synth: --overwrite never empties a folder kunet did not make --------------------------------------
+
+
+def test_cli_synth_overwrite_of_the_working_directory_refuses_before_generating(tmp_path, monkeypatch):
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
+    from kunet import synthetic
+
+    (tmp_path / "paper.tex").write_text("draft")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "SYNTHETIC.json").write_text("{}")  # even a kunet marker deeper down does not matter
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(synthetic, "make_em_sample", _never)
+    result = CliRunner().invoke(app, ["synth", "em", "--out", ".", "--count", "2", "--size", "32", "--overwrite"])
+    assert result.exit_code == 2 and _one_error_line(result.output, "working directory"), result.output
+    assert _tree(tmp_path) == {"paper.tex": b"draft", "data/SYNTHETIC.json": b"{}"}
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")) == []
+
+
+_WRITE_THEN_DIE = """
+import os, signal, sys
+from kunet import synthetic
+
+real_write, calls = synthetic._write, []
+
+def write_then_die(path, image):
+    calls.append(path)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write(path, image)
+
+synthetic._write = write_then_die
+synthetic.write_em_dataset(sys.argv[1], count=4, size=32)
+"""
+
+
+def test_a_killed_synth_leaves_a_temporary_that_the_next_synth_removes(tmp_path):
+    out = tmp_path / "em"
+    killed = subprocess.run([sys.executable, "-c", _WRITE_THEN_DIE, str(out)], capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    [left] = list(tmp_path.iterdir())
+    assert left.name.startswith(".em.tmp-") and len(list(left.rglob("*.png"))) == 2 and not out.exists()
+    legacy = tmp_path / ".em.partial-0badcafe"  # what older kunet versions left
+    legacy.mkdir()
+    lines: list[str] = []
+    write_em_dataset(out, count=2, size=32, log=lines.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["em"]
+    assert sum("killed" in line for line in lines) == 2, lines
