@@ -195,9 +195,11 @@ def encode_example(frame: Frame, split: str, image, label, classes, weights) -> 
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: str | os.PathLike) -> str:
+    import tensorflow as tf
+
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with tf.io.gfile.GFile(str(path), "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -373,19 +375,67 @@ def read_manifest(records_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def shard_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
-    manifest = read_manifest(records_dir)
-    return [_join(records_dir, shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
+def check_shards(
+    records_dir: str | os.PathLike, splits=SPLITS, checksums: bool = False, manifest: dict | None = None
+) -> None:
+    """Checks the shards of ``splits`` against the manifest before they are read.
+
+    Each must exist with the byte size the manifest gives (one stat per shard, so it is always done: it
+    catches a truncated, emptied or swapped shard); with ``checksums`` its sha256 must match too (reads
+    every byte).
+
+    Raises:
+        RecordsError: naming the first shard that is missing or differs.
+    """
+    import tensorflow as tf
+
+    manifest = manifest or read_manifest(records_dir)
+    for shard in manifest["shards"]:
+        if shard["split"] not in splits:
+            continue
+        path = _join(records_dir, shard["file"])
+        if not tf.io.gfile.exists(path):
+            raise RecordsError(f"{path}: shard listed in the manifest is missing")
+        size = tf.io.gfile.stat(path).length
+        if size != shard["bytes"]:
+            raise RecordsError(
+                f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated, emptied or replaced); "
+                "rebuild the records"
+            )
+        if checksums and _sha256(path) != shard["sha256"]:
+            raise RecordsError(f"{path}: sha256 differs from the manifest (damaged or modified); rebuild the records")
 
 
 def verify_checksums(records_dir: str | os.PathLike) -> None:
-    """Raises if a shard's sha256 differs from the manifest (a damaged or edited records set)."""
-    for shard in read_manifest(records_dir)["shards"]:
-        path = Path(records_dir) / shard["file"]
-        if not path.is_file():
-            raise RecordsError(f"{path}: shard listed in the manifest is missing")
-        if _sha256(path) != shard["sha256"]:
-            raise RecordsError(f"{path}: sha256 differs from the manifest (damaged or modified)")
+    """Raises if a shard's size or sha256 differs from the manifest (a damaged or edited records set)."""
+    check_shards(records_dir, checksums=True)
+
+
+def shard_paths(records_dir: str | os.PathLike, split: str, manifest: dict | None = None) -> list[str]:
+    """The shards of ``split``, checked with :func:`check_shards` (existence and size) first."""
+    manifest = manifest or read_manifest(records_dir)
+    check_shards(records_dir, [split], manifest=manifest)
+    return [_join(records_dir, shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
+
+
+def unreadable_shard(path: str, error: Exception) -> RecordsError:
+    """The one-line error for a shard TensorFlow failed to read or decode."""
+    detail = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+    return RecordsError(f"{path}: cannot be read ({detail}); the shard is damaged, rebuild the records")
+
+
+def _wrong_split(path: str, frame_id: str, found: str, split: str) -> str:
+    return f"{path}: holds frame {frame_id} of the {found} split, but is read as {split} (a shard copied over another?)"
+
+
+def assert_split(parsed: dict, split: str, path):
+    """In-graph check that a parsed example belongs to ``split``: a val shard copied over a train shard of
+    the same size passes :func:`check_shards`, not this. Use the op as a control dependency."""
+    import tensorflow as tf
+
+    message = tf.strings.join([path, ": holds frame ", parsed["frame_id"], " of the ", parsed["split"],
+                               " split, but is read as ", split])  # fmt: skip
+    return tf.debugging.Assert(tf.equal(parsed["split"], split), [message])
 
 
 def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1) -> dict:
@@ -424,21 +474,47 @@ def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1) -> 
 
 
 def iterate_frames(records_dir: str | os.PathLike, split: str) -> Iterator[dict]:
-    """Eagerly decoded frames of one split as NumPy arrays (for evaluation, inspection and tests)."""
+    """Eagerly decoded frames of one split as NumPy arrays (for evaluation, inspection and tests).
+
+    Raises:
+        RecordsError: a shard is missing, has the wrong size, cannot be read, or holds another split's
+            frames; the message names it.
+    """
+    manifest = read_manifest(records_dir)
+    for path in shard_paths(records_dir, split, manifest):
+        yield from _shard_frames(path, split, manifest)
+
+
+def _shard_frames(path: str, split: str, manifest: dict) -> Iterator[dict]:
     import tensorflow as tf
 
-    manifest = read_manifest(records_dir)
-    dataset = tf.data.TFRecordDataset(shard_paths(records_dir, split), compression_type="GZIP")
-    for serialized in dataset:
-        parsed = parse_example(serialized, manifest["image"]["dtype"], manifest["image"]["channels"])
-        label = tf.io.decode_png(parsed["label_png"], dtype=tf.as_dtype(manifest["labels"]["dtype"]))
-        yield {
-            "frame_id": parsed["frame_id"].numpy().decode(),
-            "image": parsed["image"].numpy(),
-            "label": label.numpy()[..., 0],
-            "classes": parsed["classes"].numpy(),
-            "weight": parsed["weight"].numpy(),
-            "source_image": parsed["source_image"].numpy().decode(),
-            "source_label": parsed["source_label"].numpy().decode(),
-            "source_page": int(parsed["source_page"].numpy()),
-        }
+    try:
+        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            parsed = parse_example(serialized, manifest["image"]["dtype"], manifest["image"]["channels"])
+            frame_id, found = parsed["frame_id"].numpy().decode(), parsed["split"].numpy().decode()
+            if found != split:
+                raise RecordsError(_wrong_split(path, frame_id, found, split))
+            label = tf.io.decode_png(parsed["label_png"], dtype=tf.as_dtype(manifest["labels"]["dtype"]))
+            yield {
+                "frame_id": frame_id,
+                "image": parsed["image"].numpy(),
+                "label": label.numpy()[..., 0],
+                "classes": parsed["classes"].numpy(),
+                "weight": parsed["weight"].numpy(),
+                "source_image": parsed["source_image"].numpy().decode(),
+                "source_label": parsed["source_label"].numpy().decode(),
+                "source_page": int(parsed["source_page"].numpy()),
+            }
+    except tf.errors.OpError as error:
+        raise unreadable_shard(path, error) from None
+
+
+def find_damaged_shard(records_dir: str | os.PathLike, split: str) -> RecordsError | None:
+    """Reads every frame of ``split`` to name the shard a failed ``tf.data`` read came from (an error path:
+    it decodes everything); ``None`` if every shard reads cleanly."""
+    try:
+        for _ in iterate_frames(records_dir, split):
+            pass
+    except RecordsError as error:
+        return error
+    return None
