@@ -3,7 +3,9 @@ and what killed processes leave behind is cleaned up without touching the work o
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +25,9 @@ from kunet._fs import (
     sweep_temporaries,
     temporary_sibling,
 )
-from kunet.records import RecordsError, build_records, read_manifest
+from kunet.records import RecordsError, build_records, iterate_frames, read_manifest
 from kunet.synthetic import write_em_dataset
+from kunet.train import Trainer
 
 _HOLD_LOCK = """
 import sys, time
@@ -290,3 +293,124 @@ def test_a_killed_synth_leaves_a_temporary_that_the_next_synth_removes(tmp_path)
     write_em_dataset(out, count=2, size=32, log=lines.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["em"]
     assert sum("killed" in line for line in lines) == 2, lines
+
+
+# --- fit, evaluate, tune: records are checked before use, and a damaged shard is named ------------------
+
+
+def _copy_records(records: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's tiny records (6 train frames in 2 shards, 2 val frames in 2 shards)."""
+    return Path(shutil.copytree(records, tmp_path / "records"))
+
+
+def _shard(records: Path, split: str, index: int = 0) -> Path:
+    [path] = records.glob(f"{split}-{index:05d}-of-*.tfrecord.gz")
+    return path
+
+
+def _pretend_manifest_size(records: Path, shard: Path) -> None:
+    """Records the shard's current size in the manifest: a swap the size check cannot see."""
+    manifest = json.loads((records / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        if entry["file"] == shard.name:
+            entry["bytes"] = shard.stat().st_size
+    (records / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "missing"])
+def test_fit_refuses_records_whose_shard_differs_from_the_manifest_before_creating_the_run(
+    tiny_records, tmp_path, damage
+):
+    config, original = tiny_records
+    records = _copy_records(original, tmp_path)
+    shard = _shard(records, "train", 1)
+    data = shard.read_bytes()
+    if damage == "missing":
+        shard.unlink()
+    else:
+        shard.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    expected = "is missing" if damage == "missing" else f"bytes, the manifest says {len(data)}"
+    with pytest.raises(RecordsError, match=f"{shard.name}: .*{expected}|{shard.name}: shard listed .*{expected}"):
+        Trainer(config, tmp_path / "run", records, log=_quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_fit_on_a_truncated_shard_is_one_red_line_naming_it(tiny_records, tmp_path):
+    from kunet_cli.main import app
+    from test_train import _write_tiny_toml
+    from typer.testing import CliRunner
+
+    _, original = tiny_records
+    records = _copy_records(original, tmp_path)
+    shard = _shard(records, "train")
+    shard.write_bytes(shard.read_bytes()[:100])
+    toml = _write_tiny_toml(tmp_path / "tiny.toml", records)
+    result = CliRunner().invoke(app, ["fit", str(toml), "--run-dir", str(tmp_path / "run"), "--records", str(records)])
+    assert result.exit_code == 2 and _one_error_line(result.output, f"{shard}: 100 bytes"), result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_val_shard_copied_over_a_train_shard_is_named_even_at_equal_size_and_never_trained_on(tiny_records, tmp_path):
+    config, original = tiny_records
+    records = _copy_records(original, tmp_path)
+    train_shard = _shard(records, "train")
+    shutil.copyfile(_shard(records, "val"), train_shard)
+    _pretend_manifest_size(records, train_shard)
+    wrong_split = f"{train_shard.name}: holds frame b[0-9] of the val split, but is read as train"
+    with pytest.raises(RecordsError, match=wrong_split):
+        Trainer(config, tmp_path / "run", records, log=_quiet).fit(steps=2)
+    assert not (tmp_path / "run").exists()  # no checkpoint was reached: the half-started run is removed
+    with pytest.raises(RecordsError, match=wrong_split):
+        list(iterate_frames(records, "train"))  # evaluate --split train, inspect-records, show-augment
+    with pytest.raises(RecordsError, match=f"{train_shard.name}: sha256 differs"):
+        Trainer(config, tmp_path / "run", records, log=_quiet, verify_records=True)
+
+
+def test_a_corrupted_shard_of_unchanged_size_is_named_instead_of_a_data_loss_traceback(tiny_records, tmp_path):
+    config, original = tiny_records
+    records = _copy_records(original, tmp_path)
+    shard = _shard(records, "train", 1)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size: only the content is damaged
+    shard.write_bytes(bytes(data))
+    with pytest.raises(RecordsError, match=f"{shard.name}: cannot be read .*damaged"):
+        Trainer(config, tmp_path / "run", records, log=_quiet).fit(steps=3)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(RecordsError, match=f"{shard.name}: sha256 differs"):
+        Trainer(config, tmp_path / "run", records, log=_quiet, verify_records=True)
+
+
+def test_evaluate_and_tune_name_a_damaged_val_shard_and_keep_what_they_wrote_before(tiny_records, tmp_path):
+    from kunet.evaluate import evaluate
+    from kunet.segmenter import Segmenter
+    from kunet.train import build_model
+    from kunet.tune import tune
+
+    config, original = tiny_records
+    records = _copy_records(original, tmp_path)
+    model_file = tmp_path / "model.keras"
+    build_model(config, "float32", read_manifest(records)).save(model_file)
+    out = tmp_path / "evaluation"
+    evaluate(Segmenter(model_file), records, "val", out)
+    before, model_before = _tree(out), model_file.read_bytes()
+    shard = _shard(records, "val", 1)
+    data = bytearray(shard.read_bytes())
+    data[40:80] = bytes(40)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(RecordsError, match=f"{shard.name}: cannot be read"):
+        evaluate(Segmenter(model_file), records, "val", out)
+    assert _tree(out) == before  # the previous evaluation, whole: not half overwritten with new overlays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation", "model.keras", "records"]
+    with pytest.raises(RecordsError, match=f"{shard.name}: cannot be read"):
+        tune(model_file, records, "pixel")
+    assert model_file.read_bytes() == model_before
+    foreign = tmp_path / "my-figures"
+    foreign.mkdir()
+    (foreign / "figure1.png").write_bytes(b"mine")
+    with pytest.raises(UnsafeOverwriteError, match="my-figures: not made by kunet"):
+        evaluate(Segmenter(model_file), original, "val", foreign)
+    assert _tree(foreign) == {"figure1.png": b"mine"}
