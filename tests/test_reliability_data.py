@@ -414,3 +414,32 @@ def test_evaluate_and_tune_name_a_damaged_val_shard_and_keep_what_they_wrote_bef
     with pytest.raises(UnsafeOverwriteError, match="my-figures: not made by kunet"):
         evaluate(Segmenter(model_file), original, "val", foreign)
     assert _tree(foreign) == {"figure1.png": b"mine"}
+
+
+# --- demo: reuses or replaces only its own outputs --------------------------------------------------
+
+
+@pytest.mark.parametrize("foreign", ["data/train", "records/held-out", "runs/synthetic-em", "evaluation"])
+def test_demo_refuses_a_folder_in_its_way_that_kunet_did_not_make_before_doing_anything(tmp_path, foreign):
+    from kunet import demo
+
+    workdir = tmp_path / "work"
+    (workdir / foreign).mkdir(parents=True)
+    (workdir / foreign / "mine.tif").write_bytes(b"my own data")
+    lines: list[str] = []
+    with pytest.raises(UnsafeOverwriteError, match=f"{foreign}: not made by kunet"):
+        demo.run(workdir, size=demo.TINY, export_root=tmp_path / "saved_models", log=lines.append)
+    assert _tree(workdir) == {f"{foreign}/mine.tif": b"my own data"} and lines == []
+    assert not (tmp_path / "saved_models").exists()
+
+
+def test_cli_demo_with_a_foreign_data_folder_is_one_red_line(tmp_path):
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
+    workdir = tmp_path / "work"
+    (workdir / "data" / "train").mkdir(parents=True)
+    (workdir / "data" / "train" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--export-root", str(tmp_path / "sm")])
+    assert result.exit_code == 2 and _one_error_line(result.output, "train: not made by kunet"), result.output
+    assert _tree(workdir) == {"data/train/notes.txt": b"mine"}
