@@ -3,12 +3,14 @@ and what killed processes leave behind is cleaned up without touching the work o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,16 @@ with exclusive_lock(sys.argv[1]):
 """
 
 
+@contextlib.contextmanager
+def _sigkilled_at_exit(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Kills ``process`` with SIGKILL when the ``with`` block ends, however it ends."""
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
 def _lock_holder(path) -> subprocess.Popen:
     """A process that holds ``path``'s lock until it is killed."""
     process = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
@@ -51,16 +63,13 @@ def _lock_holder(path) -> subprocess.Popen:
 def test_a_held_lock_names_its_holder_and_a_killed_holder_frees_it(tmp_path):
     lock = tmp_path / "run.lock"
     holder = _lock_holder(lock)
-    try:
+    with _sigkilled_at_exit(holder):
         with pytest.raises(LockHeldError, match=f"locked by process {holder.pid}") as error:
             with exclusive_lock(lock):
                 pytest.fail("a second holder got the lock")
         assert error.value.holder == holder.pid
         with pytest.raises(LockHeldError):
             check_unlocked(lock)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     check_unlocked(lock)  # SIGKILL released it: a lock file left behind blocks no one
     with exclusive_lock(lock):
         assert lock.read_text() == f"{os.getpid()}\n"
@@ -221,7 +230,7 @@ def test_a_killed_builds_temporary_is_removed_by_the_next_build_but_a_running_on
     source = _source(tmp_path)
     out = tmp_path / "rec"
     running = _builder(source, out, "hang")
-    try:
+    with _sigkilled_at_exit(running):
         assert running.stdout.readline().strip() == "ready", _stderr(source, "hang")
         [being_written] = [p for p in tmp_path.iterdir() if p.name.startswith(".rec.tmp-")]
         killed = _builder(source, out, "die")
@@ -234,9 +243,6 @@ def test_a_killed_builds_temporary_is_removed_by_the_next_build_but_a_running_on
         assert any(str(left_by_killed) in line and "killed" in line for line in lines), lines
         assert any(str(being_written) in line and "another running process" in line for line in lines), lines
         assert read_manifest(out)["counts"]["train"] == 2
-    finally:
-        running.send_signal(signal.SIGKILL)
-        running.wait()
     build_records(_config(source), out=out, overwrite=True, log=lines.append)
     assert not being_written.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".stderr")) == [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_reliability_data import _lock_holder, _tree
+from test_reliability_data import _lock_holder, _quiet, _sigkilled_at_exit, _tree
 from test_train import _weights
 
 from kunet.train import RunError, Trainer
@@ -64,7 +64,7 @@ def straight_run(tiny_records, tmp_path_factory) -> Path:
     """Two epochs without interruption: what every interrupted run must end up equal to."""
     config, records = tiny_records
     run = tmp_path_factory.mktemp("straight") / "run"
-    Trainer(config, run, records, log=lambda *args, **kwargs: None).fit(epochs=2)
+    Trainer(config, run, records, log=_quiet).fit(epochs=2)
     return run
 
 
@@ -78,7 +78,7 @@ def test_a_kill_during_validation_is_finished_on_resume_with_the_right_losses(ti
     # A fresh fit would start this run over (or mix two runs); it is refused and changes nothing.
     before = _tree(run)
     with pytest.raises(RunError, match=r"a run already exists here \(config.json, checkpoints.*--resume"):
-        Trainer(config, run, records, log=lambda *args, **kwargs: None).fit(epochs=2)
+        Trainer(config, run, records, log=_quiet).fit(epochs=2)
     assert _tree(run) == before
 
     # What killed processes leave (names of kunet._fs, of older versions, of tf.train.Checkpoint).
@@ -109,37 +109,31 @@ def test_a_second_fit_or_tune_of_a_run_being_trained_fails_at_once_naming_the_ho
     config, records = tiny_records
     run = tmp_path / "run"
     first = _fit_process(config, run, records, "_run_epochs", "hang")  # holds the lock, as while training
-    try:
+    with _sigkilled_at_exit(first):
         assert first.stdout.readline().strip() == "ready", (tmp_path / ".run-hang.stderr").read_text()[-3000:]
         holder = f"in use by another kunet process \\(pid {first.pid}\\)"
         before = _tree(run)
         with pytest.raises(RunError, match=f"{run}: {holder}"):
-            Trainer(config, run, records, log=lambda *args, **kwargs: None)
+            Trainer(config, run, records, log=_quiet)
         with pytest.raises(RunError, match=holder):
-            Trainer(config, run, records, resume=True, log=lambda *args, **kwargs: None)
+            Trainer(config, run, records, resume=True, log=_quiet)
         (run / "best.keras").write_bytes(b"stand-in")  # tune checks the lock before loading anything
         with pytest.raises(RunError, match=holder):
             tune(run, records, "pixel")
         (run / "best.keras").unlink()
         assert _tree(run) == before
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
 
 
 def test_two_fresh_fits_racing_for_one_directory_leave_it_to_the_first(tiny_records, tmp_path):
     config, records = tiny_records
     run = tmp_path / "run"
-    second = Trainer(config, run, records, log=lambda *args, **kwargs: None)  # checked while run/ was free
+    second = Trainer(config, run, records, log=_quiet)  # checked while run/ was free
     run.mkdir()
     first = _lock_holder(run / "run.lock")  # the other fit got there first
-    try:
+    with _sigkilled_at_exit(first):
         with pytest.raises(RunError, match=f"in use by another kunet process \\(pid {first.pid}\\)"):
             second.fit(steps=1)
         assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # the loser wrote nothing
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tiny_records, tmp_path):
@@ -148,7 +142,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tiny_re
     _killed_fit(config, run, records, "_run_epochs")
     assert (run / "config.json").is_file() and not (run / "checkpoints" / "checkpoint").exists()
     with pytest.raises(RunError, match="a run already exists here"):
-        Trainer(config, run, records, log=lambda *args, **kwargs: None)
+        Trainer(config, run, records, log=_quiet)
     lines: list[str] = []
     state = Trainer(config, run, records, resume=True, log=lines.append).fit(steps=2)
     assert any("killed before its first checkpoint; starting it from step 0" in line for line in lines), lines
@@ -163,8 +157,7 @@ def _data_file(run: Path, step: int) -> Path:
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_damaged(tiny_records, tmp_path):
     config, records = tiny_records
     run = tmp_path / "run"
-    quiet = lambda *args, **kwargs: None  # noqa: E731
-    Trainer(config, run, records, log=quiet).fit(steps=6)  # checkpoints at steps 3 and 6
+    Trainer(config, run, records, log=_quiet).fit(steps=6)  # checkpoints at steps 3 and 6
     latest = _data_file(run, 6)
     latest.write_bytes(latest.read_bytes()[:1000])
     lines: list[str] = []
@@ -178,5 +171,5 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_damaged
         path.write_bytes(path.read_bytes()[:1000])
     before = _tree(run)
     with pytest.raises(RunError, match=f"{run}: no checkpoint can be restored, .* \\(ckpt-6: .*; ckpt-3: .*\\)"):
-        Trainer(config, run, records, resume=True, log=quiet).fit(steps=9)
+        Trainer(config, run, records, resume=True, log=_quiet).fit(steps=9)
     assert _tree(run) == before
