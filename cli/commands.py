@@ -97,6 +97,9 @@ def fit(
     jit_compile: bool = typer.Option(None, "--jit-compile/--no-jit-compile", help="XLA-compile the train step."),
     strategy: str = typer.Option("default", help="default, mirrored (local devices) or multiworker (TF_CONFIG)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the pipeline without data and exit."),
+    verify_records: bool = typer.Option(
+        False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
 ):
     """Train a U-Net with the paper's weighted loss (checkpointed, resumable)."""
@@ -125,7 +128,8 @@ def fit(
                     typer.echo(f"{key:>10}: {value}")
                 return
             run_dir = run_dir or Path("runs") / config.name
-        trainer = Trainer(config, run_dir, records, make_strategy(strategy), resume=resume is not None)
+        trainer = Trainer(config, run_dir, records, make_strategy(strategy), resume=resume is not None,
+                          verify_records=verify_records)  # fmt: skip
         state = trainer.fit(epochs=epochs, steps=steps, max_minutes=max_minutes)
     typer.echo(f"run: {run_dir} ({state['status']}, step {state['step']}/{state['total_steps']})")
 
@@ -172,6 +176,9 @@ def evaluate(
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
     mirror: bool = typer.Option(None, "--mirror/--no-mirror", help="Test-time mirroring (default: as stored)."),
     threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
+    verify_records: bool = typer.Option(
+        False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
 ):
     """Score a model on a records split: pixel, Rand and warping errors, IoU/Dice, SEG."""
@@ -179,11 +186,14 @@ def evaluate(
     from rich.table import Table
 
     from kunet.evaluate import evaluate as run_evaluation
+    from kunet.records import check_shards
     from kunet.segmenter import Segmenter
 
     with user_errors():
         config = load_config(pipeline, list(set_))
         records = records or config.records_dir()
+        if verify_records:
+            check_shards(records, [split], checksums=True)
         segmenter = Segmenter(model, precision, 0, mirror, threshold)
         default_out = (model if model.is_dir() else model.parent) / f"eval-{split}"
         with progress_bars() as factory:
@@ -221,14 +231,20 @@ def tune(
     mirror: bool = typer.Option(False, "--mirror", help="Tune with (and store) test-time mirroring."),
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 for the sweep's predictions."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the sweep; leave the model unchanged."),
+    verify_records: bool = typer.Option(
+        False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
 ):
     """Choose the threshold and post-processing on the validation split and store them with the model."""
+    from kunet.records import check_shards
     from kunet.tune import OBJECTIVES
     from kunet.tune import tune as run_tune
 
     with user_errors():
         config = load_config(pipeline, list(set_))
+        if verify_records:
+            check_shards(records or config.records_dir(), ["val"], checksums=True)
         result = run_tune(
             model, records or config.records_dir(), objective, store=not dry_run, test_time_mirroring=mirror,
             precision=precision,

@@ -2,7 +2,9 @@
 
 synth -> build-records -> fit -> evaluate on held-out images -> export -> predict with the export.
 Every step is skipped when its output is already up to date, so a second run only reports. The
-equivalent ``kunet`` commands are printed as the demo goes, so it doubles as a tutorial.
+equivalent ``kunet`` commands are printed as the demo goes, so it doubles as a tutorial. The demo reuses
+or replaces only outputs kunet made: an existing folder in its way that kunet did not make is refused
+before anything runs.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _synthetic(out: Path, count: int, size: int, seed: int, log) -> Path:
             log(f"  reuse {out}")
             return out
     log(f"$ kunet synth em --out {out} --count {count} --size {size} --seed {seed}")
-    return write_em_dataset(out, count, size, seed, overwrite=out.exists())
+    return write_em_dataset(out, count, size, seed, overwrite=out.exists(), log=log)
 
 
 def _records(config, images: Path, out: Path, extra: list[str], log) -> Path:
@@ -74,8 +76,30 @@ def _records(config, images: Path, out: Path, extra: list[str], log) -> Path:
     overrides = [f'source.images="{images / "images"}"', f'source.labels="{images / "labels"}"', *extra]
     log(f"$ kunet build-records {config.config_path} --out {out} " + " ".join(f"--set {o}" for o in extra))
     config = pipeline_from_dict(apply_overrides(config.to_dict(), overrides), config.base_dir)
-    build_records(config, out=out, overwrite=out.exists())
+    build_records(config, out=out, overwrite=out.exists(), log=log)
     return out
+
+
+def _check_outputs(workdir: Path, run_dir: Path) -> None:
+    """Fails before any work if a folder the demo would reuse or replace exists but kunet did not make it
+    (it holds none of kunet's marker files and is not empty): the demo replaces only its own outputs."""
+    from kunet._fs import check_replaceable
+    from kunet.evaluate import SCORES
+    from kunet.records import MANIFEST
+    from kunet.synthetic import MARKER
+    from kunet.train import RunPaths
+
+    run = RunPaths(run_dir)
+    outputs = {
+        workdir / "data" / "train": [MARKER],
+        workdir / "data" / "held-out": [MARKER],
+        workdir / "records" / "train": [MANIFEST],
+        workdir / "records" / "held-out": [MANIFEST],
+        run_dir: [run.config.name, run.lock.name],
+        workdir / "evaluation": [SCORES],
+    }
+    for folder, markers in outputs.items():
+        check_replaceable(folder, markers)
 
 
 def run(
@@ -98,6 +122,8 @@ def run(
     pipeline = Path(pipeline or DEFAULT_PIPELINE)
     config = load_pipeline(pipeline, list(size.overrides))
     export_root = Path(export_root) if export_root else Path("saved_models")
+    run_dir = workdir / "runs" / config.name
+    _check_outputs(workdir, run_dir)
 
     log("1. synthetic data (EM-like slices, ISBI label convention: 0 = membrane, 255 = cell)")
     train_images = _synthetic(workdir / "data" / "train", size.train_images, size.image_size, 0, log)
@@ -111,13 +137,12 @@ def run(
     )
 
     log("3. training")
-    run_dir = workdir / "runs" / config.name
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("status") == "completed":
         log(f"  reuse {run_dir} (completed at step {state['step']})")
     else:
-        resume = (run_dir / "checkpoints").exists()
+        resume = (run_dir / "config.json").exists()  # a run of the demo's, stopped part-way
         log(f"$ kunet fit {pipeline} --run-dir {run_dir} --records {train_records}" + (" (resuming)" if resume else ""))
         Trainer(config, run_dir, train_records, resume=resume, log=log).fit()
 

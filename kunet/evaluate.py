@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from kunet import metrics, visualize
+from kunet._fs import atomic_write_json, building_directory, check_output, commit_directory, sweep_temporaries
 from kunet.records import iterate_frames, read_manifest
 from kunet.segmenter import Segmenter
+
+SCORES = "scores.json"  # also the mark of an evaluation folder, which a new evaluation may replace
 
 
 def score_frame(segmenter: Segmenter, frame: dict, label_kind: str) -> tuple[dict, np.ndarray]:
@@ -44,21 +46,46 @@ def evaluate(
 ) -> dict:
     """Scores every frame of ``split``; writes ``scores.json``, ``scores.csv`` and overlay PNGs to ``out_dir``.
 
+    The outputs are written to a temporary folder that replaces ``out_dir`` only once every frame is
+    scored, so a damaged shard or a crash leaves the previous evaluation whole. An existing ``out_dir`` is
+    replaced only if it is an evaluation (it holds ``scores.json``) or empty; this is checked first.
+
     Returns:
         ``{"frames": {frame_id: scores}, "mean": {metric: mean}, "split": split, "model": path}``.
+
+    Raises:
+        RecordsError: a shard of ``split`` is missing, damaged or holds another split (the shard named).
+        UnsafeOverwriteError: ``out_dir`` exists and is not an evaluation.
     """
-    manifest = read_manifest(records_dir)
-    label_kind = manifest["labels"]["kind"]
-    out = Path(out_dir) if out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    if not out_dir:
+        return _score_split(segmenter, records_dir, split, None, progress)
+    out = Path(out_dir)
+    check_output(out, True, [SCORES])
+    sweep_temporaries(out)
+    with building_directory(out) as folder:
+        report = _score_split(segmenter, records_dir, split, folder, progress)
+        atomic_write_json(folder / SCORES, report)
+        keys = list(report["mean"])
+        with open(folder / "scores.csv", "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["frame"] + keys)
+            for frame_id, scores in report["frames"].items():
+                writer.writerow([frame_id] + [f"{scores[k]:.6f}" for k in keys])
+            writer.writerow(["mean"] + [f"{report['mean'][k]:.6f}" for k in keys])
+        commit_directory(folder, out, overwrite=True, markers=[SCORES])
+    return report
+
+
+def _score_split(segmenter: Segmenter, records_dir, split: str, overlays: Path | None, progress) -> dict:
+    """The report of :func:`evaluate`; overlay PNGs go to ``overlays`` if given."""
+    label_kind = read_manifest(records_dir)["labels"]["kind"]
     per_frame = {}
     for frame in iterate_frames(records_dir, split):
         scores, classes = score_frame(segmenter, frame, label_kind)
         per_frame[frame["frame_id"]] = scores
-        if out:
+        if overlays:
             overlay = visualize.overlay_prediction(frame["image"], classes, frame["classes"])
-            visualize.save_png(out / f"{frame['frame_id']}_overlay.png", overlay)
+            visualize.save_png(overlays / f"{frame['frame_id']}_overlay.png", overlay)
         if progress:
             progress()
     if not per_frame:
@@ -66,7 +93,7 @@ def evaluate(
     per_frame = dict(sorted(per_frame.items()))
     keys = list(next(iter(per_frame.values())))
     mean = {key: float(np.nanmean([scores[key] for scores in per_frame.values()])) for key in keys}
-    report = {
+    return {
         "model": str(segmenter.path),
         "records": str(records_dir),
         "split": split,
@@ -74,12 +101,3 @@ def evaluate(
         "frames": per_frame,
         "mean": mean,
     }
-    if out:
-        (out / "scores.json").write_text(json.dumps(report, indent=2))
-        with open(out / "scores.csv", "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["frame"] + keys)
-            for frame_id, scores in per_frame.items():
-                writer.writerow([frame_id] + [f"{scores[k]:.6f}" for k in keys])
-            writer.writerow(["mean"] + [f"{mean[k]:.6f}" for k in keys])
-    return report

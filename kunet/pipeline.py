@@ -26,7 +26,7 @@ from kunet.augment import AugmentParams, make_host_sampler, sample_tiles
 from kunet.config import PipelineConfig
 from kunet.model import output_size
 from kunet.preprocess import dtype_max, tf_image_statistics, tf_normalize
-from kunet.records import parse_example, read_manifest, shard_paths
+from kunet.records import assert_split, parse_example, read_manifest, shard_paths
 
 # Keeps per-worker seeds apart (any odd constant larger than typical seeds works).
 _WORKER_SEED_STRIDE = 7919
@@ -56,16 +56,19 @@ def decoded_frames(records_dir: str | os.PathLike, split: str, num_shards: int =
     """Dataset of decoded frames: image in [0, 1] [H, W, C], classes uint8 [H, W], weight float32 [H, W].
 
     ``num_shards``/``shard_index`` split the frames between input pipelines (tf.distribute workers).
+    The shards are checked against the manifest first (existence, size), and every example must belong to
+    ``split`` (an ``InvalidArgumentError`` naming the shard when iterated otherwise).
     """
     manifest = read_manifest(records_dir)
-    paths = shard_paths(records_dir, split)
+    paths = shard_paths(records_dir, split, manifest)
     if not paths:
         raise ValueError(f"{records_dir}: no {split} records")
     image_dtype, channels = manifest["image"]["dtype"], manifest["image"]["channels"]
     scale = 1.0 / dtype_max(image_dtype)
     files = tf.data.Dataset.from_tensor_slices(paths)
     dataset = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        # Each example travels with its shard's path, so a failed check can name the shard.
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP").map(lambda example: (path, example)),
         cycle_length=max(1, min(len(paths), 4)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -73,9 +76,10 @@ def decoded_frames(records_dir: str | os.PathLike, split: str, num_shards: int =
     if num_shards > 1:
         dataset = dataset.shard(num_shards, shard_index)
 
-    def decode(serialized):
+    def decode(path, serialized):
         parsed = parse_example(serialized, image_dtype, channels)
-        image = tf.cast(parsed["image"], tf.float32) * scale
+        with tf.control_dependencies([assert_split(parsed, split, path)]):
+            image = tf.cast(parsed["image"], tf.float32) * scale
         # Whole-frame statistics, computed once here: tiles are normalised as the whole image would be.
         mean, std = tf_image_statistics(image[None])
         return {

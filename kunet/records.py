@@ -19,10 +19,18 @@ source/label       bytes   path of the label file
 source/page        int64   page within a multi-page TIFF (0 otherwise)
 =================  ======  ==============================================================
 
-Building makes two streaming passes over the frames: the first interprets every label (catching bad
-input before anything is written) and counts class frequencies for w_c; the second encodes frames with
-``workers`` threads (OpenCV releases the GIL) and writes them in order. Everything goes to a temporary
-sibling directory that is renamed into place only when complete.
+Building makes two streaming passes over the frames: the first interprets every label and checks that
+all images share one bit depth and all labels another (catching bad input, with the file named, before
+anything is written) and counts class frequencies for w_c; the second encodes frames with ``workers``
+threads (OpenCV releases the GIL) and writes them in order. Everything goes to a temporary sibling
+directory (locked while it is written) that is renamed into place only when complete; ``overwrite``
+replaces only a records folder (one with a ``manifest.json``, or an empty one) that holds no source file,
+and is checked before the passes and again at the end. The temporaries of builds that were killed are
+removed by the next build of the same folder.
+
+Reading checks the shards against the manifest first (each exists and has its recorded size; sha256 on
+request, :func:`check_shards`), checks that every example belongs to the split being read, and reports a
+shard that cannot be read as a :class:`RecordsError` naming it.
 """
 
 from __future__ import annotations
@@ -32,8 +40,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 import kunet
+from kunet._fs import building_directory, check_output, commit_directory, sweep_temporaries
 from kunet.config import PipelineConfig
 from kunet.imageio import encode_png
 from kunet.sources import Frame, interpret_label, list_frames
@@ -62,9 +69,6 @@ class EncodedFrame:
     example: bytes
     height: int
     width: int
-    image_dtype: str
-    label_dtype: str
-    channels: int
 
 
 def split_frames(frames: list[Frame], val_fraction: float, val_ids: list[str]) -> dict[str, str]:
@@ -105,20 +109,57 @@ def _ordered_map(function: Callable, items: list, workers: int) -> Iterator:
             yield future.result()
 
 
-def count_classes(frames: list[Frame], config: PipelineConfig, workers: int, progress=None) -> np.ndarray:
-    """Pass 1: interprets every label (raising on bad input) and counts pixels per class."""
+def _bits(dtype: str) -> str:
+    return f"{np.dtype(dtype).itemsize * 8}-bit ({dtype})"
+
+
+@dataclass
+class FrameSummary:
+    """What pass 1 learns about the frames: their one bit depth, channels and class pixel counts."""
+
+    first: Frame
+    image_dtype: str
+    label_dtype: str
+    channels: int
+    class_counts: np.ndarray  # all frames
+    train_counts: np.ndarray  # training frames (w_c balances these)
+
+    def check_bit_depth(self, frame: Frame, image: np.ndarray, label: np.ndarray) -> None:
+        """Raises naming ``frame``'s file if its image or label bit depth differs from the first frame's."""
+        for what, path, dtype, first_path, first_dtype in (
+            ("image", frame.image_path, str(image.dtype), self.first.image_path, self.image_dtype),
+            ("label", frame.label_path, str(label.dtype), self.first.label_path, self.label_dtype),
+        ):
+            if dtype != first_dtype:
+                raise RecordsError(
+                    f"{path}: {_bits(dtype)} {what}, but {first_path} is {_bits(first_dtype)}; "
+                    f"records need one bit depth for all {what}s (convert them first)"
+                )
+
+
+def check_frames(
+    frames: list[Frame], splits: dict[str, str], config: PipelineConfig, workers: int, progress=None
+) -> FrameSummary:
+    """Pass 1: interprets every label and checks every bit depth (raising on bad input, naming the file),
+    and counts pixels per class over all frames and over the training frames."""
     num_classes = config.labels.num_classes
 
-    def count(frame: Frame) -> np.ndarray:
-        _, _, labelled = _interpret(frame, config)
-        return np.bincount(labelled.classes.ravel(), minlength=num_classes)[:num_classes]
+    def check(frame: Frame):
+        image, label, labelled = _interpret(frame, config)
+        return frame, image, label, np.bincount(labelled.classes.ravel(), minlength=num_classes)[:num_classes]
 
-    totals = np.zeros(num_classes, dtype=np.int64)
-    for counts in _ordered_map(count, frames, workers):
-        totals += counts
+    summary = None
+    for frame, image, label, counts in _ordered_map(check, frames, workers):
+        if summary is None:
+            zeros = np.zeros(num_classes, dtype=np.int64)
+            summary = FrameSummary(frame, str(image.dtype), str(label.dtype), image.shape[2], zeros, zeros.copy())
+        summary.check_bit_depth(frame, image, label)
+        summary.class_counts += counts
+        if splits[frame.frame_id] == "train":
+            summary.train_counts += counts
         if progress:
             progress()
-    return totals
+    return summary
 
 
 def _bytes_feature(value: bytes):
@@ -154,9 +195,11 @@ def encode_example(frame: Frame, split: str, image, label, classes, weights) -> 
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: str | os.PathLike) -> str:
+    import tensorflow as tf
+
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with tf.io.gfile.GFile(str(path), "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -166,17 +209,62 @@ def _shard_name(split: str, index: int, total: int) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.tfrecord.gz"
 
 
-def _commit_directory(temporary: Path, out: Path, overwrite: bool) -> None:
-    """Moves a finished directory into place; an existing one is replaced only with ``overwrite``."""
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out}: already exists (use --overwrite to replace it)")
-        retired = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out, retired)
-        os.rename(temporary, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(temporary, out)
+def source_paths(config: PipelineConfig) -> list[Path]:
+    """The files and folders a build reads: an ``--overwrite`` may not delete a folder that holds them."""
+    source = config.source
+    if source.kind == "ctc":
+        return [config.path(source.root)]
+    return [config.path(source.images), config.path(source.labels)]
+
+
+def _class_weights(config: PipelineConfig, params, train_counts: np.ndarray) -> np.ndarray:
+    """w_c of eq. 2: as configured, ones without a preset, or balancing the training class frequencies."""
+    if params.class_weights:
+        if len(params.class_weights) != config.labels.num_classes:
+            raise RecordsError(
+                f"weights.class_weights has {len(params.class_weights)} values for {config.labels.num_classes} classes"
+            )
+        return np.asarray(params.class_weights, dtype=np.float64)
+    if params.preset == "none":
+        return np.ones(config.labels.num_classes)
+    return class_balance_weights(train_counts)
+
+
+def _write_shards(
+    folder: Path, encoded_frames: Iterator[EncodedFrame], split_sizes: dict[str, int], shards: int, advance
+) -> tuple[list[dict], list[dict]]:
+    """Pass 2: writes the encoded frames round-robin into each split's shards; returns the shard and source lists."""
+    import tensorflow as tf
+
+    shard_counts = {split: min(shards, size) for split, size in split_sizes.items()}
+    names = {(split, index): _shard_name(split, index, count) for split, count in shard_counts.items()
+             for index in range(count)}  # fmt: skip
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    writers = {key: tf.io.TFRecordWriter(str(folder / name), options) for key, name in names.items()}
+    written = {key: 0 for key in writers}
+    position = {split: 0 for split in SPLITS}
+    sources = []
+    try:
+        for encoded in encoded_frames:
+            key = (encoded.split, position[encoded.split] % shard_counts[encoded.split])
+            position[encoded.split] += 1
+            writers[key].write(encoded.example)
+            written[key] += 1
+            frame = encoded.frame
+            sources.append({"frame_id": frame.frame_id, "split": encoded.split, "shard": names[key],
+                            "image": str(frame.image_path), "label": str(frame.label_path), "page": frame.page,
+                            "height": encoded.height, "width": encoded.width})  # fmt: skip
+            if advance:
+                advance()
+    finally:
+        for writer in writers.values():
+            writer.close()
+    shard_list = [
+        {"file": name, "split": key[0], "count": written[key], "sha256": _sha256(folder / name),
+         "bytes": (folder / name).stat().st_size}
+        for key, name in names.items()
+    ]  # fmt: skip
+    return shard_list, sources
 
 
 def build_records(
@@ -186,6 +274,7 @@ def build_records(
     workers: int | None = None,
     overwrite: bool = False,
     progress_factory=None,
+    log: Callable[[str], None] | None = print,
 ) -> dict:
     """Builds the records set described by ``config`` and returns its manifest.
 
@@ -194,127 +283,57 @@ def build_records(
         out: Output folder; defaults to ``config.records_dir()``.
         shards: Shards per split (a split never gets more shards than frames).
         workers: Threads encoding frames in parallel.
-        overwrite: Replace an existing output folder (only once the new one is complete).
+        overwrite: Replace an existing output folder (only once the new one is complete), if kunet made it
+            (it holds a manifest.json, or is empty) and it holds none of the source files.
         progress_factory: ``(description, total) -> callable`` advancing a progress bar by one.
+        log: Reports the temporaries of killed builds that were removed (or kept, and why).
 
     Raises:
         SourceError, RecordsError: bad input, with the file named; nothing is left on disk.
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        FileExistsError: ``out`` exists and ``overwrite`` is False, or (UnsafeOverwriteError) ``out`` is not
+            a kunet records folder or holds the source; checked before any work, and again at the end.
     """
     out = Path(out) if out is not None else config.records_dir()
     shards = shards or config.records.shards
     workers = workers or config.records.workers
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (use --overwrite to replace it)")
+    protected = source_paths(config)
+    check_output(out, overwrite, [MANIFEST], protected)
+    sweep_temporaries(out, log)
     frames = list_frames(config)
     splits = split_frames(frames, config.records.val_fraction, list(config.records.val_ids))
     params = config.weights.resolved()
     progress_factory = progress_factory or (lambda description, total: None)
-
-    train_frames = [frame for frame in frames if splits[frame.frame_id] == "train"]
-    class_counts = count_classes(frames, config, workers, progress_factory("checking labels", len(frames)))
-    train_counts = count_classes(train_frames, config, workers) if len(train_frames) != len(frames) else class_counts
-    if params.class_weights:
-        if len(params.class_weights) != config.labels.num_classes:
-            raise RecordsError(
-                f"weights.class_weights has {len(params.class_weights)} values for {config.labels.num_classes} classes"
-            )
-        class_weights = np.asarray(params.class_weights, dtype=np.float64)
-    elif params.preset == "none":
-        class_weights = np.ones(config.labels.num_classes)
-    else:
-        class_weights = class_balance_weights(train_counts)
+    summary = check_frames(frames, splits, config, workers, progress_factory("checking labels", len(frames)))
+    class_weights = _class_weights(config, params, summary.train_counts)
 
     def encode(frame: Frame) -> EncodedFrame:
         image, label, labelled = _interpret(frame, config)
+        summary.check_bit_depth(frame, image, label)  # a file replaced since pass 1
         weights = weight_map(labelled.classes, labelled.objects, labelled.num_objects, params, class_weights)
         example = encode_example(frame, splits[frame.frame_id], image, label, labelled.classes, weights)
-        return EncodedFrame(
-            frame,
-            splits[frame.frame_id],
-            example,
-            label.shape[0],
-            label.shape[1],
-            str(image.dtype),
-            str(label.dtype),
-            image.shape[2],
-        )
+        return EncodedFrame(frame, splits[frame.frame_id], example, label.shape[0], label.shape[1])
 
-    import tensorflow as tf
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temporary.mkdir()
-    try:
-        split_sizes = {split: sum(1 for s in splits.values() if s == split) for split in SPLITS}
-        shard_counts = {split: min(shards, size) for split, size in split_sizes.items()}
-        options = tf.io.TFRecordOptions(compression_type="GZIP")
-        writers = {
-            (split, index): tf.io.TFRecordWriter(str(temporary / _shard_name(split, index, count)), options)
-            for split, count in shard_counts.items()
-            for index in range(count)
-        }
-        written = {key: 0 for key in writers}
-        position = {split: 0 for split in SPLITS}
-        source_list, dtypes, label_dtypes, channel_set = [], set(), set(), set()
-        advance = progress_factory("writing records", len(frames))
-        try:
-            for encoded in _ordered_map(encode, frames, workers):
-                split = encoded.split
-                key = (split, position[split] % shard_counts[split])
-                position[split] += 1
-                writers[key].write(encoded.example)
-                written[key] += 1
-                dtypes.add(encoded.image_dtype)
-                label_dtypes.add(encoded.label_dtype)
-                channel_set.add(encoded.channels)
-                source_list.append(
-                    {
-                        "frame_id": encoded.frame.frame_id,
-                        "split": split,
-                        "shard": _shard_name(split, key[1], shard_counts[split]),
-                        "image": str(encoded.frame.image_path),
-                        "label": str(encoded.frame.label_path),
-                        "page": encoded.frame.page,
-                        "height": encoded.height,
-                        "width": encoded.width,
-                    }
-                )
-                if advance:
-                    advance()
-        finally:
-            for writer in writers.values():
-                writer.close()
-        if len(dtypes) > 1 or len(label_dtypes) > 1:
-            raise RecordsError(
-                f"frames mix bit depths (images {sorted(dtypes)}, labels {sorted(label_dtypes)}); "
-                "convert them to one bit depth first"
-            )
-        shard_list = [
-            {
-                "file": _shard_name(split, index, shard_counts[split]),
-                "split": split,
-                "count": written[(split, index)],
-                "sha256": _sha256(temporary / _shard_name(split, index, shard_counts[split])),
-                "bytes": (temporary / _shard_name(split, index, shard_counts[split])).stat().st_size,
-            }
-            for split, index in writers
-        ]
+    split_sizes = {split: sum(1 for s in splits.values() if s == split) for split in SPLITS}
+    with building_directory(out) as temporary:
+        shard_list, source_list = _write_shards(
+            temporary, _ordered_map(encode, frames, workers), split_sizes, shards,
+            progress_factory("writing records", len(frames)),
+        )  # fmt: skip
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": config.name,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "kunet_version": kunet.__version__,
-            "counts": {split: split_sizes[split] for split in SPLITS},
-            "image": {"dtype": dtypes.pop(), "channels": channel_set.pop()},
+            "counts": split_sizes,
+            "image": {"dtype": summary.image_dtype, "channels": summary.channels},
             "labels": {
                 "kind": config.labels.kind,
-                "dtype": label_dtypes.pop(),
+                "dtype": summary.label_dtype,
                 "class_names": list(config.labels.class_names),
                 "class_values": config.labels.class_values(),
             },
-            "class_pixel_counts": {"all": class_counts.tolist(), "train": train_counts.tolist()},
-            "class_frequencies": (train_counts / max(train_counts.sum(), 1)).tolist(),
+            "class_pixel_counts": {"all": summary.class_counts.tolist(), "train": summary.train_counts.tolist()},
+            "class_frequencies": (summary.train_counts / max(summary.train_counts.sum(), 1)).tolist(),
             "weight_map": {
                 "preset": params.preset,
                 "w0": params.w0,
@@ -328,10 +347,7 @@ def build_records(
             "pipeline": config.to_dict(),
         }
         (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _commit_directory(temporary, out, overwrite)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        commit_directory(temporary, out, overwrite, [MANIFEST], protected)
     return manifest
 
 
@@ -359,19 +375,67 @@ def read_manifest(records_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def shard_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
-    manifest = read_manifest(records_dir)
-    return [_join(records_dir, shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
+def check_shards(
+    records_dir: str | os.PathLike, splits=SPLITS, checksums: bool = False, manifest: dict | None = None
+) -> None:
+    """Checks the shards of ``splits`` against the manifest before they are read.
+
+    Each must exist with the byte size the manifest gives (one stat per shard, so it is always done: it
+    catches a truncated, emptied or swapped shard); with ``checksums`` its sha256 must match too (reads
+    every byte).
+
+    Raises:
+        RecordsError: naming the first shard that is missing or differs.
+    """
+    import tensorflow as tf
+
+    manifest = manifest or read_manifest(records_dir)
+    for shard in manifest["shards"]:
+        if shard["split"] not in splits:
+            continue
+        path = _join(records_dir, shard["file"])
+        if not tf.io.gfile.exists(path):
+            raise RecordsError(f"{path}: shard listed in the manifest is missing")
+        size = tf.io.gfile.stat(path).length
+        if size != shard["bytes"]:
+            raise RecordsError(
+                f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated, emptied or replaced); "
+                "rebuild the records"
+            )
+        if checksums and _sha256(path) != shard["sha256"]:
+            raise RecordsError(f"{path}: sha256 differs from the manifest (damaged or modified); rebuild the records")
 
 
 def verify_checksums(records_dir: str | os.PathLike) -> None:
-    """Raises if a shard's sha256 differs from the manifest (a damaged or edited records set)."""
-    for shard in read_manifest(records_dir)["shards"]:
-        path = Path(records_dir) / shard["file"]
-        if not path.is_file():
-            raise RecordsError(f"{path}: shard listed in the manifest is missing")
-        if _sha256(path) != shard["sha256"]:
-            raise RecordsError(f"{path}: sha256 differs from the manifest (damaged or modified)")
+    """Raises if a shard's size or sha256 differs from the manifest (a damaged or edited records set)."""
+    check_shards(records_dir, checksums=True)
+
+
+def shard_paths(records_dir: str | os.PathLike, split: str, manifest: dict | None = None) -> list[str]:
+    """The shards of ``split``, checked with :func:`check_shards` (existence and size) first."""
+    manifest = manifest or read_manifest(records_dir)
+    check_shards(records_dir, [split], manifest=manifest)
+    return [_join(records_dir, shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
+
+
+def unreadable_shard(path: str, error: Exception) -> RecordsError:
+    """The one-line error for a shard TensorFlow failed to read or decode."""
+    detail = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+    return RecordsError(f"{path}: cannot be read ({detail}); the shard is damaged, rebuild the records")
+
+
+def _wrong_split(path: str, frame_id: str, found: str, split: str) -> str:
+    return f"{path}: holds frame {frame_id} of the {found} split, but is read as {split} (a shard copied over another?)"
+
+
+def assert_split(parsed: dict, split: str, path):
+    """In-graph check that a parsed example belongs to ``split``: a val shard copied over a train shard of
+    the same size passes :func:`check_shards`, not this. Use the op as a control dependency."""
+    import tensorflow as tf
+
+    message = tf.strings.join([path, ": holds frame ", parsed["frame_id"], " of the ", parsed["split"],
+                               " split, but is read as ", split])  # fmt: skip
+    return tf.debugging.Assert(tf.equal(parsed["split"], split), [message])
 
 
 def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1) -> dict:
@@ -410,21 +474,47 @@ def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1) -> 
 
 
 def iterate_frames(records_dir: str | os.PathLike, split: str) -> Iterator[dict]:
-    """Eagerly decoded frames of one split as NumPy arrays (for evaluation, inspection and tests)."""
+    """Eagerly decoded frames of one split as NumPy arrays (for evaluation, inspection and tests).
+
+    Raises:
+        RecordsError: a shard is missing, has the wrong size, cannot be read, or holds another split's
+            frames; the message names it.
+    """
+    manifest = read_manifest(records_dir)
+    for path in shard_paths(records_dir, split, manifest):
+        yield from _shard_frames(path, split, manifest)
+
+
+def _shard_frames(path: str, split: str, manifest: dict) -> Iterator[dict]:
     import tensorflow as tf
 
-    manifest = read_manifest(records_dir)
-    dataset = tf.data.TFRecordDataset(shard_paths(records_dir, split), compression_type="GZIP")
-    for serialized in dataset:
-        parsed = parse_example(serialized, manifest["image"]["dtype"], manifest["image"]["channels"])
-        label = tf.io.decode_png(parsed["label_png"], dtype=tf.as_dtype(manifest["labels"]["dtype"]))
-        yield {
-            "frame_id": parsed["frame_id"].numpy().decode(),
-            "image": parsed["image"].numpy(),
-            "label": label.numpy()[..., 0],
-            "classes": parsed["classes"].numpy(),
-            "weight": parsed["weight"].numpy(),
-            "source_image": parsed["source_image"].numpy().decode(),
-            "source_label": parsed["source_label"].numpy().decode(),
-            "source_page": int(parsed["source_page"].numpy()),
-        }
+    try:
+        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            parsed = parse_example(serialized, manifest["image"]["dtype"], manifest["image"]["channels"])
+            frame_id, found = parsed["frame_id"].numpy().decode(), parsed["split"].numpy().decode()
+            if found != split:
+                raise RecordsError(_wrong_split(path, frame_id, found, split))
+            label = tf.io.decode_png(parsed["label_png"], dtype=tf.as_dtype(manifest["labels"]["dtype"]))
+            yield {
+                "frame_id": frame_id,
+                "image": parsed["image"].numpy(),
+                "label": label.numpy()[..., 0],
+                "classes": parsed["classes"].numpy(),
+                "weight": parsed["weight"].numpy(),
+                "source_image": parsed["source_image"].numpy().decode(),
+                "source_label": parsed["source_label"].numpy().decode(),
+                "source_page": int(parsed["source_page"].numpy()),
+            }
+    except tf.errors.OpError as error:
+        raise unreadable_shard(path, error) from None
+
+
+def find_damaged_shard(records_dir: str | os.PathLike, split: str) -> RecordsError | None:
+    """Reads every frame of ``split`` to name the shard a failed ``tf.data`` read came from (an error path:
+    it decodes everything); ``None`` if every shard reads cleanly."""
+    try:
+        for _ in iterate_frames(records_dir, split):
+            pass
+    except RecordsError as error:
+        return error
+    return None

@@ -25,12 +25,9 @@ touching cells.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,7 @@ import cv2
 import numpy as np
 
 from kunet import __version__
+from kunet._fs import building_directory, check_output, commit_directory, sweep_temporaries
 
 __all__ = [
     "EMParts",
@@ -58,6 +56,7 @@ Seed = int | np.random.Generator | np.random.SeedSequence | None
 
 MEMBRANE = 0
 INTERIOR = 255
+MARKER = "SYNTHETIC.json"  # proof that kunet made a dataset folder (so --overwrite may replace it)
 
 
 # --- small helpers ------------------------------------------------------------------------------------
@@ -628,52 +627,38 @@ def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
 
 
-def _write_dataset(out_dir: str | os.PathLike, overwrite: bool, fill: Callable[[Path], None]) -> Path:
+def _write_dataset(
+    out_dir: str | os.PathLike, overwrite: bool, fill: Callable[[Path], None], log: Callable[[str], None] | None
+) -> Path:
     """Builds a dataset in a temporary sibling of ``out_dir`` and moves it into place once complete.
 
-    An existing ``out_dir`` is refused unless ``overwrite``, and then replaced only after the new data is
-    complete; on any error the temporary directory is removed and ``out_dir`` is left as it was.
+    An existing ``out_dir`` is refused unless ``overwrite``, and even then unless kunet made it (it holds a
+    ``SYNTHETIC.json``, or is empty) and it is not the working directory, the home folder or one holding
+    them; this is checked before generating anything and again before replacing. On any error the
+    temporary directory is removed and ``out_dir`` is left as it was. Temporaries of writers that were
+    killed are removed first (see :func:`kunet._fs.sweep_temporaries`).
     """
     out = Path(out_dir).absolute()
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise FileExistsError(
-                errno.EEXIST, "dataset folder already exists (pass overwrite=True to replace it)", str(out)
-            )
-        if not out.is_dir() or out.is_symlink():
-            raise FileExistsError(errno.EEXIST, "exists and is not a dataset folder; refusing to replace it", str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its 0700 mode would be kept by the finished dataset.
-    temporary = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    temporary.mkdir()
-    try:
+    check_output(out, overwrite, [MARKER])
+    sweep_temporaries(out, log)
+    with building_directory(out) as temporary:
         fill(temporary)
-        if out.exists():
-            if not overwrite:  # created by someone else while we were writing
-                raise FileExistsError(errno.EEXIST, "dataset folder appeared while writing", str(out))
-            retired = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(out, retired)
-            try:
-                os.rename(temporary, out)
-            except BaseException:
-                os.rename(retired, out)
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        commit_directory(temporary, out, overwrite, [MARKER])
     return out
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
     manifest = {**manifest, "kunet_version": __version__}
-    (folder / "SYNTHETIC.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (folder / MARKER).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def write_em_dataset(
-    out_dir: str | os.PathLike, count: int, size: Size = 512, seed: int = 0, overwrite: bool = False
+    out_dir: str | os.PathLike,
+    count: int,
+    size: Size = 512,
+    seed: int = 0,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = print,
 ) -> Path:
     """Writes ``count`` EM samples in the ISBI 2012 layout: ``images/slice_NN.png``, ``labels/slice_NN.png``.
 
@@ -682,13 +667,15 @@ def write_em_dataset(
         count: Number of image/label pairs (at least 1).
         size: Image size, ``n`` or ``(height, width)``.
         seed: Seed of the whole dataset; sample ``i`` is ``make_em_sample(size, sample_rng(seed, i))``.
-        overwrite: Replace an existing ``out_dir`` (only once the new dataset is complete).
+        overwrite: Replace an existing ``out_dir`` made by kunet (only once the new dataset is complete).
+        log: Reports the temporaries of killed writers that were removed (or kept, and why).
 
     Returns:
         The absolute path of the dataset folder.
 
     Raises:
-        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or (UnsafeOverwriteError) it is not
+            a kunet dataset folder, or is or holds the working directory or the home folder.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
@@ -715,7 +702,7 @@ def write_em_dataset(
             },
         )
 
-    return _write_dataset(out_dir, overwrite, fill)
+    return _write_dataset(out_dir, overwrite, fill, log)
 
 
 def write_cells_dataset(
@@ -725,6 +712,7 @@ def write_cells_dataset(
     seed: int = 0,
     sequences: Sequence[str] = ("01",),
     overwrite: bool = False,
+    log: Callable[[str], None] | None = print,
 ) -> Path:
     """Writes DIC cell samples in the Cell Tracking Challenge layout.
 
@@ -739,13 +727,15 @@ def write_cells_dataset(
         seed: Seed of the whole dataset; frame ``i`` of the ``k``-th sequence is
             ``make_cells_sample(size, sample_rng(seed, i, stream=k))``.
         sequences: Sequence names, e.g. ``("01", "02")``.
-        overwrite: Replace an existing ``out_dir`` (only once the new dataset is complete).
+        overwrite: Replace an existing ``out_dir`` made by kunet (only once the new dataset is complete).
+        log: Reports the temporaries of killed writers that were removed (or kept, and why).
 
     Returns:
         The absolute path of the dataset folder.
 
     Raises:
-        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or (UnsafeOverwriteError) it is not
+            a kunet dataset folder, or is or holds the working directory or the home folder.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
@@ -781,7 +771,7 @@ def write_cells_dataset(
             },
         )
 
-    return _write_dataset(out_dir, overwrite, fill)
+    return _write_dataset(out_dir, overwrite, fill, log)
 
 
 # --- naive baselines ------------------------------------------------------------------------------------

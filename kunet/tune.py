@@ -9,17 +9,18 @@ minimises the chosen objective, and stores it in the model's metadata (``best.ke
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from kunet import metrics
+from kunet._fs import atomic_save, atomic_write_json
 from kunet.postprocess import foreground_mask
 from kunet.records import iterate_frames
 from kunet.segmenter import Segmenter
+from kunet.train import RunPaths, check_run_free, locked_run
 
 OBJECTIVES = {
     # name: (metric key, minimise?)
@@ -103,9 +104,7 @@ def store_settings(model_path: Path, chosen: dict) -> None:
     )
     rebuilt = model.__class__.from_config({**model.get_config(), "metadata": metadata})
     rebuilt.set_weights(model.get_weights())
-    temporary = model_path.with_name(f".{model_path.stem}.tune.keras")
-    rebuilt.save(temporary)
-    os.replace(temporary, model_path)
+    atomic_save(model_path, rebuilt.save)
 
 
 def tune(
@@ -120,24 +119,32 @@ def tune(
     """Sweeps, chooses by ``objective`` and (with ``store``) writes the choice into the model files.
 
     With ``test_time_mirroring`` the probabilities average the four flips, and the stored settings
-    switch mirroring on for predict and export.
+    switch mirroring on for predict and export. Storing into a run directory holds its lock (see
+    :func:`kunet.train.locked_run`).
+
+    Raises:
+        RunError: a fit (or another tune) is working in the run directory.
+        RecordsError: a shard of ``split`` is missing, damaged or holds another split (the shard named).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+    path = Path(run_or_model)
+    report_dir = path if path.is_dir() else path.parent
+    in_run = RunPaths(report_dir).config.is_file()
+    if store and in_run:
+        check_run_free(report_dir)  # before the sweep: a fit training this run would overwrite the result
     segmenter = Segmenter(run_or_model, precision=precision, test_time_mirroring=test_time_mirroring)
     rows = sweep(segmenter, records_dir, split)
     for row in rows:
         row["test_time_mirroring"] = test_time_mirroring
     chosen = choose(rows, objective)
-    path = Path(run_or_model)
     targets = [p for p in (path / "best.keras", path / "last.keras") if p.is_file()] if path.is_dir() else [path]
     if store:
-        for target in targets:
-            store_settings(target, chosen)
-        report_dir = path if path.is_dir() else path.parent
-        (report_dir / "tune.json").write_text(
-            json.dumps({"objective": objective, "chosen": chosen, "rows": rows}, indent=2)
-        )
+        # A fit rewrites best.keras and last.keras: hold the run's lock so the two never interleave.
+        with locked_run(report_dir) if in_run else contextlib.nullcontext():
+            for target in targets:
+                store_settings(target, chosen)
+            atomic_write_json(report_dir / "tune.json", {"objective": objective, "chosen": chosen, "rows": rows})
     return {
         "objective": objective,
         "chosen": chosen,

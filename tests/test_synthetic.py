@@ -242,13 +242,20 @@ def test_writer_refuses_existing_folder_and_leaves_it_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["em"]
 
 
-def test_writer_overwrite_replaces_folder(tmp_path):
+def test_writer_overwrite_replaces_only_a_folder_kunet_made(tmp_path):
     out = tmp_path / "hela"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+    write_cells_dataset(out, count=2, size=48)
+    (out / "extra.txt").write_text("old")
     write_cells_dataset(out, count=1, size=48, overwrite=True)
     assert _files(out) == {"SYNTHETIC.json", "01/t000.tif", "01_GT/SEG/man_seg000.tif"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hela"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="mine: not made by kunet"):
+        write_cells_dataset(foreign, count=1, size=48, overwrite=True)
+    assert _files(foreign) == {"keep.txt"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hela", "mine"]
 
 
 @pytest.mark.parametrize("existing", [False, True])
@@ -256,6 +263,7 @@ def test_writer_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch, e
     out = tmp_path / "em"
     if existing:
         out.mkdir()
+        (out / "SYNTHETIC.json").write_text("{}")
         (out / "keep.txt").write_text("old")
     real_write = synthetic._write
     calls = []
@@ -271,7 +279,7 @@ def test_writer_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch, e
         write_em_dataset(out, count=3, size=48, overwrite=True)
     assert len(calls) == 3
     if existing:
-        assert _files(out) == {"keep.txt"}
+        assert _files(out) == {"SYNTHETIC.json", "keep.txt"}
         assert sorted(p.name for p in tmp_path.iterdir()) == ["em"]
     else:
         assert not out.exists()

@@ -164,6 +164,7 @@ def _write_tiny_toml(path: Path, records: Path, **train) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tiny_records, tmp_path):
     _, records = tiny_records
     toml = _write_tiny_toml(tmp_path / "tiny.toml", records, steps_per_epoch=40, epochs=1, checkpoint_every_steps=4)
@@ -217,6 +218,7 @@ print("replicas", strategy.num_replicas_in_sync, "step", state["step"])
 """
 
 
+@pytest.mark.slow
 def test_two_worker_multiworker_mirrored_run_completes_and_workers_agree(tiny_records, tmp_path):
     config, records = tiny_records
     ports = [_free_port(), _free_port()]
@@ -242,6 +244,7 @@ def test_two_worker_multiworker_mirrored_run_completes_and_workers_agree(tiny_re
     assert (tmp_path / "run" / "last.keras").exists()  # only the chief writes the run directory
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus_trains(tiny_records, tmp_path):
     config, records = tiny_records
     script = (
@@ -285,6 +288,7 @@ def test_the_pipelines_decision_rule_travels_with_the_model():
     assert metadata["seed_threshold"] == 0.8 and metadata["test_time_mirroring"] is True
 
 
+@pytest.mark.slow
 def test_cli_fit_predict_and_evaluate(tiny_records, tmp_path):
     _, records = tiny_records
     toml = _write_tiny_toml(tmp_path / "tiny.toml", records)
