@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 import kunet
-from kunet._fs import atomic_write_json, atomic_write_text, remove_paths, stale_temporaries, temporary_sibling
+from kunet._fs import atomic_write_json, atomic_write_text, building_directory, remove_paths, sweep_temporaries
 from kunet.inference import (
     InferenceSettings,
     choose_tile,
@@ -63,8 +63,10 @@ from kunet.serving.signatures import SIGNATURES, ServingLimits
 from kunet.train import RunPaths
 
 WARMUP_FILE = "tf_serving_warmup_requests"
-# A temporary export folder this old belongs to a killed export (exports take minutes), so it is removed.
-STALE_EXPORT_SECONDS = 6 * 3600
+# Versions are built in a hidden, locked ``.export.tmp-*`` folder beside them (kunet._fs.building_directory).
+EXPORT_FOLDER = "export"
+# Older kunet versions built in unlocked ``.export-*`` folders: one a day old belongs to a killed export.
+LEGACY_STALE_SECONDS = 24 * 3600
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -350,12 +352,32 @@ def _version_folder_for(model_root: Path, temporary: Path, version: int, explici
 
 
 def _remove_stale_exports(model_root: Path, log) -> None:
-    """Temporary folders of exports killed long ago (``.<version>.tmp-*``, and the older ``.export-*``)."""
-    stale = stale_temporaries(model_root, STALE_EXPORT_SECONDS)
+    """What killed exports left in ``model_root``: ``.export.tmp-*`` folders no running export holds a lock on,
+    and ``.export-*`` folders of kunet versions that did not lock them, once they are a day old."""
+    sweep_temporaries(model_root / EXPORT_FOLDER, log)
     now = time.time()
-    stale += [p for p in model_root.glob(".export-*") if now - p.stat().st_mtime >= STALE_EXPORT_SECONDS]
-    for path in remove_paths(stale):
+    legacy = [p for p in model_root.glob(".export-*") if now - p.stat().st_mtime >= LEGACY_STALE_SECONDS]
+    for path in remove_paths(legacy):
         log(f"removed {path} (left by an interrupted export)")
+
+
+def _write_version(folder: Path, model, source: Path, name: str, settings, tile_hw, batch_size, limits, log):
+    """Writes the SavedModel and ``assets.extra`` into ``folder``; returns the client info."""
+    log("tracing the serving graph and writing the SavedModel")
+    serving_default, segment_png, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(names.PIXELS_SIGNATURE, serving_default)
+    archive.add_endpoint(names.PNG_SIGNATURE, segment_png)
+    archive.write_out(str(folder), verbose=False)
+    extra = folder / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    info = client_info(model, settings, plan, training_provenance(source), limits)
+    atomic_write_json(extra / "kunet.json", info)
+    log("writing warm-up requests")
+    write_warmup_requests(extra / WARMUP_FILE, name, settings, model.input_channels)
+    shutil.copyfile(source, extra / "unet.keras")
+    return info
 
 
 def export(
@@ -404,32 +426,17 @@ def export(
                               model.num_classes, model.variant).input_hw  # fmt: skip
     model_root.mkdir(parents=True, exist_ok=True)
     _remove_stale_exports(model_root, log)
-    first_version = version if version is not None else next_version(model_root)
-    temporary = temporary_sibling(model_root / str(first_version))
-    try:
-        log("tracing the serving graph and writing the SavedModel")
-        serving_default, segment_png, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(names.PIXELS_SIGNATURE, serving_default)
-        archive.add_endpoint(names.PNG_SIGNATURE, segment_png)
-        archive.write_out(str(temporary), verbose=False)
-        extra = temporary / "assets.extra"
-        extra.mkdir(exist_ok=True)
-        info = client_info(model, settings, plan, training_provenance(source), limits)
-        atomic_write_json(extra / "kunet.json", info)
-        log("writing warm-up requests")
-        write_warmup_requests(extra / WARMUP_FILE, name, settings, model.input_channels)
-        shutil.copyfile(source, extra / "unet.keras")
+    with building_directory(model_root / EXPORT_FOLDER) as temporary:
+        info = _write_version(temporary, model, source, name, settings, tile_hw, batch_size, limits, log)
+        readme = temporary / "assets.extra" / "README.md"
+        first_version = version if version is not None else next_version(model_root)
         destination = _version_folder_for(
             model_root, temporary, first_version, version is not None,
-            lambda v: atomic_write_text(extra / "README.md", serving_readme(name, v, info)),
+            lambda v: atomic_write_text(readme, serving_readme(name, v, info)),
         )  # fmt: skip
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     atomic_write_text(model_root / "models.config", models_config(name, f"/models/{name}"))
     atomic_write_text(model_root / "batching_parameters.txt", batching_parameters(limits))
     atomic_write_text(model_root / "README.md", serving_readme(name, int(destination.name), info))
-    log(f"exported {source} -> {destination} (tile {plan.input_hw[0]}x{plan.input_hw[1]})")
+    tile = info["tiling"]["input_tile"]
+    log(f"exported {source} -> {destination} (tile {tile[0]}x{tile[1]})")
     return destination

@@ -303,20 +303,24 @@ def test_an_export_racing_for_the_same_version_takes_the_next_one(served, tmp_pa
         "1", "2", "README.md", "batching_parameters.txt", "models.config"]  # fmt: skip
 
 
-def test_stale_temporary_exports_are_removed_and_fresh_ones_kept(served, tmp_path):
+def test_killed_exports_temporaries_are_removed_and_a_running_ones_kept(served, tmp_path):
+    from kunet._fs import building_directory
+
     model_root = tmp_path / "tiny"
-    stale, legacy = model_root / ".1.tmp-0badf00d", model_root / ".export-1234abcd"
-    fresh = model_root / ".1.tmp-cafe0123"
-    for folder in (stale, legacy, fresh):
+    killed = model_root / ".export.tmp-0badf00d"  # no process holds its lock: its export was killed
+    legacy_old, legacy_new = model_root / ".export-1234abcd", model_root / ".export-5678abcd"
+    for folder in (killed, legacy_old, legacy_new):
         folder.mkdir(parents=True)
         (folder / "saved_model.pb").write_bytes(b"half")
-    old = time.time() - export_module.STALE_EXPORT_SECONDS - 60
-    for folder in (stale, legacy):
-        os.utime(folder, (old, old))
+    old = time.time() - export_module.LEGACY_STALE_SECONDS - 60
+    os.utime(legacy_old, (old, old))
     lines = []
-    export(served.run, "tiny", tmp_path, log=lines.append)
-    assert not stale.exists() and not legacy.exists() and fresh.exists()
-    assert sum("interrupted export" in line for line in lines) == 2
+    with building_directory(model_root / export_module.EXPORT_FOLDER) as running:  # another export, running
+        export(served.run, "tiny", tmp_path, log=lines.append)
+        assert running.is_dir()
+    assert not killed.exists() and not legacy_old.exists() and legacy_new.exists()
+    assert sum(line.endswith(("that was killed)", "an interrupted export)")) for line in lines) == 2
+    assert any("being written by another running process" in line for line in lines)
 
 
 def test_an_export_with_the_old_names_still_predicts_and_check_says_why_rest_breaks(served, tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ SIGNATURES: dict[str, dict[str, dict[str, str]]] = {
     },
 }
 
+
 @dataclass(frozen=True)
 class ServingLimits:
     """Bounds checked inside the serving graph before anything large is allocated.
