@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import sys
 from pathlib import Path
 
 import typer
+
+# Set to 1 to see the traceback of an error the CLI would otherwise report as one line.
+DEBUG_VARIABLE = "KUNET_DEBUG"
+_MAX_MESSAGE_CHARS = 400
+_MEMORY_HINT = "free memory, or use smaller tiles (predict --tile-size, train.tile_size) or batches"
+# TensorFlow wraps op errors in "{{function_node ...}} message [Op:Name]"; only the message helps a user.
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]")
 
 
 def fail(message: str) -> None:
@@ -13,15 +23,61 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def one_line(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
+    """``text`` with its lines joined and cut at ``limit`` characters (a red line, not a screenful)."""
+    joined = " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
+def describe_os_error(error: OSError) -> str:
+    """``<path>: <reason>`` (``<path> -> <other path>`` for renames) instead of ``[Errno 28] ...``."""
+    reason = error.strerror or str(error)
+    if error.filename is None:
+        return f"{reason} ({type(error).__name__})" if error.strerror else reason
+    where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    return f"{where}: {reason}"
+
+
+def _tensorflow_op_error(error: BaseException) -> bool:
+    # Without TensorFlow imported no TensorFlow error can exist, and importing it here would slow --help.
+    tensorflow = sys.modules.get("tensorflow")
+    return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
+
+
+def describe_user_error(error: BaseException) -> str | None:
+    """The one-line message for an error caused by the input or the machine; None for a genuine bug."""
+    if isinstance(error, ValueError):  # the library's ConfigError, ImageReadError, ModelLoadError, ...
+        return one_line(str(error))
+    if isinstance(error, OSError):
+        return one_line(describe_os_error(error))
+    if isinstance(error, MemoryError):
+        detail = f" ({error})" if str(error) else ""
+        return one_line(f"out of memory{detail}") + f" ({_MEMORY_HINT})"
+    if _tensorflow_op_error(error):
+        message = f"TensorFlow {type(error).__name__}: {_TF_NOISE.sub('', error.message).strip()}"
+        if type(error).__name__ == "ResourceExhaustedError":
+            return one_line(message) + f" ({_MEMORY_HINT})"
+        return one_line(message)
+    return None
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turns the library's input errors into one red line and exit code 2 (no traceback)."""
-    from kunet.config import ConfigError
+    """Turns input, file-system, memory and TensorFlow errors into one red line and exit code 2.
 
+    Anything else is a bug and keeps its traceback; ``KUNET_DEBUG=1`` shows the traceback of every error.
+    """
     try:
         yield
-    except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    except Exception as error:  # noqa: BLE001 - sorted into user errors and bugs below
+        message = None if debugging() else describe_user_error(error)
+        if message is None:
+            raise
+        fail(message)
 
 
 def load_config(pipeline: Path | None, overrides: list[str]):
