@@ -6,14 +6,17 @@ Each test asserts the message and that no file was deleted or half written.
 from __future__ import annotations
 
 import errno
+import time
 
 import pytest
 import tensorflow as tf
+from conftest import REPO_ROOT
 from kunet_cli.common import user_errors
 from kunet_cli.main import app
 from typer.testing import CliRunner
 
 runner = CliRunner()
+ISBI_TOML = REPO_ROOT / "pipelines" / "isbi2012.toml"
 
 
 def _one_red_line(result) -> str:
@@ -81,3 +84,52 @@ def test_genuine_bugs_keep_their_traceback_and_kunet_debug_shows_every_traceback
     assert runner.invoke(app_, ["disk"]).exit_code == 2
     monkeypatch.setenv("KUNET_DEBUG", "1")
     assert isinstance(runner.invoke(app_, ["disk"]).exception, OSError)
+
+
+def test_a_folder_or_a_binary_file_as_the_pipeline_is_named(tmp_path):
+    folder = _one_red_line(runner.invoke(app, ["fit", str(tmp_path), "--dry-run"]))
+    assert str(tmp_path) in folder and "is a folder" in folder
+    binary = tmp_path / "model.keras"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00garbage")
+    assert "not a text file" in _one_red_line(runner.invoke(app, ["fit", str(binary), "--dry-run"]))
+    assert binary.read_bytes().startswith(b"PK")  # read, never touched
+
+
+def test_depth_40_is_refused_at_once_with_the_reason():
+    started = time.monotonic()
+    line = _one_red_line(runner.invoke(app, ["fit", str(ISBI_TOML), "--dry-run", "--set", "model.depth=40"]))
+    assert time.monotonic() - started < 30  # used to hang searching for a valid tile size
+    assert "isbi2012.toml" in line and "model.depth must be between 1 and 6, got 40" in line
+    assert "smallest valid tile grows as 2^depth" in line
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rate=-0.1", "train.learning_rate must be positive, got -0.1"),
+        ("train.learning_rate=nan", "train.learning_rate must be positive, got nan"),
+        ("model.base_filters=0", "model.base_filters must be at least 1, got 0"),
+        ("model.dropout=1.5", "model.dropout must be in [0, 1), got 1.5"),
+        ("train.momentum=1.0", "train.momentum must be in [0, 1), got 1.0"),
+        ("inference.memory_budget_mb=0", "inference.memory_budget_mb must be positive, got 0"),
+        ("model.padding=reflect", "model.padding must be one of ['valid', 'same'], got 'reflect'"),
+        ("train.tile_size=570", "train.tile_size: input size 570 does not fit a depth-4 U-Net"),
+        ("inference.tile_size=100", "inference.tile_size: input size 100 does not fit"),
+    ],
+)
+def test_obviously_bad_numbers_are_refused_before_anything_runs(override, message):
+    from kunet.config import ConfigError, load_pipeline
+
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(ISBI_TOML, [override])
+    assert str(error.value).startswith(f"{ISBI_TOML}: {message}")
+
+
+def test_the_model_itself_refuses_a_depth_beyond_the_cap_instead_of_hanging():
+    from kunet.model import UNet, valid_input_size
+
+    with pytest.raises(ValueError, match="depth must be between 1 and 6, got 40"):
+        UNet(depth=40)
+    started = time.monotonic()
+    assert valid_input_size(1, 40) > 2**40  # closed form: a search from 1 took 2^40 steps
+    assert time.monotonic() - started < 1
