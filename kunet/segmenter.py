@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from kunet import metrics
 from kunet.inference import InferenceSettings, Predictor, decide
+from kunet.model import UNet
 
 
 class ModelLoadError(ValueError):
@@ -42,9 +44,69 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
             if (path / name).is_file():
                 return path / name
         raise ModelLoadError(f"{path}: neither a run directory with best.keras/last.keras nor a SavedModel")
-    if path.suffix == ".keras" and path.is_file():
-        return path
+    if path.is_file():
+        if path.suffix == ".keras":
+            return path
+        raise ModelLoadError(f"{path}: not a model kunet reads (a run directory, a .keras file or a SavedModel folder)")
     raise ModelLoadError(f"{path}: not found (expected a run directory, a .keras file or a SavedModel folder)")
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def load_unet(path: Path) -> UNet:
+    """A kunet U-Net from a ``.keras`` file, with an error naming the file for anything else.
+
+    Raises:
+        ModelLoadError: a truncated or corrupted file, a zip that is no Keras model, or a Keras model that
+            kunet did not make (e.g. a plain ``keras.Sequential``).
+    """
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path}: not a .keras model archive (the file is truncated or of another kind)")
+    with zipfile.ZipFile(path) as archive:
+        missing = sorted({"config.json", "model.weights.h5"} - set(archive.namelist()))
+    if missing:
+        raise ModelLoadError(f"{path}: a zip archive but no Keras model (no {' or '.join(missing)} inside)")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise ModelLoadError(f"{path}: cannot load the model, the file is damaged ({_first_line(error)})") from None
+    if not isinstance(model, UNet):
+        raise ModelLoadError(
+            f"{path}: a Keras {type(model).__name__}, not a kunet U-Net; predict needs a model made by kunet fit"
+        )
+    return model
+
+
+def read_export_info(path: Path) -> tuple[InferenceSettings, int, int]:
+    """The decision rule, input channels and net depth from an export's ``assets.extra/kunet.json``."""
+    info_path = path / "assets.extra" / "kunet.json"
+    if not info_path.is_file():
+        raise ModelLoadError(f"{path}: a SavedModel but not a kunet export (no assets.extra/kunet.json)")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        return (
+            InferenceSettings.from_metadata(info["inference"]),
+            int(info["input"]["channels"]),
+            int(info["model"]["depth"]),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        detail = f"no {error} entry" if isinstance(error, KeyError) else _first_line(error)
+        raise ModelLoadError(f"{info_path}: damaged export description ({detail})") from None
+
+
+def load_saved_model(path: Path):
+    """The serving SavedModel, with an error naming the folder when TensorFlow cannot load it."""
+    import tensorflow as tf
+
+    try:
+        saved_model = tf.saved_model.load(str(path))
+    except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, ValueError, OSError, ...
+        raise ModelLoadError(f"{path}: cannot load the SavedModel, it is damaged ({_first_line(error)})") from None
+    if "serving_default" not in saved_model.signatures:
+        raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature")
+    return saved_model
 
 
 @dataclass
@@ -84,21 +146,16 @@ class Segmenter:
         self.path = resolve_model_path(model_path)
         self.saved_model = None
         if self.path.suffix == ".keras":
-            try:
-                model = keras.models.load_model(self.path)
-            except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
-                raise ModelLoadError(f"{self.path}: cannot load the model ({error})") from None
+            model = load_unet(self.path)
             self.model = with_precision(model, precision)
             self.settings = InferenceSettings.from_metadata(getattr(model, "metadata", {}))
             self.predictor = Predictor(
                 self.model, self.settings, tile_size, batch_size, memory_budget_mb, test_time_mirroring
             )
+            self.input_channels, self.depth = model.input_channels, model.depth
         else:
-            import tensorflow as tf
-
-            self.saved_model = tf.saved_model.load(str(self.path))
-            info = json.loads((self.path / "assets.extra" / "kunet.json").read_text())
-            self.settings = InferenceSettings.from_metadata(info["inference"])
+            self.settings, self.input_channels, self.depth = read_export_info(self.path)
+            self.saved_model = load_saved_model(self.path)
             self.model = None
             self.predictor = None
         if threshold is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import time
 
+import cv2
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
@@ -17,6 +19,12 @@ from typer.testing import CliRunner
 
 runner = CliRunner()
 ISBI_TOML = REPO_ROOT / "pipelines" / "isbi2012.toml"
+
+
+def _write_png(path, shape, seed: int = 0) -> np.ndarray:
+    image = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    assert cv2.imwrite(str(path), image)
+    return image
 
 
 def _one_red_line(result) -> str:
@@ -133,3 +141,91 @@ def test_the_model_itself_refuses_a_depth_beyond_the_cap_instead_of_hanging():
     started = time.monotonic()
     assert valid_input_size(1, 40) > 2**40  # closed form: a search from 1 took 2^40 steps
     assert time.monotonic() - started < 1
+
+
+# --- models that are not kunet models ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    """A depth-2 U-Net with 4 base filters saved as .keras (about 100 kB)."""
+    from kunet.model import UNet
+
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    UNet(base_filters=4, depth=2, seed=0).save(path)
+    return path
+
+
+def _foreign_models(folder, tiny_model_file):
+    """Files a careless user may give as MODEL, each with the words its error must contain."""
+    import zipfile
+
+    import keras
+
+    sequential = folder / "sequential.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(sequential)
+    unrelated_zip = folder / "photos.keras"
+    with zipfile.ZipFile(unrelated_zip, "w") as archive:
+        archive.writestr("holiday.txt", "not a model")
+    data = tiny_model_file.read_bytes()
+    truncated = folder / "truncated.keras"
+    truncated.write_bytes(data[: len(data) // 2])
+    middle = len(data) // 3
+    flipped = data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+    damaged = folder / "damaged.keras"
+    damaged.write_bytes(flipped)  # 64 inverted bytes inside the weights
+    weights = folder / "weights.h5"
+    weights.write_bytes(b"\x89HDF\r\n")
+    return {
+        sequential: "a Keras Sequential, not a kunet U-Net",
+        unrelated_zip: "a zip archive but no Keras model (no config.json or model.weights.h5 inside)",
+        truncated: "not a .keras model archive (the file is truncated or of another kind)",
+        damaged: "cannot load the model, the file is damaged",
+        weights: "not a model kunet reads",
+    }
+
+
+def test_foreign_truncated_and_damaged_keras_files_are_named_by_predict(tmp_path, tiny_model_file):
+    image = tmp_path / "img.png"
+    _write_png(image, (64, 80))
+    for model, words in _foreign_models(tmp_path, tiny_model_file).items():
+        before = model.read_bytes()
+        line = _one_red_line(runner.invoke(app, ["predict", str(model), str(image), "--out", str(tmp_path / "out")]))
+        assert line.startswith(f"error: {model}: {words}"), line
+        assert model.read_bytes() == before
+        assert not (tmp_path / "out").exists()
+
+
+def _saved_model(folder):
+    """A minimal SavedModel with a serving_default signature, as TensorFlow writes it."""
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+        def serve(self, images):
+            return {"probabilities": tf.concat([1.0 - images, images], -1)}
+
+    module = Module()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return folder
+
+
+def test_saved_models_that_are_not_kunet_exports_or_are_damaged_are_named(tmp_path):
+    from kunet.segmenter import ModelLoadError, Segmenter
+
+    plain = _saved_model(tmp_path / "plain")
+    with pytest.raises(ModelLoadError, match=f"^{plain}: a SavedModel but not a kunet export"):
+        Segmenter(plain)
+    info = plain / "assets.extra" / "kunet.json"
+    info.parent.mkdir()
+    info.write_text('{"inference": {}, "input": {')
+    with pytest.raises(ModelLoadError, match=f"^{info}: damaged export description"):
+        Segmenter(plain)
+    info.write_text('{"inference": {}, "input": {"channels": 1}}')
+    with pytest.raises(ModelLoadError, match=r"damaged export description \(no 'model' entry\)"):
+        Segmenter(plain)
+    info.write_text('{"inference": {}, "input": {"channels": 1}, "model": {"depth": 2}}')
+    assert Segmenter(plain).depth == 2
+    graph = plain / "saved_model.pb"
+    graph.write_bytes(graph.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match=f"^{plain}: cannot load the SavedModel, it is damaged"):
+        Segmenter(plain)
