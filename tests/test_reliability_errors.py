@@ -229,3 +229,88 @@ def test_saved_models_that_are_not_kunet_exports_or_are_damaged_are_named(tmp_pa
     graph.write_bytes(graph.read_bytes()[:100])
     with pytest.raises(ModelLoadError, match=f"^{plain}: cannot load the SavedModel, it is damaged"):
         Segmenter(plain)
+
+
+# --- image files: truncated stacks, permissions, a full disk ----------------------------------------
+
+
+def _stack(path, pages: int = 5, size: int = 64) -> bytes:
+    rng = np.random.default_rng(1)
+    assert cv2.imwritemulti(str(path), [rng.integers(0, 256, (size, size), dtype=np.uint8) for _ in range(pages)])
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("fraction, lost_page", [(0.1, 1), (0.3, 2), (0.5, 3), (0.9, 5), (0.999, 5)])
+def test_a_truncated_multi_page_tiff_names_the_first_lost_page(tmp_path, fraction, lost_page):
+    from kunet.imageio import ImageReadError, read_pages
+
+    data = _stack(tmp_path / "whole.tif")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ImageReadError, match=f"^{cut}: truncated TIFF: page {lost_page} of at least {lost_page} "):
+        read_pages(cut)  # OpenCV alone returned the pages before the cut and said nothing
+    assert len(read_pages(tmp_path / "whole.tif")) == 5
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_streamed_float_tiffs_read_back_exactly(tmp_path, bigtiff):
+    from kunet.tiff import page_count, write_float_strips
+
+    image = np.random.default_rng(2).random((300, 170)).astype(np.float32)
+    path = tmp_path / "p.tif"
+    write_float_strips(path, 300, 170, (image[top : top + 64] for top in range(0, 300, 64)), bigtiff=bigtiff)
+    assert page_count(path) == 1
+    np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), image)
+    with pytest.raises(ValueError, match="do not tile 300 rows"):
+        write_float_strips(path, 300, 170, [image[:100], image[100:150], image[150:]])
+
+
+def test_written_images_get_the_umask_permissions_not_0600(tmp_path):
+    import os
+    import stat
+
+    from kunet.imageio import write_image
+
+    previous = os.umask(0o027)
+    try:
+        path = write_image(tmp_path / "mask.png", np.zeros((4, 4), np.uint8))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # mkstemp gave 0600 whatever the umask
+
+
+class _DiskFullAfter:
+    """A stand-in for ``open`` whose files take ``room`` bytes, then fail like a full disk (ENOSPC)."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        stream = open(file, mode, *args, **kwargs)  # noqa: SIM115 - handed to the caller
+        if "r" in mode:
+            return stream
+        room, write = self.room, stream.write
+
+        def limited_write(data):
+            nonlocal room
+            if len(data) > room:
+                write(bytes(data)[:room])
+                room = 0
+                raise OSError(errno.ENOSPC, "No space left on device")
+            room -= len(data)
+            return write(data)
+
+        stream.write = limited_write
+        return stream
+
+
+def test_a_full_disk_leaves_the_old_image_and_no_partial_file(tmp_path, monkeypatch):
+    from kunet.imageio import write_image
+
+    old = tmp_path / "mask.png"
+    old.write_bytes(b"the previous mask")
+    monkeypatch.setattr("kunet._fs.open", _DiskFullAfter(room=10), raising=False)
+    with pytest.raises(OSError) as error:
+        write_image(old, np.full((64, 64), 255, np.uint8))
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"] and old.read_bytes() == b"the previous mask"
