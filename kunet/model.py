@@ -336,7 +336,7 @@ def forward_flops(
     return int(sum(c * h * w for c, h, w in zip(costs, heights, widths)))
 
 
-def activation_bytes(height: int, width: int, base_filters: int = 64, depth: int = 4, bytes_per_value: int = 4) -> int:
+def activation_bytes(height, width, base_filters: int = 64, depth: int = 4, bytes_per_value: int = 4):
     """Rough peak activation memory of one inference on a ``height`` x ``width`` tile.
 
     The skip connections stay alive until the expanding path consumes them; on top of those the two
@@ -344,9 +344,10 @@ def activation_bytes(height: int, width: int, base_filters: int = 64, depth: int
     """
     total, h, w = 0, height, width
     for level in range(depth):
-        total += h * w * base_filters * 2**level
+        total = total + h * w * base_filters * 2**level
         h, w = h // 2, w // 2
-    return int((total + 2 * height * width * base_filters) * bytes_per_value)
+    # Integers in, an integer out; NumPy arrays of sizes in, an array out (scores every tile at once).
+    return (total + 2 * height * width * base_filters) * bytes_per_value
 
 
 def build_unet(**kwargs) -> UNet:

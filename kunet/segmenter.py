@@ -17,8 +17,17 @@ import keras
 import numpy as np
 
 from kunet import metrics
-from kunet.inference import InferenceSettings, Predictor, decide
-from kunet.model import UNet
+from kunet.inference import (
+    STREAMING_MEMORY_MB,
+    InferenceSettings,
+    Predictor,
+    decide,
+    decide_foreground,
+    decided_per_pixel,
+)
+from kunet.model import UNet, output_size
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 class ModelLoadError(ValueError):
@@ -33,6 +42,23 @@ def with_precision(model, precision: str):
     clone = model.__class__.from_config({**model.get_config(), "compute_dtype": policy})
     clone.set_weights(model.get_weights())
     return clone
+
+
+def check_prediction_options(precision: str, tile_size: int, threshold: float | None) -> None:
+    """Raises ValueError naming the option for settings no model can use (checked before loading one)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if tile_size < 0:
+        raise ValueError(f"--tile-size must be 0 (automatic) or a tile side in pixels, got {tile_size}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
+
+
+def _check_tile_size(tile_size: int, model: UNet) -> None:
+    try:
+        output_size(tile_size, model.depth, model.padding)
+    except ValueError as error:
+        raise ValueError(f"--tile-size: {error}") from None
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
@@ -109,9 +135,14 @@ def load_saved_model(path: Path):
     return saved_model
 
 
+def _exhaust(iterator) -> None:
+    for _ in iterator:
+        pass
+
+
 @dataclass
 class Segmentation:
-    probabilities: np.ndarray  # float32 [H, W, K]
+    probabilities: np.ndarray | None  # float32 [H, W, K]; None when streamed to a file
     classes: np.ndarray  # uint8 [H, W] class indices
     label_values: np.ndarray  # [H, W] in the dataset's own label values (e.g. 0/255)
     instances: np.ndarray | None  # int32 [H, W] for instance pipelines
@@ -142,16 +173,21 @@ class Segmenter:
         threshold: float | None = None,
         batch_size: int = 1,
         memory_budget_mb: float = 4096,
+        streaming_memory_mb: float = STREAMING_MEMORY_MB,
     ):
+        check_prediction_options(precision, tile_size, threshold)
         self.path = resolve_model_path(model_path)
         self.saved_model = None
         if self.path.suffix == ".keras":
             model = load_unet(self.path)
+            if tile_size:
+                _check_tile_size(tile_size, model)
             self.model = with_precision(model, precision)
             self.settings = InferenceSettings.from_metadata(getattr(model, "metadata", {}))
             self.predictor = Predictor(
-                self.model, self.settings, tile_size, batch_size, memory_budget_mb, test_time_mirroring
-            )
+                self.model, self.settings, tile_size, batch_size, memory_budget_mb, test_time_mirroring,
+                streaming_memory_mb,
+            )  # fmt: skip
             self.input_channels, self.depth = model.input_channels, model.depth
         else:
             self.settings, self.input_channels, self.depth = read_export_info(self.path)
@@ -181,6 +217,42 @@ class Segmenter:
         probabilities = self.probabilities(image, streaming)
         classes = self.decide(probabilities)
         return Segmentation(probabilities, classes, self.label_values(classes), self.instances(classes))
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`segment_streaming` is available: Keras models; an export's graph takes whole images."""
+        return self.predictor is not None
+
+    def segment_streaming(self, image: np.ndarray, consume_probabilities=None) -> Segmentation:
+        """:meth:`segment` one row of tiles at a time, for images too large to hold their probabilities.
+
+        Per-pixel rules (threshold, argmax) decide each strip as it comes. The watershed cuts depend on the
+        whole map, so for it p(foreground) is kept (4 bytes per pixel) and decided at the end, at the
+        watershed's own cost (tens of bytes per pixel in TensorFlow).
+
+        Args:
+            image: Raw image [H, W] or [H, W, C].
+            consume_probabilities: Called once with an iterator over the probability strips [rows, W, K]
+                (top to bottom), e.g. a file writer; None discards them.
+
+        Returns:
+            The segmentation without ``probabilities`` (None).
+        """
+        height, width = image.shape[:2]
+        per_pixel = decided_per_pixel(self.settings, self.num_classes)
+        decided = np.zeros((height, width), np.uint8) if per_pixel else np.zeros((height, width), np.float32)
+
+        def strips():
+            for top, probabilities in self.predictor.probability_strips(image):
+                rows = slice(top, top + len(probabilities))
+                decided[rows] = self.decide(probabilities) if per_pixel else probabilities[..., 1]
+                yield probabilities
+
+        stream = strips()
+        (consume_probabilities or _exhaust)(stream)
+        _exhaust(stream)  # a consumer that stopped early must not leave rows undecided
+        classes = decided if per_pixel else decide_foreground(decided, self.settings)
+        return Segmentation(None, classes, self.label_values(classes), self.instances(classes))
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices: the threshold (and post-processing) for two classes, the argmax otherwise."""

@@ -314,3 +314,30 @@ def test_a_full_disk_leaves_the_old_image_and_no_partial_file(tmp_path, monkeypa
         write_image(old, np.full((64, 64), 255, np.uint8))
     assert error.value.errno == errno.ENOSPC and error.value.filename == str(old)
     assert [p.name for p in tmp_path.iterdir()] == ["mask.png"] and old.read_bytes() == b"the previous mask"
+
+
+# --- large images: streamed strip by strip, within a memory bound ------------------------------------
+
+
+def test_streamed_statistics_equal_whole_image_statistics():
+    from kunet.preprocess import image_statistics, streamed_image_statistics, to_unit_range
+
+    image = np.random.default_rng(4).integers(0, 65536, (517, 263, 2), dtype=np.uint16)
+    expected = image_statistics(to_unit_range(image))
+    streamed = streamed_image_statistics(image, to_unit_range, chunk_values=5000)  # 9 rows per block
+    np.testing.assert_allclose(streamed, expected, rtol=1e-12)
+
+
+def test_streaming_tiles_keep_strip_and_activations_within_the_budget():
+    from kunet.inference import choose_tile, strip_bytes
+    from kunet.model import activation_bytes
+
+    plans = {}
+    for budget in (256, 512, 1024):
+        plans[budget] = choose_tile((8000, 8000), memory_budget_mb=budget, strip_width=8000)
+        used = activation_bytes(*plans[budget].input_hw) + strip_bytes(plans[budget].input_hw[0], 8000, 1, 2)
+        assert used <= budget * 1e6
+    assert plans[256].input_hw[0] < plans[1024].input_hw[0]
+    assert choose_tile((8000, 8000), memory_budget_mb=1, strip_width=8000).input_hw == (204, 204)  # the floor
+    whole = choose_tile((8000, 8000), depth=2, base_filters=4)
+    assert whole.num_tiles == 1  # without a strip budget a tiny net takes the image in one tile
