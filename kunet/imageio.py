@@ -53,31 +53,39 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
-def read_pages(path: str | os.PathLike) -> list[np.ndarray]:
-    """All pages of an image file (one for PNG, one or more for TIFF), RGB order, original dtype.
+def iter_pages(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The pages of an image file one at a time (one for PNG/JPEG/BMP, one or more for TIFF), RGB order,
+    original dtype; a long stack is never held in memory whole.
 
     Raises:
-        ImageReadError: missing, empty, unreadable, or a TIFF with pages cut off (naming the first lost page).
+        ImageReadError: missing, empty, unreadable, or a TIFF with pages cut off (naming the first lost page),
+            checked before the first page is returned.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty")
-    if _is_tiff(path):
-        expected = count_pages(path)
+    if not _is_tiff(path):
+        data = np.fromfile(str(path), dtype=np.uint8)
         with _quiet_opencv():
-            ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
-        if not ok or len(pages) != expected:
-            decoded = len(pages) if ok else 0
-            raise ImageReadError(f"{path}: damaged TIFF: page {decoded + 1} of {expected} cannot be decoded")
-        return [_to_rgb(page) for page in pages]
-    data = np.fromfile(str(path), dtype=np.uint8)
-    with _quiet_opencv():
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageReadError(f"{path}: unreadable or truncated image")
-    return [_to_rgb(image)]
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise ImageReadError(f"{path}: unreadable or truncated image")
+        yield _to_rgb(image)
+        return
+    expected = count_pages(path)
+    for page in range(expected):
+        with _quiet_opencv():
+            ok, decoded = cv2.imreadmulti(str(path), page, 1, flags=cv2.IMREAD_UNCHANGED)
+        if not ok or len(decoded) != 1:
+            raise ImageReadError(f"{path}: damaged TIFF: page {page + 1} of {expected} cannot be decoded")
+        yield _to_rgb(decoded[0])
+
+
+def read_pages(path: str | os.PathLike) -> list[np.ndarray]:
+    """All pages of an image file as a list (see :func:`iter_pages`)."""
+    return list(iter_pages(path))
 
 
 def read_image(path: str | os.PathLike, page: int = 0) -> np.ndarray:
@@ -177,35 +185,38 @@ def write_npy_strips(path: str | os.PathLike, shape: tuple[int, ...], dtype, str
         raise ValueError(f"{path}: strips gave {rows} rows for an array of shape {shape}")
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a uint8/uint16 gray or RGB image."""
+def _encode(image: np.ndarray, extension: str, where: str, reuse: bool = False) -> np.ndarray:
+    """The encoded file (PNG or TIFF) as a uint8 array, RGB turned into OpenCV's BGR (in place if ``reuse``)."""
     array = image
     if array.ndim == 3 and array.shape[2] == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR, dst=array if reuse else None)
     elif array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    ok, encoded = cv2.imencode(".png", array)
+    ok, encoded = cv2.imencode(extension, array)
     if not ok:
-        raise ValueError(f"PNG encoding failed for an array of shape {image.shape} and dtype {image.dtype}")
-    return encoded.tobytes()
+        raise ValueError(f"{where}: encoding failed for an array of shape {image.shape} and dtype {image.dtype}")
+    return encoded
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Writes a PNG or TIFF (by suffix) atomically; float32 arrays need TIFF."""
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8/uint16 gray or RGB image."""
+    return _encode(image, ".png", "PNG").tobytes()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, reuse: bool = False) -> Path:
+    """Writes a PNG or TIFF (by suffix) atomically; float32 arrays need TIFF.
+
+    Args:
+        path: The file to write.
+        image: Gray [H, W] or RGB [H, W, 3].
+        reuse: The caller is done with ``image``: its channels may be reordered in place instead of copied
+            (saves 3 bytes per pixel for a large RGB overlay).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".png":
-        data = encode_png(image)
-    elif suffix in (".tif", ".tiff"):
-        array = image
-        if array.ndim == 3 and array.shape[2] == 3:
-            array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-        ok, encoded = cv2.imencode(".tif", array)
-        if not ok:
-            raise ValueError(f"{path}: TIFF encoding failed for {image.shape} {image.dtype}")
-        data = encoded.tobytes()
-    else:
+    if suffix not in (".png", ".tif", ".tiff"):
         raise ValueError(f"{path}: unsupported output format (use .png, .tif or .tiff)")
+    encoded = _encode(image, ".png" if suffix == ".png" else ".tif", str(path), reuse)
     with naming_errors(path):
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, memoryview(encoded))  # no bytes copy of a large encoded image
     return path

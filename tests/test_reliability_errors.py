@@ -6,6 +6,7 @@ Each test asserts the message and that no file was deleted or half written.
 from __future__ import annotations
 
 import errno
+import os
 import time
 
 import cv2
@@ -316,7 +317,188 @@ def test_a_full_disk_leaves_the_old_image_and_no_partial_file(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["mask.png"] and old.read_bytes() == b"the previous mask"
 
 
+def test_predict_stops_at_a_truncated_stack_before_loading_the_model(tmp_path, tiny_model_file):
+    data = _stack(tmp_path / "whole.tif")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    out = tmp_path / "out"
+    line = _one_red_line(runner.invoke(app, ["predict", str(tiny_model_file), str(cut), "--out", str(out)]))
+    assert line.startswith(f"error: {cut}: truncated TIFF: page 2 of at least 2 unreadable")
+    assert not out.exists() and cut.read_bytes() == data[: int(len(data) * 0.3)]
+
+
+# --- predict: options, output folders and inputs are checked before the model is loaded --------------
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Makes loading a model fail loudly, proving a check happened before it."""
+    import kunet.segmenter
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(kunet.segmenter, "load_unet", refuse)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--probabilities", "png"], "--probabilities must be tif (foreground probability) or npy"),
+        (["--mask-format", "jpg"], "--mask-format must be png or tif, got 'jpg'"),
+        (["--precision", "fp8"], "--precision must be one of"),
+        (["--threshold", "1.5"], "--threshold must be in (0, 1), got 1.5"),
+    ],
+)
+def test_predict_refuses_bad_options_before_loading_the_model(tmp_path, tiny_model_file, no_model_load, flags, words):
+    image = tmp_path / "img.png"
+    _write_png(image, (40, 40))
+    line = _one_red_line(
+        runner.invoke(app, ["predict", str(tiny_model_file), str(image), "--out", str(tmp_path / "o"), *flags])
+    )
+    assert words in line and not (tmp_path / "o").exists()
+
+
+def test_an_output_folder_under_a_regular_file_is_named_before_the_model_loads(
+    tmp_path, tiny_model_file, no_model_load
+):
+    image = tmp_path / "img.png"
+    original = _write_png(image, (40, 40))
+    for out, words in ((image / "masks", "lies under"), (image, "is a file")):
+        line = _one_red_line(runner.invoke(app, ["predict", str(tiny_model_file), str(image), "--out", str(out)]))
+        assert line.startswith(f"error: {out}: {words}")  # was "[Errno 17] File exists" after predicting
+    np.testing.assert_array_equal(cv2.imread(str(image), cv2.IMREAD_UNCHANGED), original)
+
+
+def test_a_read_only_output_folder_is_named_before_the_model_loads(
+    tmp_path, tiny_model_file, no_model_load, monkeypatch
+):
+    import os
+
+    image = tmp_path / "img.png"
+    _write_png(image, (40, 40))
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_open = os.open
+
+    def read_only_file_system(path, flags, *args, **kwargs):
+        if str(path).startswith(str(read_only)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_file_system)  # root ignores chmod, so the refusal is simulated
+    out = read_only / "masks"
+    line = _one_red_line(runner.invoke(app, ["predict", str(tiny_model_file), str(image), "--out", str(out)]))
+    assert line == f"error: {out}: cannot write predictions into {read_only} (Read-only file system)"
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_chmod_read_only_output_folder_is_named(tmp_path, tiny_model_file, no_model_load):
+    image = tmp_path / "img.png"
+    _write_png(image, (40, 40))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    line = _one_red_line(runner.invoke(app, ["predict", str(tiny_model_file), str(image), "--out", str(locked)]))
+    assert line.startswith(f"error: {locked}: cannot write predictions into {locked} (Permission denied)")
+
+
+def test_outputs_never_overwrite_inputs_and_name_clashes_are_found_before_writing(tmp_path, tiny_model_file):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _write_png(folder / "a.png", (40, 40))
+    truth = _write_png(folder / "a_mask.png", (40, 40), seed=1)  # the user's own mask beside the image
+    line = _one_red_line(runner.invoke(app, ["predict", str(tiny_model_file), str(folder), "--out", str(folder)]))
+    assert line.startswith(f"error: {folder / 'a_mask.png'}: the mask of {folder / 'a.png'} would overwrite this input")
+    np.testing.assert_array_equal(cv2.imread(str(folder / "a_mask.png"), cv2.IMREAD_UNCHANGED), truth)
+    _write_png(tmp_path / "a.tif", (40, 40))
+    out = tmp_path / "out"
+    clash = runner.invoke(app, ["predict", str(tiny_model_file), str(folder / "a.png"), str(tmp_path / "a.tif"),
+                                "--out", str(out)])  # fmt: skip
+    assert "would write outputs named 'a', as" in _one_red_line(clash) and not out.exists()
+
+
+def test_jpeg_and_bmp_inputs_are_predicted_and_other_files_are_named(tmp_path, tiny_model_file):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = _write_png(folder / "png.png", (40, 48))
+    assert cv2.imwrite(str(folder / "photo.jpg"), image) and cv2.imwrite(str(folder / "scan.bmp"), image)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(tiny_model_file), str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"skipped {folder / 'notes.txt'}: not an image kunet reads" in result.output
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["photo_mask.png", "png_mask.png", "scan_mask.png"]
+
+
+def test_images_smaller_than_the_pooling_period_are_refused_with_the_reason(tmp_path):
+    from kunet.imageio import ImageReadError
+    from kunet.inference import Predictor
+    from kunet.model import UNet
+    from kunet.predict_files import check_image_size
+
+    model = UNet(base_filters=2, depth=4, seed=0)
+    # The library itself predicts any size (a 4-px image used to fail with "operands could not be broadcast").
+    assert Predictor(model).probabilities(np.full((4, 3), 9, np.uint8)).shape == (4, 3, 2)
+    with pytest.raises(ImageReadError, match=r"^tiny.png: 4x3 px is smaller than the 16x16 px a depth-4 net needs"):
+        check_image_size(np.zeros((4, 3), np.uint8), "tiny.png", depth=4)
+    check_image_size(np.zeros((16, 16), np.uint8), "ok.png", depth=4)
+
+
+def test_a_full_disk_during_predict_ends_in_one_line_and_leaves_no_partial_file(tmp_path, tiny_model_file, monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(2):
+        _write_png(images / f"i{index}.png", (64, 64), seed=index)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "i0_mask.png").write_bytes(b"from an earlier run")
+    monkeypatch.setattr("kunet._fs.open", _DiskFullAfter(room=200), raising=False)
+    line = _one_red_line(runner.invoke(app, ["predict", str(tiny_model_file), str(images), "--out", str(out)]))
+    assert line == f"error: {out / 'i0_mask.png'}: No space left on device"
+    assert [p.name for p in out.iterdir()] == ["i0_mask.png"]  # no temporary, no half-written mask
+    assert (out / "i0_mask.png").read_bytes() == b"from an earlier run"
+
+
 # --- large images: streamed strip by strip, within a memory bound ------------------------------------
+
+
+def _predict_folder(model_file, image, out, streaming: bool, monkeypatch, postprocess: str = "none", **options):
+    import kunet.predict_files as predict_files
+    from kunet.segmenter import Segmenter
+
+    monkeypatch.setattr(predict_files, "STREAMING_PIXELS", 0 if streaming else 10**12)
+    segmenter = Segmenter(model_file, tile_size=60, streaming_memory_mb=1)  # 1 MB: many strips
+    segmenter.settings.postprocess = postprocess
+    return predict_files.predict_files(segmenter, [image], out, **options)
+
+
+@pytest.mark.parametrize("postprocess", ["none", "watershed"])
+def test_streamed_outputs_equal_whole_image_outputs(tmp_path, tiny_model_file, monkeypatch, postprocess):
+    image = tmp_path / "img.png"
+    _write_png(image, (203, 151))
+    for probabilities in ("npy", "tif"):
+        whole, streamed = tmp_path / f"whole-{probabilities}", tmp_path / f"streamed-{probabilities}"
+        for out, streaming in ((whole, False), (streamed, True)):
+            _predict_folder(
+                tiny_model_file, image, out, streaming, monkeypatch, postprocess, probabilities=probabilities
+            )
+        for name in ("img_mask.png", "img_overlay.png"):
+            np.testing.assert_array_equal(cv2.imread(str(streamed / name)), cv2.imread(str(whole / name)))
+        read = np.load if probabilities == "npy" else (lambda path: cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+        name = "img_probabilities.npy" if probabilities == "npy" else "img_probability.tif"
+        np.testing.assert_allclose(read(streamed / name), read(whole / name), atol=2e-5)
+
+
+def test_a_full_disk_while_streaming_probabilities_leaves_no_partial_file(tmp_path, tiny_model_file, monkeypatch):
+    image = tmp_path / "img.png"
+    _write_png(image, (120, 90))
+    out = tmp_path / "out"
+    monkeypatch.setattr("kunet.imageio.open", _DiskFullAfter(room=5000), raising=False)
+    with pytest.raises(OSError) as error:
+        _predict_folder(tiny_model_file, image, out, True, monkeypatch, probabilities="npy")
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(out / "img_probabilities.npy")
+    assert list(out.iterdir()) == []
 
 
 def test_streamed_statistics_equal_whole_image_statistics():
@@ -341,3 +523,57 @@ def test_streaming_tiles_keep_strip_and_activations_within_the_budget():
     assert choose_tile((8000, 8000), memory_budget_mb=1, strip_width=8000).input_hw == (204, 204)  # the floor
     whole = choose_tile((8000, 8000), depth=2, base_filters=4)
     assert whole.num_tiles == 1  # without a strip budget a tiny net takes the image in one tile
+
+
+_PEAK_MEMORY_SCRIPT = """
+import resource, sys
+import numpy as np, cv2
+import kunet.predict_files as predict_files
+from kunet.segmenter import Segmenter
+
+model, side, streaming, out = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "stream", sys.argv[4]
+small = np.random.default_rng(0).integers(0, 256, (side // 64 + 1, side // 64 + 1), dtype=np.uint8)
+# Smooth blobs compress like a micrograph (random noise would make every PNG as large as the image).
+cv2.imwrite(out + "/big.png", cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC))
+cv2.imwrite(out + "/warm.png", small)
+predict_files.STREAMING_PIXELS = 0 if streaming else 10**12
+segmenter = Segmenter(model, streaming_memory_mb=128)
+predict_files.predict_files(segmenter, [out + "/warm.png"], out + "/warm", probabilities="npy")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+predict_files.predict_files(segmenter, [out + "/big.png"], out + "/out", probabilities="npy")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def _peak_memory_increase(model_file, side: int, streaming: bool, folder) -> int:
+    """Bytes the peak RSS of a fresh process grows while predicting a ``side`` x ``side`` image."""
+    import subprocess
+    import sys
+
+    folder.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, str(model_file), str(side), "stream" if streaming else "whole",
+         str(folder)],
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return int(run.stdout.split()[-1])
+
+
+@pytest.mark.slow
+def test_streaming_an_8000_pixel_image_stays_far_below_the_whole_image_cost(tmp_path):
+    """The audit's 20000^2 image ran out of memory at 5.8 GB; streamed, the cost per pixel is a few bytes."""
+    from kunet.model import UNet
+
+    model_file = tmp_path / "tiny.keras"
+    UNet(base_filters=2, depth=2, seed=0).save(model_file)
+    whole_per_pixel = _peak_memory_increase(model_file, 2000, False, tmp_path / "whole") / 2000**2
+    streamed = _peak_memory_increase(model_file, 8000, True, tmp_path / "streamed")
+    streamed_per_pixel = (streamed - 128e6) / 8000**2  # beyond the 128 MB streaming budget
+    assert np.load(tmp_path / "streamed" / "out" / "big_probabilities.npy", mmap_mode="r").shape == (8000, 8000, 2)
+    # Whole-image prediction holds float32 copies of the image and of the [H, W, 2] output and all tiles at
+    # once (some 70 bytes per pixel here); streamed, what grows is the 8-bit image, its classes and mask and
+    # the RGB overlay with its encoding copy, about 9 bytes per pixel.
+    assert whole_per_pixel > 30, whole_per_pixel
+    assert streamed_per_pixel < 12, streamed_per_pixel
+    assert streamed < whole_per_pixel * 8000**2 / 4
