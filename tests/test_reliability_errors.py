@@ -36,8 +36,8 @@ def _one_red_line(result) -> str:
     return lines[0]
 
 
-def _raise_inside_user_errors(error: BaseException) -> str:
-    """The red line ``user_errors`` prints for ``error`` (captured from stderr via typer.Exit)."""
+def _raise_inside_user_errors_from(function) -> str:
+    """The red line ``user_errors`` prints for what ``function`` raises, from a one-command Typer app."""
     import typer
 
     app_ = typer.Typer()
@@ -45,9 +45,16 @@ def _raise_inside_user_errors(error: BaseException) -> str:
     @app_.command()
     def explode():
         with user_errors():
-            raise error
+            function()
 
     return _one_red_line(runner.invoke(app_, []))
+
+
+def _raise_inside_user_errors(error: BaseException) -> str:
+    def throw():
+        raise error
+
+    return _raise_inside_user_errors_from(throw)
 
 
 @pytest.mark.parametrize(
@@ -87,9 +94,9 @@ def test_genuine_bugs_keep_their_traceback_and_kunet_debug_shows_every_traceback
     @app_.command()
     def explode(kind: str):
         with user_errors():
-            raise KeyError("bug") if kind == "bug" else OSError(errno.ENOSPC, "No space left on device", "/x")
+            raise TypeError("bug") if kind == "bug" else OSError(errno.ENOSPC, "No space left on device", "/x")
 
-    assert isinstance(runner.invoke(app_, ["bug"]).exception, KeyError)
+    assert isinstance(runner.invoke(app_, ["bug"]).exception, TypeError)
     assert runner.invoke(app_, ["disk"]).exit_code == 2
     monkeypatch.setenv("KUNET_DEBUG", "1")
     assert isinstance(runner.invoke(app_, ["disk"]).exception, OSError)
@@ -577,3 +584,20 @@ def test_streaming_an_8000_pixel_image_stays_far_below_the_whole_image_cost(tmp_
     assert whole_per_pixel > 30, whole_per_pixel
     assert streamed_per_pixel < 12, streamed_per_pixel
     assert streamed < whole_per_pixel * 8000**2 / 4
+
+
+def test_a_truncated_checkpoint_and_a_damaged_run_config_become_one_line(tmp_path):
+    checkpoint = tf.train.Checkpoint(weights=tf.Variable(tf.ones([4096])))
+    prefix = checkpoint.save(str(tmp_path / "ckpt"))
+    data = tmp_path / "ckpt-1.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:100])
+
+    def restore():
+        tf.train.Checkpoint(weights=tf.Variable(tf.zeros([4096]))).restore(prefix)
+
+    line = _raise_inside_user_errors_from(restore)
+    assert (
+        line == "error: IndexError while reading a file: Read less bytes than requested (is it truncated or damaged?)"
+    )
+    missing = _raise_inside_user_errors(KeyError("pipeline"))  # what fit --resume met in an emptied config.json
+    assert missing.startswith("error: missing entry 'pipeline': a kunet file (config.json, manifest.json, kunet.json)")
