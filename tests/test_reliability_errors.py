@@ -601,3 +601,45 @@ def test_a_truncated_checkpoint_and_a_damaged_run_config_become_one_line(tmp_pat
     )
     missing = _raise_inside_user_errors(KeyError("pipeline"))  # what fit --resume met in an emptied config.json
     assert missing.startswith("error: missing entry 'pipeline': a kunet file (config.json, manifest.json, kunet.json)")
+
+
+@pytest.fixture
+def tiny_file_system(tmp_path):
+    """A real 256 kB file system (a tmpfs; needs root and mount permission, skipped where there is none)."""
+    import shutil
+    import subprocess
+
+    mount_point = tmp_path / "tiny-fs"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_really_full_disk_and_a_read_only_one(tmp_path, tiny_model_file, tiny_file_system, monkeypatch, streaming):
+    import subprocess
+
+    import kunet.predict_files as predict_files
+
+    monkeypatch.setattr(predict_files, "STREAMING_PIXELS", 0 if streaming else 10**12)
+    image = tmp_path / "img.png"
+    _write_png(image, (300, 300))  # its .npy probabilities take 720 kB of the 256 kB
+    out = tiny_file_system / "out"
+    command = ["predict", str(tiny_model_file), str(image), "--out", str(out), "--probabilities", "npy"]
+    line = _one_red_line(runner.invoke(app, command))
+    assert line == f"error: {out / 'img_probabilities.npy'}: No space left on device"
+    assert list(out.iterdir()) == []  # the temporary is gone, and nothing else was begun
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_file_system)], check=True)
+    line = _one_red_line(runner.invoke(app, [*command[:3], "--out", str(tiny_file_system / "other")]))
+    assert line == f"error: {tiny_file_system / 'other'}: cannot write predictions into {tiny_file_system} " + (
+        "(Read-only file system)"
+    )
