@@ -88,7 +88,9 @@ def load_unet(path: Path) -> UNet:
         ModelLoadError: a truncated or corrupted file, a zip that is no Keras model, or a Keras model that
             kunet did not make (e.g. a plain ``keras.Sequential``).
     """
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as stream:  # an unreadable file fails here, naming itself, not as "truncated"
+        is_zip = zipfile.is_zipfile(stream)
+    if not is_zip:
         raise ModelLoadError(f"{path}: not a .keras model archive (the file is truncated or of another kind)")
     with zipfile.ZipFile(path) as archive:
         missing = sorted({"config.json", "model.weights.h5"} - set(archive.namelist()))
@@ -96,6 +98,8 @@ def load_unet(path: Path) -> UNet:
         raise ModelLoadError(f"{path}: a zip archive but no Keras model (no {' or '.join(missing)} inside)")
     try:
         model = keras.models.load_model(path)
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ModelLoadError(f"{path}: cannot load the model, the file is damaged ({_first_line(error)})") from None
     if not isinstance(model, UNet):
@@ -128,6 +132,8 @@ def load_saved_model(path: Path):
 
     try:
         saved_model = tf.saved_model.load(str(path))
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, ValueError, OSError, ...
         raise ModelLoadError(f"{path}: cannot load the SavedModel, it is damaged ({_first_line(error)})") from None
     if "serving_default" not in saved_model.signatures:
