@@ -380,8 +380,6 @@ def test_an_output_folder_under_a_regular_file_is_named_before_the_model_loads(
 def test_a_read_only_output_folder_is_named_before_the_model_loads(
     tmp_path, tiny_model_file, no_model_load, monkeypatch
 ):
-    import os
-
     image = tmp_path / "img.png"
     _write_png(image, (40, 40))
     read_only = tmp_path / "read-only"
@@ -438,7 +436,7 @@ def test_jpeg_and_bmp_inputs_are_predicted_and_other_files_are_named(tmp_path, t
     assert sorted(p.name for p in out.glob("*_mask.png")) == ["photo_mask.png", "png_mask.png", "scan_mask.png"]
 
 
-def test_images_smaller_than_the_pooling_period_are_refused_with_the_reason(tmp_path):
+def test_images_smaller_than_the_pooling_period_are_refused_with_the_reason(tmp_path, tiny_model_file):
     from kunet.imageio import ImageReadError
     from kunet.inference import Predictor
     from kunet.model import UNet
@@ -450,6 +448,12 @@ def test_images_smaller_than_the_pooling_period_are_refused_with_the_reason(tmp_
     with pytest.raises(ImageReadError, match=r"^tiny.png: 4x3 px is smaller than the 16x16 px a depth-4 net needs"):
         check_image_size(np.zeros((4, 3), np.uint8), "tiny.png", depth=4)
     check_image_size(np.zeros((16, 16), np.uint8), "ok.png", depth=4)
+    crumb = tmp_path / "crumb.png"
+    _write_png(crumb, (3, 5))
+    out = tmp_path / "out"
+    line = _one_red_line(runner.invoke(app, ["predict", str(tiny_model_file), str(crumb), "--out", str(out)]))
+    assert line.startswith(f"error: {crumb}: 3x5 px is smaller than the 4x4 px a depth-2 net needs: it pools")
+    assert list(out.iterdir()) == []
 
 
 def test_a_full_disk_during_predict_ends_in_one_line_and_leaves_no_partial_file(tmp_path, tiny_model_file, monkeypatch):
