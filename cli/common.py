@@ -105,7 +105,7 @@ def load_config(pipeline: Path | None, overrides: list[str]):
 
     if pipeline is not None:
         return load_pipeline(pipeline, overrides)
-    return pipeline_from_dict(apply_overrides({}, overrides), base_dir=Path.cwd())
+    return pipeline_from_dict(apply_overrides({}, overrides), base_dir=Path.cwd(), where="--set")
 
 
 @contextlib.contextmanager

@@ -344,11 +344,22 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
     return config
 
 
-def pipeline_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> PipelineConfig:
-    """Builds a config from a plain dict (as stored in run directories and manifests)."""
-    config = _build(PipelineConfig, dict(data), "")
+def pipeline_from_dict(data: dict, base_dir: str | os.PathLike = ".", where: str = "<dict>") -> PipelineConfig:
+    """Builds a config from a plain dict (as stored in run directories and manifests).
+
+    Args:
+        data: The TOML-shaped settings.
+        base_dir: Where relative paths resolve.
+        where: Names the source in errors, e.g. a run's ``config.json``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of pipeline settings, got {type(data).__name__}")
+    try:
+        config = _build(PipelineConfig, dict(data), "")
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
     config.base_dir = str(Path(base_dir).resolve())
-    validate(config, "<dict>")
+    validate(config, where)
     return config
 
 

@@ -141,6 +141,17 @@ def test_obviously_bad_numbers_are_refused_before_anything_runs(override, messag
     assert str(error.value).startswith(f"{ISBI_TOML}: {message}")
 
 
+def test_settings_read_back_from_a_run_name_their_source():
+    from kunet.config import ConfigError, pipeline_from_dict
+
+    with pytest.raises(ConfigError, match=r"^runs/x/config.json: expected a table of pipeline settings, got NoneType"):
+        pipeline_from_dict(None, where="runs/x/config.json")
+    with pytest.raises(ConfigError, match=r"^runs/x/config.json: model.depth: expected int, got 'deep'"):
+        pipeline_from_dict({"model": {"depth": "deep"}}, where="runs/x/config.json")
+    with pytest.raises(ConfigError, match=r"^runs/x/config.json: model.depth must be between 1 and 6, got 9"):
+        pipeline_from_dict({"model": {"depth": 9}}, where="runs/x/config.json")
+
+
 def test_the_model_itself_refuses_a_depth_beyond_the_cap_instead_of_hanging():
     from kunet.model import UNet, valid_input_size
 
