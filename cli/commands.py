@@ -150,17 +150,20 @@ def predict(
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
 ):
     """Segment images of any size with overlap-tile prediction."""
-    from kunet.predict_files import expand_inputs, predict_files
-    from kunet.segmenter import Segmenter
+    from kunet.imageio import READABLE_SUFFIXES
+    from kunet.predict_files import plan_predictions, predict_planned
+    from kunet.segmenter import Segmenter, check_prediction_options, resolve_model_path
 
     with user_errors():
+        # Everything that needs no model is checked first: a bad option or output folder costs no model load.
+        check_prediction_options(precision, tile_size, threshold)
+        resolve_model_path(model)
+        plan = plan_predictions(inputs, out, mask_format, probabilities, overlays)
+        for path in plan.skipped:
+            typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
         segmenter = Segmenter(model, precision, tile_size, mirror, threshold)
-        channels = segmenter.model.input_channels if segmenter.model is not None else 1
-        count = len(expand_inputs(inputs))
         with progress_bars() as factory:
-            written = predict_files(
-                segmenter, inputs, out, channels, mask_format, probabilities, overlays, factory("predicting", count)
-            )
+            written = predict_planned(segmenter, plan, progress=factory("predicting", len(plan.images)))
     typer.echo(f"wrote outputs for {len(written)} image(s) to {out}")
 
 

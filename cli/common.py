@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import sys
 from pathlib import Path
 
 import typer
+
+# Set to 1 to see the traceback of an error the CLI would otherwise report as one line.
+DEBUG_VARIABLE = "KUNET_DEBUG"
+_MAX_MESSAGE_CHARS = 400
+_MEMORY_HINT = "free memory, or use smaller tiles (predict --tile-size, train.tile_size) or batches"
+# Libraries whose own errors (beyond OSError and OpError) mean a file they read is damaged: TensorFlow's
+# checkpoint reader raises IndexError for a truncated checkpoint, h5py KeyError for a damaged weights file.
+_FILE_READERS = ("tensorflow", "keras", "h5py")
+# TensorFlow wraps op errors in "{{function_node ...}} message [Op:Name]"; only the message helps a user.
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]")
 
 
 def fail(message: str) -> None:
@@ -13,15 +26,77 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def one_line(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
+    """``text`` with its lines joined and cut at ``limit`` characters (a red line, not a screenful)."""
+    joined = " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
+def describe_os_error(error: OSError) -> str:
+    """``<path>: <reason>`` (``<path> -> <other path>`` for renames) instead of ``[Errno 28] ...``."""
+    reason = error.strerror or str(error)
+    if error.filename is None:
+        return f"{reason} ({type(error).__name__})" if error.strerror else reason
+    where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    return f"{where}: {reason}"
+
+
+def _tensorflow_op_error(error: BaseException) -> bool:
+    # Without TensorFlow imported no TensorFlow error can exist, and importing it here would slow --help.
+    tensorflow = sys.modules.get("tensorflow")
+    return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
+
+
+def _raised_inside(error: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of ``error``'s traceback lies in one of ``packages``."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    filename = traceback.tb_frame.f_code.co_filename if traceback is not None else ""
+    return any(f"{os.sep}{package}{os.sep}" in filename for package in packages)
+
+
+def describe_user_error(error: BaseException) -> str | None:
+    """The one-line message for an error caused by the input or the machine; None for a genuine bug."""
+    if isinstance(error, ValueError):  # the library's ConfigError, ImageReadError, ModelLoadError, ...
+        return one_line(str(error))
+    if isinstance(error, OSError):
+        return one_line(describe_os_error(error))
+    if isinstance(error, MemoryError):
+        detail = f" ({error})" if str(error) else ""
+        return one_line(f"out of memory{detail}") + f" ({_MEMORY_HINT})"
+    if _tensorflow_op_error(error):
+        message = f"TensorFlow {type(error).__name__}: {_TF_NOISE.sub('', error.message).strip()}"
+        if type(error).__name__ == "ResourceExhaustedError":
+            return one_line(message) + f" ({_MEMORY_HINT})"
+        return one_line(message)
+    if isinstance(error, KeyError):  # a lookup in a run's config.json, a manifest or an export's kunet.json
+        return one_line(
+            f"missing entry {error}: a kunet file (config.json, manifest.json, kunet.json) is damaged, edited by "
+            f"hand or from another kunet version ({DEBUG_VARIABLE}=1 shows which)"
+        )
+    if _raised_inside(error, _FILE_READERS):  # e.g. IndexError "Read less bytes than requested"
+        return one_line(f"{type(error).__name__} while reading a file: {error} (is it truncated or damaged?)")
+    return None
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turns the library's input errors into one red line and exit code 2 (no traceback)."""
-    from kunet.config import ConfigError
+    """Turns input, file-system, memory and TensorFlow errors into one red line and exit code 2.
 
+    Anything else is a bug and keeps its traceback; ``KUNET_DEBUG=1`` shows the traceback of every error.
+    """
     try:
         yield
-    except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    except Exception as error:  # noqa: BLE001 - sorted into user errors and bugs below
+        message = None if debugging() else describe_user_error(error)
+        if message is None:
+            raise
+        fail(message)
 
 
 def load_config(pipeline: Path | None, overrides: list[str]):
@@ -30,7 +105,7 @@ def load_config(pipeline: Path | None, overrides: list[str]):
 
     if pipeline is not None:
         return load_pipeline(pipeline, overrides)
-    return pipeline_from_dict(apply_overrides({}, overrides), base_dir=Path.cwd())
+    return pipeline_from_dict(apply_overrides({}, overrides), base_dir=Path.cwd(), where="--set")
 
 
 @contextlib.contextmanager

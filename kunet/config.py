@@ -306,6 +306,21 @@ def apply_overrides(data: dict, overrides: list[str], where: str = "override") -
     return data
 
 
+def _read_toml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the pipeline's .toml file (e.g. pipelines/isbi2012.toml)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pipeline file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the pipeline file ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; a pipeline is a TOML text file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
 def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
     """Reads a pipeline TOML file and applies ``section.key=value`` overrides.
 
@@ -317,12 +332,7 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
         ConfigError: unreadable TOML, unknown keys or wrong types; the message names the file.
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    raw = _read_toml(path)
     apply_overrides(raw, list(overrides or []), where=f"{path}: override")
     try:
         config = _build(PipelineConfig, raw, "")
@@ -334,11 +344,22 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
     return config
 
 
-def pipeline_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> PipelineConfig:
-    """Builds a config from a plain dict (as stored in run directories and manifests)."""
-    config = _build(PipelineConfig, dict(data), "")
+def pipeline_from_dict(data: dict, base_dir: str | os.PathLike = ".", where: str = "<dict>") -> PipelineConfig:
+    """Builds a config from a plain dict (as stored in run directories and manifests).
+
+    Args:
+        data: The TOML-shaped settings.
+        base_dir: Where relative paths resolve.
+        where: Names the source in errors, e.g. a run's ``config.json``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of pipeline settings, got {type(data).__name__}")
+    try:
+        config = _build(PipelineConfig, dict(data), "")
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
     config.base_dir = str(Path(base_dir).resolve())
-    validate(config, "<dict>")
+    validate(config, where)
     return config
 
 
@@ -353,6 +374,9 @@ def validate(config: PipelineConfig, where: str) -> None:
         "labels.kind": (config.labels.kind, ("binary", "instance", "multiclass")),
         "image.normalize": (config.image.normalize, ("standardize", "scale")),
         "augment.on": (config.augment.on, ("auto", "host", "device")),
+        "model.variant": (config.model.variant, ("paper", "release2015")),
+        "model.padding": (config.model.padding, ("valid", "same")),
+        "model.activation": (config.model.activation, ("relu", "leaky_relu")),
         "train.optimizer": (config.train.optimizer, ("sgd", "adam")),
         "train.schedule": (config.train.schedule, ("constant", "poly", "cosine")),
         "train.loss": (config.train.loss, ("weighted_ce", "weighted_ce_dice")),
@@ -378,5 +402,60 @@ def validate(config: PipelineConfig, where: str) -> None:
         fail("train.batch_size, train.steps_per_epoch and train.epochs must be at least 1")
     if not 0.0 < config.inference.threshold < 1.0:
         fail(f"inference.threshold must be in (0, 1), got {config.inference.threshold}")
-    if config.image.channels < 1:
-        fail("image.channels must be at least 1")
+    for key, value, ok, requirement in _number_checks(config):
+        if not ok:
+            fail(f"{key} must be {requirement}, got {value!r}")
+    _validate_model(config, fail)
+
+
+def _number_checks(config: PipelineConfig) -> list[tuple[str, Any, bool, str]]:
+    """(key, value, acceptable, requirement) for every number with an obvious range; NaN fails them all."""
+    model, train, inference, weights = config.model, config.train, config.inference, config.weights.resolved()
+    at_least_one = {
+        "image.channels": config.image.channels,
+        "model.base_filters": model.base_filters,
+        "train.validate_every": train.validate_every,
+        "train.checkpoint_every_steps": train.checkpoint_every_steps,
+        "train.shuffle_buffer": train.shuffle_buffer,
+        "inference.batch_size": inference.batch_size,
+    }
+    not_negative = {
+        "train.warmup_steps": train.warmup_steps,
+        "train.clip_norm": train.clip_norm,
+        "train.max_minutes": train.max_minutes,
+        "train.dice_weight": train.dice_weight,
+        "inference.tile_size": inference.tile_size,
+        "inference.min_object_size": inference.min_object_size,
+        "weights.w0": weights.w0,
+    }
+    checks = [(key, value, value >= 1, "at least 1") for key, value in at_least_one.items()]
+    checks += [(key, value, value >= 0, "at least 0") for key, value in not_negative.items()]
+    return checks + [
+        ("model.dropout", model.dropout, 0.0 <= model.dropout < 1.0, "in [0, 1)"),
+        ("train.learning_rate", train.learning_rate, train.learning_rate > 0, "positive"),
+        ("train.momentum", train.momentum, 0.0 <= train.momentum < 1.0, "in [0, 1)"),
+        ("inference.memory_budget_mb", inference.memory_budget_mb, inference.memory_budget_mb > 0, "positive"),
+        ("inference.seed_threshold", inference.seed_threshold, 0.0 < inference.seed_threshold <= 1.0, "in (0, 1]"),
+        ("weights.sigma", weights.sigma, weights.sigma > 0, "positive"),
+        ("weights.sigma_factor", weights.sigma_factor, weights.sigma_factor > 0, "positive"),
+        ("weights.class_weights", weights.class_weights, all(w >= 0 for w in weights.class_weights), "at least 0"),
+    ]
+
+
+def _validate_model(config: PipelineConfig, fail) -> None:
+    """The net's depth (capped: the smallest tile grows as 2^depth) and tile sizes that fit it."""
+    from kunet.sizes import check_depth, output_size
+
+    model = config.model
+    tile_sizes = {"train.tile_size": config.train.tile_size}
+    if config.inference.tile_size:
+        tile_sizes["inference.tile_size"] = config.inference.tile_size
+    try:
+        check_depth(model.depth)
+    except ValueError as error:
+        fail(f"model.{error}")
+    for key, size in tile_sizes.items():
+        try:
+            output_size(size, model.depth, model.padding)
+        except ValueError as error:
+            fail(f"{key}: {error}")

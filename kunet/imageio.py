@@ -1,20 +1,29 @@
 """Reading and writing image files with errors that name the file and the problem.
 
 OpenCV reads PNG and (multi-page) TIFF at 8 or 16 bit; colour comes back as BGR and is turned into RGB
-here so the rest of kunet never sees channel order surprises. Writers go through a temporary file and a
-rename, so an interrupted run never leaves a half-written image behind.
+here so the rest of kunet never sees channel order surprises. A TIFF's pages are first counted from its
+structure (:mod:`kunet.tiff`), so a stack cut short is an error instead of fewer pages. Writers go through
+a temporary file and a rename (:mod:`kunet._fs`), so an interrupted run or a full disk never leaves a
+half-written image behind, and outputs get the usual permissions of the user's umask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from kunet import tiff
+from kunet._fs import atomic_write_bytes
+
+# Lossless formats: the only ones accepted for training images and labels.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# Prediction also reads JPEG and BMP (OpenCV decodes them; JPEG's loss matters for labels, not for inputs).
+READABLE_SUFFIXES = IMAGE_SUFFIXES + (".jpg", ".jpeg", ".bmp")
 
 
 class ImageReadError(ValueError):
@@ -29,23 +38,54 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def read_pages(path: str | os.PathLike) -> list[np.ndarray]:
-    """All pages of an image file (one for PNG, one or more for TIFF), RGB order, original dtype."""
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Keeps libtiff/libpng complaints off the terminal: kunet reports a bad file in its own words."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def iter_pages(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The pages of an image file one at a time (one for PNG/JPEG/BMP, one or more for TIFF), RGB order,
+    original dtype; a long stack is never held in memory whole.
+
+    Raises:
+        ImageReadError: missing, empty, unreadable, or a TIFF with pages cut off (naming the first lost page),
+            checked before the first page is returned.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
-        if not ok or not pages:
-            raise ImageReadError(f"{path}: unreadable or truncated TIFF")
-        return [_to_rgb(page) for page in pages]
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageReadError(f"{path}: unreadable or truncated image")
-    return [_to_rgb(image)]
+    if not _is_tiff(path):
+        data = np.fromfile(str(path), dtype=np.uint8)
+        with _quiet_opencv():
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise ImageReadError(f"{path}: unreadable or truncated image")
+        yield _to_rgb(image)
+        return
+    expected = count_pages(path)
+    for page in range(expected):
+        with _quiet_opencv():
+            ok, decoded = cv2.imreadmulti(str(path), page, 1, flags=cv2.IMREAD_UNCHANGED)
+        if not ok or len(decoded) != 1:
+            raise ImageReadError(f"{path}: damaged TIFF: page {page + 1} of {expected} cannot be decoded")
+        yield _to_rgb(decoded[0])
+
+
+def read_pages(path: str | os.PathLike) -> list[np.ndarray]:
+    """All pages of an image file as a list (see :func:`iter_pages`)."""
+    return list(iter_pages(path))
 
 
 def read_image(path: str | os.PathLike, page: int = 0) -> np.ndarray:
@@ -57,13 +97,16 @@ def read_image(path: str | os.PathLike, page: int = 0) -> np.ndarray:
 
 
 def count_pages(path: str | os.PathLike) -> int:
+    """Pages in an image file: 1, or a TIFF's pages, each checked to lie whole inside the file."""
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        count = cv2.imcount(str(path))
-        if count <= 0:
-            raise ImageReadError(f"{path}: unreadable or truncated TIFF")
-        return int(count)
-    return 1
+    if not _is_tiff(path):
+        return 1
+    try:
+        return tiff.page_count(path)
+    except tiff.TiffStructureError as error:
+        raise ImageReadError(f"{path}: truncated TIFF: {error}") from None
+    except ValueError as error:
+        raise ImageReadError(f"{path}: unreadable TIFF: {error}") from None
 
 
 def as_channels(image: np.ndarray, channels: int, where: str) -> np.ndarray:
@@ -111,46 +154,69 @@ def as_label_plane(label: np.ndarray, where: str) -> np.ndarray:
     return label
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+@contextlib.contextmanager
+def naming_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Gives an OSError raised while writing ``path`` that path as its file name.
+
+    A failed ``write()`` (a full disk) names no file, and a failed temporary names a hidden sibling; the
+    user wants to hear which output could not be written.
+    """
+    path = Path(path)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as error:
+        named = error.filename is not None and not Path(error.filename).name.startswith(f".{path.name}.")
+        if named or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def write_npy_strips(path: str | os.PathLike, shape: tuple[int, ...], dtype, strips: Iterable[np.ndarray]) -> None:
+    """Writes a ``.npy`` array of ``shape`` from row strips [rows, ...] given top to bottom (one strip in memory)."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    rows = 0
+    with open(path, "wb") as stream:
+        np.lib.format.write_array_header_1_0(stream, header)
+        for strip in strips:
+            stream.write(np.ascontiguousarray(strip, dtype).tobytes())
+            rows += strip.shape[0]
+    if rows != shape[0]:
+        raise ValueError(f"{path}: strips gave {rows} rows for an array of shape {shape}")
+
+
+def _encode(image: np.ndarray, extension: str, where: str, reuse: bool = False) -> np.ndarray:
+    """The encoded file (PNG or TIFF) as a uint8 array, RGB turned into OpenCV's BGR (in place if ``reuse``)."""
+    array = image
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR, dst=array if reuse else None)
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    ok, encoded = cv2.imencode(extension, array)
+    if not ok:
+        raise ValueError(f"{where}: encoding failed for an array of shape {image.shape} and dtype {image.dtype}")
+    return encoded
 
 
 def encode_png(image: np.ndarray) -> bytes:
     """Lossless PNG bytes of a uint8/uint16 gray or RGB image."""
-    array = image
-    if array.ndim == 3 and array.shape[2] == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    elif array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an array of shape {image.shape} and dtype {image.dtype}")
-    return encoded.tobytes()
+    return _encode(image, ".png", "PNG").tobytes()
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Writes a PNG or TIFF (by suffix) atomically; float32 arrays need TIFF."""
+def write_image(path: str | os.PathLike, image: np.ndarray, reuse: bool = False) -> Path:
+    """Writes a PNG or TIFF (by suffix) atomically; float32 arrays need TIFF.
+
+    Args:
+        path: The file to write.
+        image: Gray [H, W] or RGB [H, W, 3].
+        reuse: The caller is done with ``image``: its channels may be reordered in place instead of copied
+            (saves 3 bytes per pixel for a large RGB overlay).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".png":
-        data = encode_png(image)
-    elif suffix in (".tif", ".tiff"):
-        array = image
-        if array.ndim == 3 and array.shape[2] == 3:
-            array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-        ok, encoded = cv2.imencode(".tif", array)
-        if not ok:
-            raise ValueError(f"{path}: TIFF encoding failed for {image.shape} {image.dtype}")
-        data = encoded.tobytes()
-    else:
+    if suffix not in (".png", ".tif", ".tiff"):
         raise ValueError(f"{path}: unsupported output format (use .png, .tif or .tiff)")
-    _atomic_write(path, data)
+    encoded = _encode(image, ".png" if suffix == ".png" else ".tif", str(path), reuse)
+    with naming_errors(path):
+        atomic_write_bytes(path, memoryview(encoded))  # no bytes copy of a large encoded image
     return path

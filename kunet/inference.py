@@ -19,6 +19,7 @@ validation during training and the exported SavedModel, where it runs inside the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ import tensorflow as tf
 
 from kunet.model import activation_bytes, layer_costs, layer_sizes, output_size, valid_input_size
 from kunet.postprocess import foreground_mask
-from kunet.preprocess import dtype_max, image_statistics, normalize
+from kunet.preprocess import dtype_max, image_statistics, normalize, streamed_image_statistics
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,20 @@ def plan_for_tile(image_hw, tile_hw, depth: int = 4, padding: str = "valid") -> 
     return TilePlan(tuple(tile_hw), out, stride, tiles, net_border(depth, padding))
 
 
+# Float32 values per strip pixel and channel held at once while a strip is predicted: the gathered input
+# rows, their normalised copy, the mirror-extended strip and its tiles (input channels), and the tiles'
+# probabilities through the stitching reshapes (classes). An estimate that keeps streaming within budget.
+STRIP_INPUT_COPIES, STRIP_OUTPUT_COPIES = 8, 4
+# Working memory of streamed prediction (tiles and strip buffers), whatever the image size.
+STREAMING_MEMORY_MB = 1024
+
+
+def strip_bytes(tile_height, strip_width: int, input_channels: int, num_classes: int):
+    """Rough memory of the buffers of one strip of ``tile_height`` input rows (see STRIP_INPUT_COPIES)."""
+    values_per_pixel = STRIP_INPUT_COPIES * input_channels + STRIP_OUTPUT_COPIES * num_classes
+    return tile_height * strip_width * values_per_pixel * 4
+
+
 def choose_tile(
     image_hw,
     depth: int = 4,
@@ -80,16 +95,28 @@ def choose_tile(
     variant: str = "paper",
     memory_budget_mb: float = 4096,
     batch_size: int = 1,
+    strip_width: int | None = None,
 ) -> TilePlan:
     """The input tile (height and width chosen separately) needing the fewest FLOPs for the whole image.
 
     Candidates run from the smallest valid tile up to one that covers the image in a single tile; those
-    whose activations for ``batch_size`` tiles exceed ``memory_budget_mb`` are skipped.
+    whose activations for ``batch_size`` tiles exceed ``memory_budget_mb`` are skipped. With
+    ``strip_width`` (streaming one row of tiles at a time) the budget also holds that strip's buffers.
     """
     period = 2**depth
     first = valid_input_size(period, depth, "valid")  # the smallest tile whose stride is positive
-    heights = np.arange(first, valid_input_size(image_hw[0], depth, "valid") + 1, period)
-    widths = np.arange(first, valid_input_size(image_hw[1], depth, "valid") + 1, period)
+    budget = memory_budget_mb * 1e6
+
+    def memory(heights, widths):
+        needed = batch_size * activation_bytes(heights, widths, base_filters, depth)
+        return needed + (strip_bytes(heights, strip_width, input_channels, num_classes) if strip_width else 0)
+
+    # Images smaller than one output tile still get the smallest tile (mirror extension fills it).
+    heights = np.arange(first, max(first, valid_input_size(image_hw[0], depth, "valid")) + 1, period)
+    widths = np.arange(first, max(first, valid_input_size(image_hw[1], depth, "valid")) + 1, period)
+    # Drop sizes over budget even beside the smallest other side: keeps the candidate grid small.
+    heights = heights[(memory(heights, first) <= budget) | (heights == first)]
+    widths = widths[(memory(first, widths) <= budget) | (widths == first)]
     # FLOPs(h, w) = sum_l cost_l * h_l(h) * w_l(w): one matrix product scores every candidate pair.
     costs = np.asarray(layer_costs(input_channels, num_classes, base_filters, depth, variant), np.float64)
     layer_h = np.array([layer_sizes(int(h), depth, "valid") for h in heights], np.float64)
@@ -99,8 +126,7 @@ def choose_tile(
     strides_w = (widths - 2 * net_border(depth, "valid")) // period * period
     tiles = np.ceil(image_hw[0] / strides_h)[:, None] * np.ceil(image_hw[1] / strides_w)[None, :]
     total = flops * tiles
-    memory = np.array([[activation_bytes(int(h), int(w), base_filters, depth) for w in widths] for h in heights])
-    total[batch_size * memory > memory_budget_mb * 1e6] = np.inf
+    total[memory(heights[:, None], widths[None, :]) > budget] = np.inf
     total[0, 0] = min(total[0, 0], flops[0, 0] * tiles[0, 0])  # the smallest tile is always allowed
     row, column = np.unravel_index(np.argmin(total), total.shape)
     return plan_for_tile(image_hw, (int(heights[row]), int(widths[column])), depth)
@@ -234,8 +260,19 @@ def decide(probabilities: np.ndarray, settings: InferenceSettings) -> np.ndarray
     so the curves and ``best.keras`` judge the masks users get."""
     if probabilities.shape[-1] != 2:
         return decide_classes(probabilities, settings.threshold)
-    mask = foreground_mask(probabilities[..., 1], settings.threshold, settings.postprocess, settings.seed_threshold)
+    return decide_foreground(probabilities[..., 1], settings)
+
+
+def decide_foreground(foreground: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+    """Class indices (0/1) of a binary net from p(foreground) [H, W] by the threshold and post-processing."""
+    mask = foreground_mask(foreground, settings.threshold, settings.postprocess, settings.seed_threshold)
     return mask.astype(np.uint8)
+
+
+def decided_per_pixel(settings: InferenceSettings, num_classes: int) -> bool:
+    """Whether each pixel's class depends on its own probabilities only (so strips can be decided alone);
+    the watershed's cuts depend on the whole map."""
+    return num_classes != 2 or settings.postprocess != "watershed"
 
 
 def decide_classes(probabilities: np.ndarray, threshold: float) -> np.ndarray:
@@ -253,8 +290,9 @@ class Predictor:
         settings: Normalisation and decision rule; defaults to the model's metadata.
         tile_size: Input tile side (valid for the net); 0 chooses per image (fewest FLOPs).
         batch_size: Tiles per model call.
-        memory_budget_mb: Bound for automatic tile sizes.
+        memory_budget_mb: Bound for automatic tile sizes (activations of ``batch_size`` tiles).
         test_time_mirroring: Average over the four flips (default: the settings').
+        streaming_memory_mb: Bound for tiles and strip buffers when streaming (:meth:`probability_strips`).
 
     Example:
         >>> predictor = Predictor(model)
@@ -269,8 +307,10 @@ class Predictor:
         batch_size: int = 1,
         memory_budget_mb: float = 4096,
         test_time_mirroring: bool | None = None,
+        streaming_memory_mb: float = STREAMING_MEMORY_MB,
     ):
         self.model = model
+        self.streaming_memory_mb = streaming_memory_mb
         self.settings = settings or InferenceSettings.from_metadata(getattr(model, "metadata", {}))
         self.tile_size = tile_size
         self.batch_size = batch_size
@@ -282,7 +322,8 @@ class Predictor:
         self.border = net_border(model.depth, model.padding)
         self._functions: dict = {}
 
-    def plan(self, image_hw) -> TilePlan:
+    def plan(self, image_hw, strip_width: int | None = None) -> TilePlan:
+        """The tiling of an image; with ``strip_width`` one that streams within ``streaming_memory_mb``."""
         if self.tile_size:
             return plan_for_tile(image_hw, (self.tile_size, self.tile_size), self.depth)
         return choose_tile(
@@ -292,8 +333,9 @@ class Predictor:
             self.model.input_channels,
             self.model.num_classes,
             self.model.variant,
-            self.memory_budget_mb,
+            self.streaming_memory_mb if strip_width else self.memory_budget_mb,
             self.batch_size,
+            strip_width,
         )
 
     def _function(self, plan: TilePlan, strip: bool = False):
@@ -336,26 +378,39 @@ class Predictor:
         plan = self.plan(prepared.shape[:2])
         return self._function(plan)(tf.constant(prepared)).numpy()
 
-    def probabilities_streaming(self, image: np.ndarray, out: np.ndarray | None = None, progress=None) -> np.ndarray:
-        """Like :meth:`probabilities`, one row of tiles at a time: memory bounded by a strip, not the image.
+    def probability_strips(self, image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Class probabilities one row of tiles at a time, top to bottom: ``(top row, [rows, W, K])``.
+
+        Memory is bounded by ``streaming_memory_mb`` (tiles and strip buffers), not by the image: the
+        whole-image statistics are computed a block at a time and each strip is normalised on its own
+        (with those statistics), so no float copy of the image is ever made. The concatenated strips equal
+        :meth:`probabilities` (to float tolerance).
 
         Args:
             image: Raw image [H, W] or [H, W, C] (may be a memory-mapped array).
-            out: Optional preallocated (e.g. memory-mapped) float32 array [H, W, K] to fill.
-            progress: Called once per tile row.
         """
-        unit = self._unit(image)
-        height, width = unit.shape[:2]
-        statistics = image_statistics(unit)
-        plan = self.plan((height, width))
+        height, width = image.shape[:2]
+        statistics = streamed_image_statistics(image, self._unit)
+        plan = self.plan((height, width), strip_width=width)
         function = self._function(plan, strip=True)
-        if out is None:
-            out = np.zeros((height, width, self.model.num_classes), np.float32)
         for top in range(0, height, plan.stride_hw[0]):
             rows = fold_indices(top - plan.border, plan.input_hw[0], height).numpy()
-            strip = normalize(unit[rows], self.settings.normalize, statistics)
+            strip = normalize(self._unit(image[rows]), self.settings.normalize, statistics)
             take = min(plan.stride_hw[0], height - top)
-            out[top : top + take] = function(tf.constant(strip)).numpy()[:take]
+            yield top, function(tf.constant(strip)).numpy()[:take]
+
+    def probabilities_streaming(self, image: np.ndarray, out: np.ndarray | None = None, progress=None) -> np.ndarray:
+        """:meth:`probability_strips` gathered into ``out`` (float32 [H, W, K], e.g. memory-mapped).
+
+        Args:
+            image: Raw image [H, W] or [H, W, C] (may be a memory-mapped array).
+            out: Optional preallocated array to fill; a new one otherwise.
+            progress: Called once per tile row.
+        """
+        if out is None:
+            out = np.zeros((*image.shape[:2], self.model.num_classes), np.float32)
+        for top, probabilities in self.probability_strips(image):
+            out[top : top + len(probabilities)] = probabilities
             if progress:
                 progress()
         return out

@@ -17,137 +17,24 @@ serve every valid input; :func:`output_size` and :func:`valid_input_size` do the
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import keras
 from keras import layers
 
+from kunet.sizes import (  # noqa: F401  (re-exported: the size arithmetic is part of the model's interface)
+    MAX_DEPTH,
+    PADDINGS,
+    check_depth,
+    nearest_valid_sizes,
+    output_size,
+    skip_crops,
+    smallest_valid_input,
+    valid_input_size,
+)
+from kunet.sizes import check_choice as _check_choice
+
 VARIANTS = ("paper", "release2015")
-PADDINGS = ("valid", "same")
 OUTPUTS = ("logits", "softmax")
 ACTIVATIONS = ("relu", "leaky_relu")
-
-# Each level applies two 3x3 convolutions; unpadded, each removes one pixel per side.
-_CONV_SHRINK_PER_LEVEL = 4
-
-
-def _trace_valid_size(input_size: int, depth: int) -> int | None:
-    """Follows one spatial dimension through the valid-padding net; None if some level does not fit."""
-    size = input_size
-    contracting_sizes = []
-    for _ in range(depth):
-        size -= _CONV_SHRINK_PER_LEVEL
-        if size <= 0 or size % 2:
-            return None
-        contracting_sizes.append(size)
-        size //= 2
-    size -= _CONV_SHRINK_PER_LEVEL
-    if size <= 0:
-        return None
-    for skip_size in reversed(contracting_sizes):
-        size = 2 * size
-        if size > skip_size:  # cannot happen for sizes that passed the contracting checks
-            return None
-        size -= _CONV_SHRINK_PER_LEVEL
-        if size <= 0:
-            return None
-    return size
-
-
-def skip_crops(depth: int = 4) -> list[int]:
-    """Pixels cropped from each side of each skip connection, shallowest level first.
-
-    Constant for every valid input size: (88, 40, 16, 4) at depth 4.
-    """
-    crops = []
-    deficit = 8  # the deepest skip is 8 px larger than the up-sampled map (2x the bottleneck's 2x2 shrink)
-    for _ in range(depth):
-        crops.append(deficit // 2)
-        deficit = 2 * deficit + 16
-    return list(reversed(crops))
-
-
-def _smallest_valid_input(depth: int) -> int:
-    size = 1
-    while _trace_valid_size(size, depth) is None:
-        size += 1
-    return size
-
-
-def nearest_valid_sizes(input_size: int, depth: int = 4, padding: str = "valid") -> tuple[int, int]:
-    """The closest valid input sizes at or below and at or above ``input_size``."""
-    period = 2**depth
-    first = _smallest_valid_input(depth) if padding == "valid" else period
-    if input_size <= first:
-        return first, first
-    below = first + ((input_size - first) // period) * period
-    above = below if below == input_size else below + period
-    return below, above
-
-
-def output_size(input_size: int, depth: int = 4, padding: str = "valid") -> int:
-    """Output size of the U-Net for one spatial dimension.
-
-    Args:
-        input_size: Input height or width in pixels.
-        depth: Number of pooling steps (4 in the paper).
-        padding: ``"valid"`` (the paper) or ``"same"``.
-
-    Returns:
-        The output size; ``input_size - 184`` for the paper's net (572 -> 388).
-
-    Raises:
-        ValueError: if the size does not fit the net, naming the nearest valid sizes.
-
-    Example:
-        >>> output_size(572)
-        388
-    """
-    _check_choice("padding", padding, PADDINGS)
-    if padding == "same":
-        if input_size > 0 and input_size % (2**depth) == 0:
-            return input_size
-    else:
-        result = _trace_valid_size(input_size, depth)
-        if result is not None:
-            return result
-    below, above = nearest_valid_sizes(input_size, depth, padding)
-    rule = (
-        f"valid inputs are {_smallest_valid_input(depth)} + {2**depth}k"
-        if padding == "valid"
-        else f"same-padding inputs must be positive multiples of {2**depth}"
-    )
-    raise ValueError(
-        f"input size {input_size} does not fit a depth-{depth} U-Net with {padding} padding ({rule}); "
-        f"nearest valid sizes: {below} and {above}"
-    )
-
-
-def valid_input_size(min_output: int, depth: int = 4, padding: str = "valid") -> int:
-    """Smallest valid input size whose output covers at least ``min_output`` pixels.
-
-    Example:
-        >>> valid_input_size(388)
-        572
-        >>> valid_input_size(512)
-        700
-    """
-    if min_output <= 0:
-        raise ValueError(f"min_output must be positive, got {min_output}")
-    _check_choice("padding", padding, PADDINGS)
-    if padding == "same":
-        period = 2**depth
-        return int(math.ceil(min_output / period)) * period
-    size = _smallest_valid_input(depth)
-    while output_size(size, depth, padding) < min_output:
-        size += 2**depth
-    return size
-
-
-def _check_choice(name: str, value, choices: Sequence) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 @keras.saving.register_keras_serializable(package="kunet")
@@ -200,8 +87,7 @@ class UNet(keras.Model):
         _check_choice("padding", padding, PADDINGS)
         _check_choice("output", output, OUTPUTS)
         _check_choice("activation", activation, ACTIVATIONS)
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+        check_depth(depth)
         if base_filters < 1 or input_channels < 1 or num_classes < 1:
             raise ValueError("base_filters, input_channels and num_classes must be positive")
         effective_dropout = 0.5 if dropout is None else float(dropout)
@@ -450,7 +336,7 @@ def forward_flops(
     return int(sum(c * h * w for c, h, w in zip(costs, heights, widths)))
 
 
-def activation_bytes(height: int, width: int, base_filters: int = 64, depth: int = 4, bytes_per_value: int = 4) -> int:
+def activation_bytes(height, width, base_filters: int = 64, depth: int = 4, bytes_per_value: int = 4):
     """Rough peak activation memory of one inference on a ``height`` x ``width`` tile.
 
     The skip connections stay alive until the expanding path consumes them; on top of those the two
@@ -458,9 +344,10 @@ def activation_bytes(height: int, width: int, base_filters: int = 64, depth: int
     """
     total, h, w = 0, height, width
     for level in range(depth):
-        total += h * w * base_filters * 2**level
+        total = total + h * w * base_filters * 2**level
         h, w = h // 2, w // 2
-    return int((total + 2 * height * width * base_filters) * bytes_per_value)
+    # Integers in, an integer out; NumPy arrays of sizes in, an array out (scores every tile at once).
+    return (total + 2 * height * width * base_filters) * bytes_per_value
 
 
 def build_unet(**kwargs) -> UNet:

@@ -38,6 +38,31 @@ def image_statistics(unit_image: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(max(values.std(), MIN_STD))
 
 
+def streamed_image_statistics(image: np.ndarray, to_unit, chunk_values: int = 2**22) -> tuple[float, float]:
+    """:func:`image_statistics` of ``to_unit(image)`` computed a block of rows at a time.
+
+    No float copy of the whole image is made, so a memory-mapped 20000 x 20000 image costs a few
+    megabytes. Blocks are merged with Chan et al.'s pairwise update of mean and squared deviations (in
+    float64, as exact as the whole-image computation to ~1e-12).
+
+    Args:
+        image: Raw image [H, W] or [H, W, C] (e.g. memory-mapped).
+        to_unit: Maps a block of raw rows to [0, 1] float values as the net sees them.
+        chunk_values: Values per block.
+    """
+    rows = max(1, chunk_values // max(1, image[:1].size))
+    count, mean, squared_deviations = 0, 0.0, 0.0
+    for top in range(0, image.shape[0], rows):
+        values = np.asarray(to_unit(image[top : top + rows]), np.float64)
+        block_mean = float(values.mean())
+        block_squared = float(np.square(values - block_mean).sum())
+        delta, total = block_mean - mean, count + values.size
+        mean += delta * values.size / total
+        squared_deviations += block_squared + delta * delta * count * values.size / total
+        count = total
+    return mean, float(max(np.sqrt(squared_deviations / count), MIN_STD))
+
+
 def normalize(unit_image: np.ndarray, mode: str, statistics: tuple[float, float] | None = None) -> np.ndarray:
     """Normalises a [0, 1] image for the net; ``statistics`` default to the image's own."""
     if mode not in NORMALIZATIONS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,17 @@ import keras
 import numpy as np
 
 from kunet import metrics
-from kunet.inference import InferenceSettings, Predictor, decide
+from kunet.inference import (
+    STREAMING_MEMORY_MB,
+    InferenceSettings,
+    Predictor,
+    decide,
+    decide_foreground,
+    decided_per_pixel,
+)
+from kunet.model import UNet, output_size
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 class ModelLoadError(ValueError):
@@ -33,6 +44,23 @@ def with_precision(model, precision: str):
     return clone
 
 
+def check_prediction_options(precision: str, tile_size: int, threshold: float | None) -> None:
+    """Raises ValueError naming the option for settings no model can use (checked before loading one)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if tile_size < 0:
+        raise ValueError(f"--tile-size must be 0 (automatic) or a tile side in pixels, got {tile_size}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
+
+
+def _check_tile_size(tile_size: int, model: UNet) -> None:
+    try:
+        output_size(tile_size, model.depth, model.padding)
+    except ValueError as error:
+        raise ValueError(f"--tile-size: {error}") from None
+
+
 def resolve_model_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
@@ -42,14 +70,85 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
             if (path / name).is_file():
                 return path / name
         raise ModelLoadError(f"{path}: neither a run directory with best.keras/last.keras nor a SavedModel")
-    if path.suffix == ".keras" and path.is_file():
-        return path
+    if path.is_file():
+        if path.suffix == ".keras":
+            return path
+        raise ModelLoadError(f"{path}: not a model kunet reads (a run directory, a .keras file or a SavedModel folder)")
     raise ModelLoadError(f"{path}: not found (expected a run directory, a .keras file or a SavedModel folder)")
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def load_unet(path: Path) -> UNet:
+    """A kunet U-Net from a ``.keras`` file, with an error naming the file for anything else.
+
+    Raises:
+        ModelLoadError: a truncated or corrupted file, a zip that is no Keras model, or a Keras model that
+            kunet did not make (e.g. a plain ``keras.Sequential``).
+    """
+    with open(path, "rb") as stream:  # an unreadable file fails here, naming itself, not as "truncated"
+        is_zip = zipfile.is_zipfile(stream)
+    if not is_zip:
+        raise ModelLoadError(f"{path}: not a .keras model archive (the file is truncated or of another kind)")
+    with zipfile.ZipFile(path) as archive:
+        missing = sorted({"config.json", "model.weights.h5"} - set(archive.namelist()))
+    if missing:
+        raise ModelLoadError(f"{path}: a zip archive but no Keras model (no {' or '.join(missing)} inside)")
+    try:
+        model = keras.models.load_model(path)
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise ModelLoadError(f"{path}: cannot load the model, the file is damaged ({_first_line(error)})") from None
+    if not isinstance(model, UNet):
+        raise ModelLoadError(
+            f"{path}: a Keras {type(model).__name__}, not a kunet U-Net; predict needs a model made by kunet fit"
+        )
+    return model
+
+
+def read_export_info(path: Path) -> tuple[InferenceSettings, int, int]:
+    """The decision rule, input channels and net depth from an export's ``assets.extra/kunet.json``."""
+    info_path = path / "assets.extra" / "kunet.json"
+    if not info_path.is_file():
+        raise ModelLoadError(f"{path}: a SavedModel but not a kunet export (no assets.extra/kunet.json)")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        return (
+            InferenceSettings.from_metadata(info["inference"]),
+            int(info["input"]["channels"]),
+            int(info["model"]["depth"]),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        detail = f"no {error} entry" if isinstance(error, KeyError) else _first_line(error)
+        raise ModelLoadError(f"{info_path}: damaged export description ({detail})") from None
+
+
+def load_saved_model(path: Path):
+    """The serving SavedModel, with an error naming the folder when TensorFlow cannot load it."""
+    import tensorflow as tf
+
+    try:
+        saved_model = tf.saved_model.load(str(path))
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, ValueError, OSError, ...
+        raise ModelLoadError(f"{path}: cannot load the SavedModel, it is damaged ({_first_line(error)})") from None
+    if "serving_default" not in saved_model.signatures:
+        raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature")
+    return saved_model
+
+
+def _exhaust(iterator) -> None:
+    for _ in iterator:
+        pass
 
 
 @dataclass
 class Segmentation:
-    probabilities: np.ndarray  # float32 [H, W, K]
+    probabilities: np.ndarray | None  # float32 [H, W, K]; None when streamed to a file
     classes: np.ndarray  # uint8 [H, W] class indices
     label_values: np.ndarray  # [H, W] in the dataset's own label values (e.g. 0/255)
     instances: np.ndarray | None  # int32 [H, W] for instance pipelines
@@ -80,25 +179,25 @@ class Segmenter:
         threshold: float | None = None,
         batch_size: int = 1,
         memory_budget_mb: float = 4096,
+        streaming_memory_mb: float = STREAMING_MEMORY_MB,
     ):
+        check_prediction_options(precision, tile_size, threshold)
         self.path = resolve_model_path(model_path)
         self.saved_model = None
         if self.path.suffix == ".keras":
-            try:
-                model = keras.models.load_model(self.path)
-            except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
-                raise ModelLoadError(f"{self.path}: cannot load the model ({error})") from None
+            model = load_unet(self.path)
+            if tile_size:
+                _check_tile_size(tile_size, model)
             self.model = with_precision(model, precision)
             self.settings = InferenceSettings.from_metadata(getattr(model, "metadata", {}))
             self.predictor = Predictor(
-                self.model, self.settings, tile_size, batch_size, memory_budget_mb, test_time_mirroring
-            )
+                self.model, self.settings, tile_size, batch_size, memory_budget_mb, test_time_mirroring,
+                streaming_memory_mb,
+            )  # fmt: skip
+            self.input_channels, self.depth = model.input_channels, model.depth
         else:
-            import tensorflow as tf
-
-            self.saved_model = tf.saved_model.load(str(self.path))
-            info = json.loads((self.path / "assets.extra" / "kunet.json").read_text())
-            self.settings = InferenceSettings.from_metadata(info["inference"])
+            self.settings, self.input_channels, self.depth = read_export_info(self.path)
+            self.saved_model = load_saved_model(self.path)
             self.model = None
             self.predictor = None
         if threshold is not None:
@@ -124,6 +223,42 @@ class Segmenter:
         probabilities = self.probabilities(image, streaming)
         classes = self.decide(probabilities)
         return Segmentation(probabilities, classes, self.label_values(classes), self.instances(classes))
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`segment_streaming` is available: Keras models; an export's graph takes whole images."""
+        return self.predictor is not None
+
+    def segment_streaming(self, image: np.ndarray, consume_probabilities=None) -> Segmentation:
+        """:meth:`segment` one row of tiles at a time, for images too large to hold their probabilities.
+
+        Per-pixel rules (threshold, argmax) decide each strip as it comes. The watershed cuts depend on the
+        whole map, so for it p(foreground) is kept (4 bytes per pixel) and decided at the end, at the
+        watershed's own cost (tens of bytes per pixel in TensorFlow).
+
+        Args:
+            image: Raw image [H, W] or [H, W, C].
+            consume_probabilities: Called once with an iterator over the probability strips [rows, W, K]
+                (top to bottom), e.g. a file writer; None discards them.
+
+        Returns:
+            The segmentation without ``probabilities`` (None).
+        """
+        height, width = image.shape[:2]
+        per_pixel = decided_per_pixel(self.settings, self.num_classes)
+        decided = np.zeros((height, width), np.uint8) if per_pixel else np.zeros((height, width), np.float32)
+
+        def strips():
+            for top, probabilities in self.predictor.probability_strips(image):
+                rows = slice(top, top + len(probabilities))
+                decided[rows] = self.decide(probabilities) if per_pixel else probabilities[..., 1]
+                yield probabilities
+
+        stream = strips()
+        (consume_probabilities or _exhaust)(stream)
+        _exhaust(stream)  # a consumer that stopped early must not leave rows undecided
+        classes = decided if per_pixel else decide_foreground(decided, self.settings)
+        return Segmentation(None, classes, self.label_values(classes), self.instances(classes))
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices: the threshold (and post-processing) for two classes, the argmax otherwise."""

@@ -15,12 +15,48 @@ OUTLINE_COLOUR = (255, 64, 32)  # RGB
 PREDICTION_COLOUR = (40, 220, 255)
 
 
-def to_display(image: np.ndarray) -> np.ndarray:
-    """Any image (uint8/uint16/float, gray or RGB) as uint8 RGB stretched to its 0.5-99.5 % range."""
+DISPLAY_PERCENTILES = (0.5, 99.5)
+# Large images are counted and drawn in blocks of rows of about this many pixels, so they never get a float
+# copy of themselves (an overlay block's float temporaries are some 40 bytes per pixel).
+_BLOCK_PIXELS = 2**20
+
+
+def _block_rows(image: np.ndarray) -> int:
+    return max(1, _BLOCK_PIXELS // max(1, image.shape[1]))
+
+
+def display_range(image: np.ndarray) -> tuple[float, float]:
+    """The 0.5 and 99.5 percentiles of an image's values (as ``np.percentile``, linear interpolation).
+
+    8- and 16-bit images are counted in a histogram a block of rows at a time (exact, no float copy).
+    """
+    if image.size == 0:
+        return 0.0, 1.0
+    if image.dtype not in (np.uint8, np.uint16):
+        low, high = np.percentile(image.astype(np.float32), DISPLAY_PERCENTILES)
+        return float(low), float(high)
+    counts = np.zeros(np.iinfo(image.dtype).max + 1, np.int64)
+    rows = _block_rows(image)
+    for top in range(0, image.shape[0], rows):
+        counts += np.bincount(image[top : top + rows].ravel(), minlength=counts.size)
+    cumulative = np.cumsum(counts)
+    values = []
+    for percentile in DISPLAY_PERCENTILES:
+        position = percentile / 100 * (cumulative[-1] - 1)
+        below = int(np.floor(position))
+        # The k-th smallest value (0-based) is the first whose cumulative count exceeds k.
+        low, high = np.searchsorted(cumulative, [below, min(below + 1, cumulative[-1] - 1)], side="right")
+        values.append(float(low + (position - below) * (high - low)))
+    return values[0], values[1]
+
+
+def to_display(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Any image (uint8/uint16/float, gray or RGB) as uint8 RGB stretched to ``value_range``
+    (default: its :func:`display_range`)."""
+    low, high = display_range(image) if value_range is None else value_range
     array = image.astype(np.float32)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    low, high = np.percentile(array, [0.5, 99.5]) if array.size else (0.0, 1.0)
     scaled = np.clip((array - low) / max(high - low, 1e-6), 0, 1)
     gray = (scaled * 255).astype(np.uint8)
     return np.stack([gray] * 3, axis=-1) if gray.ndim == 2 else gray
@@ -44,8 +80,26 @@ def overlay_outlines(image: np.ndarray, labels: np.ndarray, colour=OUTLINE_COLOU
 
 
 def overlay_prediction(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """Predicted foreground tinted, its outline in cyan and (if given) the true outline in red."""
-    canvas = to_display(image).astype(np.float32)
+    """Predicted foreground tinted, its outline in cyan and (if given) the true outline in red.
+
+    Drawn a block of rows at a time (with one row of context for the outlines), so the memory beyond the
+    uint8 RGB result does not grow with the image.
+    """
+    value_range = display_range(image)
+    height, rows = image.shape[0], _block_rows(image)
+    canvas = np.empty((height, image.shape[1], 3), np.uint8)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        context = slice(max(top - 1, 0), min(bottom + 1, height))
+        block = _overlay_block(
+            image[context], predicted[context], None if truth is None else truth[context], value_range
+        )
+        canvas[top:bottom] = block[top - context.start : bottom - context.start]
+    return canvas
+
+
+def _overlay_block(image, predicted, truth, value_range) -> np.ndarray:
+    canvas = to_display(image, value_range).astype(np.float32)
     tint = np.array(PREDICTION_COLOUR, np.float32)
     mask = predicted > 0
     canvas[mask] = 0.75 * canvas[mask] + 0.25 * tint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cv2
+import numpy as np
 from conftest import REPO_ROOT
 from kunet_cli.main import app
 from typer.testing import CliRunner
@@ -64,8 +65,13 @@ def test_predict_and_evaluate_leave_mirroring_to_the_model_unless_told(tmp_path,
 
     monkeypatch.setattr(kunet.segmenter, "Segmenter", Recorder)
     toml = REPO_ROOT / "pipelines" / "isbi2012.toml"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(b"")  # predict checks the model path and inputs before loading
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.zeros((32, 32), np.uint8))
     for flags, expected in (([], None), (["--mirror"], True), (["--no-mirror"], False)):
-        runner.invoke(app, ["predict", str(tmp_path), str(tmp_path), *flags])
+        runner.invoke(app, ["predict", str(run), str(image), "--out", str(tmp_path / "out"), *flags])
         assert seen.pop() is expected
-        runner.invoke(app, ["evaluate", str(tmp_path), str(toml), *flags])
+        runner.invoke(app, ["evaluate", str(run), str(toml), *flags])
         assert seen.pop() is expected
