@@ -14,9 +14,6 @@ import typer
 DEBUG_VARIABLE = "KUNET_DEBUG"
 _MAX_MESSAGE_CHARS = 400
 _MEMORY_HINT = "free memory, or use smaller tiles (predict --tile-size, train.tile_size) or batches"
-# Libraries whose own errors (beyond OSError and OpError) mean a file they read is damaged: TensorFlow's
-# checkpoint reader raises IndexError for a truncated checkpoint, h5py KeyError for a damaged weights file.
-_FILE_READERS = ("tensorflow", "keras", "h5py")
 # TensorFlow wraps op errors in "{{function_node ...}} message [Op:Name]"; only the message helps a user.
 _TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]")
 
@@ -47,15 +44,6 @@ def _tensorflow_op_error(error: BaseException) -> bool:
     return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
 
 
-def _raised_inside(error: BaseException, packages: tuple[str, ...]) -> bool:
-    """Whether the innermost frame of ``error``'s traceback lies in one of ``packages``."""
-    traceback = error.__traceback__
-    while traceback is not None and traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    filename = traceback.tb_frame.f_code.co_filename if traceback is not None else ""
-    return any(f"{os.sep}{package}{os.sep}" in filename for package in packages)
-
-
 def describe_user_error(error: BaseException) -> str | None:
     """The one-line message for an error caused by the input or the machine; None for a genuine bug."""
     if isinstance(error, ValueError):  # the library's ConfigError, ImageReadError, ModelLoadError, ...
@@ -70,13 +58,6 @@ def describe_user_error(error: BaseException) -> str | None:
         if type(error).__name__ == "ResourceExhaustedError":
             return one_line(message) + f" ({_MEMORY_HINT})"
         return one_line(message)
-    if isinstance(error, KeyError):  # a lookup in a run's config.json, a manifest or an export's kunet.json
-        return one_line(
-            f"missing entry {error}: a kunet file (config.json, manifest.json, kunet.json) is damaged, edited by "
-            f"hand or from another kunet version ({DEBUG_VARIABLE}=1 shows which)"
-        )
-    if _raised_inside(error, _FILE_READERS):  # e.g. IndexError "Read less bytes than requested"
-        return one_line(f"{type(error).__name__} while reading a file: {error} (is it truncated or damaged?)")
     return None
 
 

@@ -55,6 +55,7 @@ from kunet.weightmap import class_balance_weights, weight_map
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("counts", "image", "labels", "shards", "sources")  # what readers look up
 SPLITS = ("train", "val")
 
 
@@ -367,11 +368,16 @@ def read_manifest(records_dir: str | os.PathLike) -> dict:
     if not tf.io.gfile.exists(path):
         raise RecordsError(f"{records_dir}: no {MANIFEST} (not a kunet records folder, or an unfinished one)")
     with tf.io.gfile.GFile(path, "r") as stream:
-        manifest = json.loads(stream.read())
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise RecordsError(
-            f"{path}: records schema version {manifest.get('schema_version')}, this kunet reads {SCHEMA_VERSION}"
-        )
+        try:
+            manifest = json.loads(stream.read())
+        except ValueError as error:
+            raise RecordsError(f"{path}: damaged manifest, not JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise RecordsError(f"{path}: records schema version {version}, this kunet reads {SCHEMA_VERSION}")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise RecordsError(f"{path}: damaged manifest, missing {', '.join(missing)}")
     return manifest
 
 

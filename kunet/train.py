@@ -348,8 +348,12 @@ def load_run_config(run_dir: str | os.PathLike) -> tuple[PipelineConfig, Path]:
     paths = RunPaths(Path(run_dir))
     if not paths.config.is_file():
         raise RunError(f"{run_dir}: not a kunet run (no config.json)")
-    saved = json.loads(paths.config.read_text())
-    return pipeline_from_dict(saved["pipeline"], saved.get("base_dir", ".")), Path(saved["records"])
+    try:
+        saved = json.loads(paths.config.read_text())
+        pipeline, records = saved["pipeline"], saved["records"]
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, or an entry missing
+        raise RunError(f"{paths.config}: damaged or not a kunet run configuration ({error!r})") from None
+    return pipeline_from_dict(pipeline, saved.get("base_dir", "."), where=str(paths.config)), Path(records)
 
 
 def _busy(root: Path, error: LockHeldError) -> RunError:
