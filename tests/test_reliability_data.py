@@ -263,7 +263,7 @@ def test_cli_synth_overwrite_of_the_working_directory_refuses_before_generating(
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "SYNTHETIC.json").write_text("{}")  # even a kunet marker deeper down does not matter
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(synthetic, "make_em_sample", _never)
+    monkeypatch.setattr(synthetic.datasets, "make_em_sample", _never)
     result = CliRunner().invoke(app, ["synth", "em", "--out", ".", "--count", "2", "--size", "32", "--overwrite"])
     assert result.exit_code == 2 and _one_error_line(result.output, "working directory"), result.output
     assert _tree(tmp_path) == {"paper.tex": b"draft", "data/SYNTHETIC.json": b"{}"}
@@ -274,7 +274,7 @@ _WRITE_THEN_DIE = """
 import os, signal, sys
 from kunet import synthetic
 
-real_write, calls = synthetic._write, []
+real_write, calls = synthetic.datasets._write, []
 
 def write_then_die(path, image):
     calls.append(path)
@@ -282,7 +282,7 @@ def write_then_die(path, image):
         os.kill(os.getpid(), signal.SIGKILL)
     real_write(path, image)
 
-synthetic._write = write_then_die
+synthetic.datasets._write = write_then_die
 synthetic.write_em_dataset(sys.argv[1], count=4, size=32)
 """
 
