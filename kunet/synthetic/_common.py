@@ -62,5 +62,14 @@ def _boundaries(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
+def _ramp(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A linear ramp in a random direction: 0 at the image centre, about -0.5 to 0.5 across the longer side
+    (uneven illumination)."""
+    height, width = shape
+    ys, xs = np.indices(shape, dtype=np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    return (math.cos(angle) * (xs - width / 2) + math.sin(angle) * (ys - height / 2)) / max(height, width)
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)

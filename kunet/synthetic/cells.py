@@ -12,7 +12,7 @@ import math
 import cv2
 import numpy as np
 
-from kunet.synthetic._common import Seed, Size, _boundaries, _shape, _smooth_noise, _to_uint8, _warp
+from kunet.synthetic._common import Seed, Size, _boundaries, _ramp, _shape, _smooth_noise, _to_uint8, _warp
 
 
 def _place_cells(
@@ -220,7 +220,7 @@ def _optical_path_length(
 def _dic_image(rng: np.random.Generator, opl: np.ndarray) -> np.ndarray:
     """DIC rendering: the derivative of the (optically blurred) path length along the shear direction,
     a little absorption, uneven illumination, background texture and camera noise."""
-    height, width = shape = opl.shape
+    shape = opl.shape
     opl = cv2.GaussianBlur(opl, (0, 0), 1.3)
     shear = math.radians(rng.uniform(115.0, 155.0))
     gx = cv2.Sobel(opl, cv2.CV_32F, 1, 0, ksize=3) / 8.0
@@ -228,9 +228,7 @@ def _dic_image(rng: np.random.Generator, opl: np.ndarray) -> np.ndarray:
     relief = math.cos(shear) * gx - math.sin(shear) * gy
     image = rng.uniform(105.0, 130.0) + rng.uniform(300.0, 420.0) * relief - rng.uniform(10.0, 16.0) * opl
     image += 2.0 * _smooth_noise(rng, shape, 6.0)
-    ys, xs = np.indices(shape, dtype=np.float32)
-    angle = rng.uniform(0, 2 * math.pi)
-    ramp = (math.cos(angle) * (xs - width / 2) + math.sin(angle) * (ys - height / 2)) / max(height, width)
+    ramp = _ramp(rng, shape)
     image *= 1.0 + 0.05 * _smooth_noise(rng, shape, 250.0) + rng.uniform(0.0, 0.12) * ramp
     image += rng.normal(0.0, rng.uniform(2.0, 3.5), size=shape).astype(np.float32)
     return _to_uint8(image)

@@ -15,7 +15,7 @@ from typing import Literal, overload
 import cv2
 import numpy as np
 
-from kunet.synthetic._common import Seed, Size, _boundaries, _shape, _smooth_noise, _to_uint8, _warp
+from kunet.synthetic._common import Seed, Size, _boundaries, _ramp, _shape, _smooth_noise, _to_uint8, _warp
 
 MEMBRANE = 0
 INTERIOR = 255
@@ -118,30 +118,44 @@ def _em_membranes(rng: np.random.Generator, cells: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx((~membrane).astype(np.uint8), cv2.MORPH_OPEN, disc) == 0
 
 
-def _em_organelles(rng: np.random.Generator, membrane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dark intracellular structures: (darkness in [0, 1] float32, blob mask bool), never on membranes."""
-    height, width = membrane.shape
-    darkness = np.zeros((height, width), dtype=np.float32)
-    clearance = _distance_to(membrane)
-    area_factor = height * width / 512.0**2
+class _Interior:
+    """The cells' interiors as the organelle painters see them: a darkness map to draw into, every pixel's
+    distance to the nearest membrane, and random interior points."""
 
-    def place(extent: float) -> tuple[int, int] | None:
+    def __init__(self, rng: np.random.Generator, membrane: np.ndarray):
+        self.rng = rng
+        self.height, self.width = membrane.shape
+        self.darkness = np.zeros((self.height, self.width), dtype=np.float32)
+        self.clearance = _distance_to(membrane)
+        self.area_factor = self.height * self.width / 512.0**2
+
+    def count(self, per_512_squared: float) -> int:
+        """A Poisson number of structures, ``per_512_squared`` of them on average in a 512 x 512 image."""
+        return self.rng.poisson(per_512_squared * self.area_factor)
+
+    def place(self, extent: float) -> tuple[int, int] | None:
         """A random interior point at least ``extent`` + 3 px from every membrane (a few tries)."""
         for _ in range(20):
-            y, x = int(rng.integers(0, height)), int(rng.integers(0, width))
-            if clearance[y, x] > extent + 3.0:
+            y, x = int(self.rng.integers(0, self.height)), int(self.rng.integers(0, self.width))
+            if self.clearance[y, x] > extent + 3.0:
                 return x, y
         return None
 
-    # Mitochondria: dark-rimmed ellipses with cristae across the short axis.
-    for _ in range(rng.poisson(12 * area_factor)):
+    def contains(self, x: int, y: int) -> bool:
+        return 0 <= x < self.width and 0 <= y < self.height
+
+
+def _mitochondria(interior: _Interior) -> None:
+    """Dark-rimmed ellipses with cristae across the short axis."""
+    rng, darkness = interior.rng, interior.darkness
+    for _ in range(interior.count(12)):
         a, b = rng.uniform(10.0, 28.0), rng.uniform(6.0, 13.0)
-        centre = place(b + 1.0)
+        centre = interior.place(b + 1.0)
         if centre is None:
             continue
         angle = rng.uniform(0, 180)
         # Shorten the long axis so that the ellipse stays inside its cell.
-        a = min(a, max(b, float(clearance[centre[1], centre[0]]) - 3.0))
+        a = min(a, max(b, float(interior.clearance[centre[1], centre[0]]) - 3.0))
         axes = (int(a), int(b))
         cv2.ellipse(darkness, centre, axes, angle, 0, 360, float(rng.uniform(0.25, 0.45)), -1)
         cv2.ellipse(darkness, centre, axes, angle, 0, 360, float(rng.uniform(0.5, 0.7)), 2)
@@ -158,30 +172,39 @@ def _em_organelles(rng: np.random.Generator, membrane: np.ndarray) -> tuple[np.n
                 1,
             )
 
-    # Vesicle clusters: small dark rings with lighter centres.
-    for _ in range(rng.poisson(8 * area_factor)):
+
+def _vesicle_clusters(interior: _Interior) -> None:
+    """Small dark rings with lighter centres, in clusters."""
+    rng, darkness = interior.rng, interior.darkness
+    for _ in range(interior.count(8)):
         spread = rng.uniform(8.0, 20.0)
-        centre = place(spread * 0.5)
+        centre = interior.place(spread * 0.5)
         if centre is None:
             continue
         ring = float(rng.uniform(0.35, 0.55))
         for _ in range(rng.integers(4, 16)):
             x, y = (np.asarray(centre) + rng.normal(0.0, spread * 0.5, size=2)).astype(int)
             radius = int(rng.integers(2, 5))
-            if 0 <= x < width and 0 <= y < height and clearance[y, x] > radius + 2:
+            if interior.contains(x, y) and interior.clearance[y, x] > radius + 2:
                 cv2.circle(darkness, (int(x), int(y)), radius, 0.08, -1)
                 cv2.circle(darkness, (int(x), int(y)), radius, ring, 1)
 
-    # Dense granules: small, very dark dots.
-    for _ in range(rng.poisson(30 * area_factor)):
-        radius = float(rng.uniform(1.5, 3.5))
-        centre = place(radius)
-        if centre is not None:
-            cv2.circle(darkness, centre, int(round(radius)), float(rng.uniform(0.5, 0.75)), -1)
 
-    # ER strands: short, curved dark lines that look like a piece of membrane when seen up close.
-    for _ in range(rng.poisson(16 * area_factor)):
-        start = place(4.0)
+def _dense_granules(interior: _Interior) -> None:
+    """Small, very dark dots."""
+    rng = interior.rng
+    for _ in range(interior.count(30)):
+        radius = float(rng.uniform(1.5, 3.5))
+        centre = interior.place(radius)
+        if centre is not None:
+            cv2.circle(interior.darkness, centre, int(round(radius)), float(rng.uniform(0.5, 0.75)), -1)
+
+
+def _er_strands(interior: _Interior) -> None:
+    """Short, curved dark lines that look like a piece of membrane when seen up close."""
+    rng = interior.rng
+    for _ in range(interior.count(16)):
+        start = interior.place(4.0)
         if start is None:
             continue
         heading, points = rng.uniform(0, 2 * math.pi), [np.asarray(start, dtype=np.float64)]
@@ -189,27 +212,38 @@ def _em_organelles(rng: np.random.Generator, membrane: np.ndarray) -> tuple[np.n
             heading += rng.normal(0.0, 0.35)
             step = points[-1] + rng.uniform(5.0, 9.0) * np.array([math.cos(heading), math.sin(heading)])
             x, y = int(step[0]), int(step[1])
-            if not (0 <= x < width and 0 <= y < height) or clearance[y, x] < 6.0:
+            if not interior.contains(x, y) or interior.clearance[y, x] < 6.0:
                 break
             points.append(step)
         if len(points) >= 3:
             cv2.polylines(
-                darkness,
+                interior.darkness,
                 [np.asarray(points, dtype=np.int32)],
                 False,
                 float(rng.uniform(0.35, 0.6)),
                 int(rng.integers(2, 4)),
             )
 
+
+def _speckle(interior: _Interior, blobs: np.ndarray) -> None:
+    """Tiny dark particles (ribosomes, glycogen): part of the cytoplasm's grainy texture, too small and faint
+    to count as blobs."""
+    rng = interior.rng
+    for _ in range(interior.count(500)):
+        x, y = int(rng.integers(0, interior.width)), int(rng.integers(0, interior.height))
+        if interior.clearance[y, x] > 3.0 and not blobs[y, x]:
+            cv2.circle(interior.darkness, (x, y), int(rng.integers(1, 3)), float(rng.uniform(0.15, 0.35)), -1)
+
+
+def _em_organelles(rng: np.random.Generator, membrane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dark intracellular structures: (darkness in [0, 1] float32, blob mask bool), never on membranes."""
+    interior = _Interior(rng, membrane)
+    for paint in (_mitochondria, _vesicle_clusters, _dense_granules, _er_strands):
+        paint(interior)
+    darkness = interior.darkness
     darkness[membrane] = 0.0
     blobs = darkness > 0.0
-
-    # Speckle of tiny dark particles (ribosomes, glycogen): part of the cytoplasm's grainy texture, too
-    # small and faint to count as blobs.
-    for _ in range(rng.poisson(500 * area_factor)):
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        if clearance[y, x] > 3.0 and not blobs[y, x]:
-            cv2.circle(darkness, (x, y), int(rng.integers(1, 3)), float(rng.uniform(0.15, 0.35)), -1)
+    _speckle(interior, blobs)
     darkness[membrane] = 0.0
     return darkness, blobs
 
@@ -240,7 +274,6 @@ def make_em_sample(size: Size = 512, rng: Seed = None, *, return_parts: bool = F
     """
     rng = np.random.default_rng(rng)
     shape = _shape(size)
-    height, width = shape
 
     cells = _em_tessellation(rng, shape)
     membrane = _em_membranes(rng, cells)
@@ -265,9 +298,7 @@ def make_em_sample(size: Size = 512, rng: Seed = None, *, return_parts: bool = F
 
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(1.0, 1.6))
     # Uneven section thickness / illumination: a smooth multiplicative field and a linear ramp.
-    ys, xs = np.indices(shape, dtype=np.float32)
-    angle = rng.uniform(0, 2 * math.pi)
-    ramp = (math.cos(angle) * (xs - width / 2) + math.sin(angle) * (ys - height / 2)) / max(height, width)
+    ramp = _ramp(rng, shape)
     image *= 1.0 + 0.12 * _smooth_noise(rng, shape, 200.0) + rng.uniform(0.0, 0.35) * ramp
     image = 255.0 * (rng.uniform(-0.12, 0.02) + rng.uniform(0.85, 1.05) * image)
     image += rng.normal(0.0, rng.uniform(4.0, 9.0), size=shape).astype(np.float32)
