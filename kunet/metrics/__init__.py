@@ -19,14 +19,16 @@ a few milliseconds.
 
 One module per family of scores, re-exported here: :mod:`~kunet.metrics.pixels` (pixel error, IoU,
 Dice), :mod:`~kunet.metrics.rand` (Rand errors), :mod:`~kunet.metrics.warping` (warping error),
-:mod:`~kunet.metrics.instances` (components, SEG) and :mod:`~kunet.metrics.scores` (all of them for one
-binary prediction); ``_common`` holds the input checks and the contingency table. A new family (such as the
-ISBI 2012 leaderboard's scores) is a new module here whose public names this package re-exports.
+:mod:`~kunet.metrics.instances` (components, label boundaries, SEG) and :mod:`~kunet.metrics.scores` (all
+of them for one binary prediction); ``_common`` holds the input checks and the contingency table. A new
+family (such as the ISBI 2012 leaderboard's scores) is a new module here whose public names this package
+re-exports.
 """
 
 from kunet.metrics.instances import (
     grow_segments,
     instances_from_foreground,
+    label_boundaries,
     seg_measure,
     seg_per_object,
     segments_from_foreground,
@@ -47,6 +49,7 @@ __all__ = [
     "segments_from_foreground",
     "grow_segments",
     "instances_from_foreground",
+    "label_boundaries",
     "warp_towards",
     "topological_errors",
     "warping_error",

@@ -1,4 +1,5 @@
-"""Objects of label images: segments and instances from binary masks, and the Cell Tracking Challenge SEG."""
+"""Objects of label images: segments and instances from binary masks, the boundaries between labels, and the
+Cell Tracking Challenge SEG."""
 
 from __future__ import annotations
 
@@ -79,6 +80,27 @@ def instances_from_foreground(foreground_mask: ArrayLike, min_size: int = 0, con
     relabel = np.zeros(count, dtype=np.int32)
     relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return relabel[labels]
+
+
+def label_boundaries(labels: ArrayLike) -> np.ndarray:
+    """Pixels with a 4-neighbour of another label: both sides of every border between two labels (class
+    or instance ids; a boolean mask gives the pixels on either side of its outline).
+
+    Args:
+        labels: 2-D label image of any dtype.
+
+    Returns:
+        bool mask of the same shape.
+    """
+    labels = np.asarray(labels)
+    edge = np.zeros(labels.shape, dtype=bool)
+    horizontal = labels[:, 1:] != labels[:, :-1]
+    vertical = labels[1:, :] != labels[:-1, :]
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    return edge
 
 
 def seg_per_object(prediction_instances: ArrayLike, truth_instances: ArrayLike) -> dict[int, float]:

@@ -80,11 +80,7 @@ def dice_per_class(
 ) -> np.ndarray:
     """Dice coefficient 2 |P ∩ T| / (|P| + |T|) of every class (Dice 1945, Ecology 26:297).
 
-    Args:
-        prediction_classes: Integer class image, values in [0, num_classes).
-        truth_classes: Integer class image of the same shape.
-        num_classes: Number of classes.
-        ignore: Optional boolean mask, True = pixel left out.
+    Arguments as for :func:`iou_per_class`.
 
     Returns:
         float64 array [num_classes]; NaN for a class absent from both prediction and truth.

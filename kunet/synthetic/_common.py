@@ -50,18 +50,6 @@ def _warp(image: np.ndarray, rng: np.random.Generator, bends: Sequence[tuple[flo
     return cv2.remap(image, xs, ys, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
 
 
-def _boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels with a 4-neighbour of another label (both sides of every border are marked)."""
-    edge = np.zeros(labels.shape, dtype=bool)
-    horizontal = labels[:, 1:] != labels[:, :-1]
-    vertical = labels[1:, :] != labels[:-1, :]
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    edge[1:, :] |= vertical
-    edge[:-1, :] |= vertical
-    return edge
-
-
 def _ramp(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """A linear ramp in a random direction: 0 at the image centre, about -0.5 to 0.5 across the longer side
     (uneven illumination)."""

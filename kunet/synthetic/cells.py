@@ -12,7 +12,8 @@ import math
 import cv2
 import numpy as np
 
-from kunet.synthetic._common import Seed, Size, _boundaries, _ramp, _shape, _smooth_noise, _to_uint8, _warp
+from kunet.metrics import label_boundaries
+from kunet.synthetic._common import Seed, Size, _ramp, _shape, _smooth_noise, _to_uint8, _warp
 
 
 def _place_cells(
@@ -199,14 +200,14 @@ def _optical_path_length(
             cv2.circle(granules, (int(x), int(y)), max(1, int(round(rng.uniform(1.2, 2.8)))), float(amplitude), -1)
     opl += cv2.GaussianBlur(nuclei, (0, 0), 2.0) + granules * foreground
 
-    contact = _boundaries(instances) & (cv2.erode(foreground.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    contact = label_boundaries(instances) & (cv2.erode(foreground.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     groove = cv2.GaussianBlur(contact.astype(np.float32), (0, 0), 1.2)
     opl -= rng.uniform(0.06, 0.15) * groove / max(float(groove.max()), 1e-6)
     opl += foreground * (0.04 * _smooth_noise(rng, shape, 3.0) + 0.05 * _smooth_noise(rng, shape, 12.0))
 
     # Filopodia just outside the outline, pointing away from the cell (not in the mask, as in the real
     # annotations).
-    outline = np.argwhere(_boundaries(foreground) & ~foreground)
+    outline = np.argwhere(label_boundaries(foreground) & ~foreground)
     if len(outline):
         for y, x in outline[rng.integers(0, len(outline), size=int(rng.integers(20, 60)))]:
             nearest = centres[np.argmin(np.hypot(centres[:, 0] - y, centres[:, 1] - x))]

@@ -15,7 +15,8 @@ from typing import Literal, overload
 import cv2
 import numpy as np
 
-from kunet.synthetic._common import Seed, Size, _boundaries, _ramp, _shape, _smooth_noise, _to_uint8, _warp
+from kunet.metrics import label_boundaries
+from kunet.synthetic._common import Seed, Size, _ramp, _shape, _smooth_noise, _to_uint8, _warp
 
 MEMBRANE = 0
 INTERIOR = 255
@@ -98,7 +99,7 @@ def _em_tessellation(rng: np.random.Generator, shape: tuple[int, int]) -> np.nda
 
 def _em_membranes(rng: np.random.Generator, cells: np.ndarray) -> np.ndarray:
     """Membrane mask: the tessellation's borders thickened to about 2-8 px, thickness varying smoothly."""
-    boundary = _boundaries(cells)
+    boundary = label_boundaries(cells)
     if not boundary.any():  # a tiny image inside a single cell
         return boundary
     distance = _distance_to(boundary)
