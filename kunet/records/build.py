@@ -191,6 +191,60 @@ def _write_shards(
     return shard_list, sources
 
 
+def _encoder(
+    config: PipelineConfig, splits: dict[str, str], summary: FrameSummary, params, class_weights: np.ndarray
+) -> Callable[[Frame], EncodedFrame]:
+    """Pass 2's work on one frame: interpret its label again, compute its weight map, encode the example."""
+
+    def encode(frame: Frame) -> EncodedFrame:
+        image, label, labelled = _interpret(frame, config)
+        summary.check_bit_depth(frame, image, label)  # a file replaced since pass 1
+        weights = weight_map(labelled.classes, labelled.objects, labelled.num_objects, params, class_weights)
+        example = encode_example(frame, splits[frame.frame_id], image, label, labelled.classes, weights)
+        return EncodedFrame(frame, splits[frame.frame_id], example, label.shape[0], label.shape[1])
+
+    return encode
+
+
+def _manifest(
+    config: PipelineConfig,
+    summary: FrameSummary,
+    params,
+    class_weights: np.ndarray,
+    split_sizes: dict[str, int],
+    shard_list: list[dict],
+    source_list: list[dict],
+) -> dict:
+    """The manifest of a build whose shards are written (``created`` is now)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": config.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "kunet_version": kunet.__version__,
+        "counts": split_sizes,
+        "image": {"dtype": summary.image_dtype, "channels": summary.channels},
+        "labels": {
+            "kind": config.labels.kind,
+            "dtype": summary.label_dtype,
+            "class_names": list(config.labels.class_names),
+            "class_values": config.labels.class_values(),
+        },
+        "class_pixel_counts": {"all": summary.class_counts.tolist(), "train": summary.train_counts.tolist()},
+        "class_frequencies": (summary.train_counts / max(summary.train_counts.sum(), 1)).tolist(),
+        "weight_map": {
+            "preset": params.preset,
+            "w0": params.w0,
+            "sigma": params.sigma,
+            "sigma_factor": params.sigma_factor,
+            "class_weights": [float(w) for w in class_weights],
+            "border_term_on": "background pixels",
+        },
+        "shards": shard_list,
+        "sources": source_list,
+        "pipeline": config.to_dict(),
+    }
+
+
 def build_records(
     config: PipelineConfig,
     out: Path | None = None,
@@ -229,47 +283,14 @@ def build_records(
     progress_factory = progress_factory or (lambda description, total: None)
     summary = check_frames(frames, splits, config, workers, progress_factory("checking labels", len(frames)))
     class_weights = _class_weights(config, params, summary.train_counts)
-
-    def encode(frame: Frame) -> EncodedFrame:
-        image, label, labelled = _interpret(frame, config)
-        summary.check_bit_depth(frame, image, label)  # a file replaced since pass 1
-        weights = weight_map(labelled.classes, labelled.objects, labelled.num_objects, params, class_weights)
-        example = encode_example(frame, splits[frame.frame_id], image, label, labelled.classes, weights)
-        return EncodedFrame(frame, splits[frame.frame_id], example, label.shape[0], label.shape[1])
-
+    encode = _encoder(config, splits, summary, params, class_weights)
     split_sizes = {split: sum(1 for s in splits.values() if s == split) for split in SPLITS}
     with building_directory(out) as temporary:
         shard_list, source_list = _write_shards(
             temporary, _ordered_map(encode, frames, workers), split_sizes, shards,
             progress_factory("writing records", len(frames)),
         )  # fmt: skip
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": config.name,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "kunet_version": kunet.__version__,
-            "counts": split_sizes,
-            "image": {"dtype": summary.image_dtype, "channels": summary.channels},
-            "labels": {
-                "kind": config.labels.kind,
-                "dtype": summary.label_dtype,
-                "class_names": list(config.labels.class_names),
-                "class_values": config.labels.class_values(),
-            },
-            "class_pixel_counts": {"all": summary.class_counts.tolist(), "train": summary.train_counts.tolist()},
-            "class_frequencies": (summary.train_counts / max(summary.train_counts.sum(), 1)).tolist(),
-            "weight_map": {
-                "preset": params.preset,
-                "w0": params.w0,
-                "sigma": params.sigma,
-                "sigma_factor": params.sigma_factor,
-                "class_weights": [float(w) for w in class_weights],
-                "border_term_on": "background pixels",
-            },
-            "shards": shard_list,
-            "sources": source_list,
-            "pipeline": config.to_dict(),
-        }
+        manifest = _manifest(config, summary, params, class_weights, split_sizes, shard_list, source_list)
         (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2))
         commit_directory(temporary, out, overwrite, [MANIFEST], protected)
     return manifest

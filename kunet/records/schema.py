@@ -40,36 +40,51 @@ class RecordsError(ValueError):
     """Records that cannot be built or read; the message names the file or folder."""
 
 
-def _bytes_feature(value: bytes):
+# The features of one example and their types: the table above, for encode_example and parse_example.
+_FEATURES = {
+    "image/png": "bytes",
+    "image/height": "int64",
+    "image/width": "int64",
+    "image/channels": "int64",
+    "label/png": "bytes",
+    "classes/png": "bytes",
+    "weight/f16": "bytes",
+    "frame/id": "bytes",
+    "frame/split": "bytes",
+    "source/image": "bytes",
+    "source/label": "bytes",
+    "source/page": "int64",
+}
+
+
+def _feature(kind: str, value):
     import tensorflow as tf
 
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int_feature(value: int):
-    import tensorflow as tf
-
+    if kind == "bytes":
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
 def encode_example(frame: Frame, split: str, image, label, classes, weights) -> bytes:
+    """One frame as a serialised ``tf.train.Example`` (image [H, W, C], raw label, class map, weight map)."""
     import tensorflow as tf
 
     height, width = label.shape
-    features = {
-        "image/png": _bytes_feature(encode_png(image)),
-        "image/height": _int_feature(height),
-        "image/width": _int_feature(width),
-        "image/channels": _int_feature(image.shape[2]),
-        "label/png": _bytes_feature(encode_png(label)),
-        "classes/png": _bytes_feature(encode_png(classes)),
-        "weight/f16": _bytes_feature(weights.astype("<f2").tobytes()),
-        "frame/id": _bytes_feature(frame.frame_id.encode()),
-        "frame/split": _bytes_feature(split.encode()),
-        "source/image": _bytes_feature(str(frame.image_path).encode()),
-        "source/label": _bytes_feature(str(frame.label_path).encode()),
-        "source/page": _int_feature(frame.page),
+    values = {
+        "image/png": encode_png(image),
+        "image/height": height,
+        "image/width": width,
+        "image/channels": image.shape[2],
+        "label/png": encode_png(label),
+        "classes/png": encode_png(classes),
+        "weight/f16": weights.astype("<f2").tobytes(),
+        "frame/id": frame.frame_id.encode(),
+        "frame/split": split.encode(),
+        "source/image": str(frame.image_path).encode(),
+        "source/label": str(frame.label_path).encode(),
+        "source/page": frame.page,
     }
+    features = {key: _feature(_FEATURES[key], value) for key, value in values.items()}
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
@@ -87,20 +102,8 @@ def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1) -> 
     """Parses one serialised example into decoded tensors (image, label, classes, weight, ids)."""
     import tensorflow as tf
 
-    spec = {
-        "image/png": tf.io.FixedLenFeature([], tf.string),
-        "image/height": tf.io.FixedLenFeature([], tf.int64),
-        "image/width": tf.io.FixedLenFeature([], tf.int64),
-        "image/channels": tf.io.FixedLenFeature([], tf.int64),
-        "label/png": tf.io.FixedLenFeature([], tf.string),
-        "classes/png": tf.io.FixedLenFeature([], tf.string),
-        "weight/f16": tf.io.FixedLenFeature([], tf.string),
-        "frame/id": tf.io.FixedLenFeature([], tf.string),
-        "frame/split": tf.io.FixedLenFeature([], tf.string),
-        "source/image": tf.io.FixedLenFeature([], tf.string),
-        "source/label": tf.io.FixedLenFeature([], tf.string),
-        "source/page": tf.io.FixedLenFeature([], tf.int64),
-    }
+    types = {"bytes": tf.string, "int64": tf.int64}
+    spec = {key: tf.io.FixedLenFeature([], types[kind]) for key, kind in _FEATURES.items()}
     parsed = tf.io.parse_single_example(serialized, spec)
     height, width = tf.cast(parsed["image/height"], tf.int32), tf.cast(parsed["image/width"], tf.int32)
     image = tf.io.decode_png(parsed["image/png"], channels=channels, dtype=tf.as_dtype(image_dtype))
