@@ -62,13 +62,17 @@ def interpolate_nodes(nodes, size: int):
         raise ValueError(f"nodes must be [B, P, P, 2] with a static P, got {nodes.shape}")
     matrix = tf.constant(cubic_interpolation_matrix(points, size), tf.float32)  # [T, P]
     channels_first = tf.transpose(nodes, [0, 3, 1, 2])  # [B, 2, P, P]
-    field = _interpolate_channels_first(channels_first, matrix)  # [B, 2, T, T]
+    field = _sandwich(channels_first, matrix)  # [B, 2, T, T]
     return tf.transpose(field, [0, 2, 3, 1])
 
 
-def _interpolate_channels_first(nodes, matrix):
-    """[B, 2, P, P] -> [B, 2, T, T] as two small matmuls: M @ G @ M^T."""
-    rows = tf.einsum("bckl,jl->bckj", nodes, matrix)  # [B, 2, P, T]
+def _sandwich(grid, matrix):
+    """M @ G @ M^T per sample and channel as two small matmuls: G [B, 2, K, K], M [T, K] -> [B, 2, T, T].
+
+    Interpolates node displacements here, and composes the whole coordinate map in
+    :func:`kunet.augment.geometry._coordinates`.
+    """
+    rows = tf.einsum("bckl,jl->bckj", grid, matrix)  # [B, 2, K, T]
     return tf.einsum("ik,bckj->bcij", matrix, rows)  # [B, 2, T, T]
 
 

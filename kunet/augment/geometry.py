@@ -10,7 +10,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from kunet.augment.elastic import cubic_interpolation_matrix, elastic_nodes
+from kunet.augment.elastic import _sandwich, cubic_interpolation_matrix, elastic_nodes
 from kunet.augment.params import AugmentParams, _check_tiles
 from kunet.augment.streams import (
     _STREAM_FOREGROUND,
@@ -120,8 +120,7 @@ def _coordinates(uniforms, nodes, fg_centres, image_sizes, params: AugmentParams
     # The origin (up to the image size) is added in float32 outside the matmul: GPUs may run matmuls in
     # TF32 (11 significant bits); inside, only offsets (exact half-integers below 1024), A and the
     # elastic nodes pass through it, so TF32 merely rounds A and the node values slightly.
-    rows = tf.einsum("bckl,jl->bckj", coefficients, basis)  # [B, 2, K, T]
-    relative = tf.einsum("ik,bckj->bcij", basis, rows)  # [B, 2, T, T]
+    relative = _sandwich(coefficients, basis)  # [B, 2, T, T]
     return relative[:, 0] + origin[:, 0, None, None], relative[:, 1] + origin[:, 1, None, None]
 
 
