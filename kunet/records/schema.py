@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from kunet.errors import KunetError
 from kunet.imageio import encode_png
 from kunet.sources import Frame
 
@@ -36,7 +37,7 @@ MANIFEST_KEYS = ("counts", "image", "labels", "shards", "sources")  # what reade
 SPLITS = ("train", "val")
 
 
-class RecordsError(ValueError):
+class RecordsError(KunetError):
     """Records that cannot be built or read; the message names the file or folder."""
 
 
