@@ -16,7 +16,6 @@ import tensorflow as tf
 from kunet.export import ExportError, export, training_provenance
 from kunet.segmenter import Segmenter
 from kunet.serving.check import check
-from kunet.train import Trainer
 
 _LOAD_AND_PREDICT = r"""
 import json, sys
@@ -33,12 +32,10 @@ print(json.dumps({k: list(v.shape) for k, v in out.items()}))
 """
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_records, tmp_path_factory):
-    config, records = tiny_records
-    run = tmp_path_factory.mktemp("export") / "run"
-    Trainer(config, run, records, log=lambda *a, **k: None).fit(steps=12)
-    return run
+@pytest.fixture
+def trained_run(trained_tiny_run):
+    """The session's tiny trained run (read only: tests that change it copy it first)."""
+    return trained_tiny_run
 
 
 @pytest.mark.parametrize("source", ["isbi slice", "300x517", "96x96"])
@@ -161,6 +158,7 @@ def test_an_interrupted_export_leaves_no_half_written_version(trained_run, tmp_p
     assert [p.name for p in (tmp_path / "tiny").iterdir()] == []
 
 
+@pytest.mark.slow
 def test_check_validates_an_export_in_a_fresh_process(trained_run, tmp_path):
     version_dir = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
     report = check(version_dir, log=lambda *a: None)
@@ -173,6 +171,7 @@ def test_check_validates_an_export_in_a_fresh_process(trained_run, tmp_path):
         check(broken, log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_stored_threshold_and_watershed_travel_into_the_export(trained_run, tmp_path):
     from kunet.tune import store_settings
 
