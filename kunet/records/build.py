@@ -26,7 +26,7 @@ from kunet._fs import building_directory, check_output, commit_directory, sweep_
 from kunet.config import PipelineConfig
 from kunet.records.schema import MANIFEST, SCHEMA_VERSION, SPLITS, RecordsError, _sha256, encode_example
 from kunet.sources import Frame, interpret_label, list_frames
-from kunet.weightmap import class_balance_weights, weight_map
+from kunet.weightmap import class_weights_for, weight_map
 
 
 @dataclass
@@ -139,19 +139,6 @@ def source_paths(config: PipelineConfig) -> list[Path]:
     if source.kind == "ctc":
         return [config.path(source.root)]
     return [config.path(source.images), config.path(source.labels)]
-
-
-def _class_weights(config: PipelineConfig, params, train_counts: np.ndarray) -> np.ndarray:
-    """w_c of eq. 2: as configured, ones without a preset, or balancing the training class frequencies."""
-    if params.class_weights:
-        if len(params.class_weights) != config.labels.num_classes:
-            raise RecordsError(
-                f"weights.class_weights has {len(params.class_weights)} values for {config.labels.num_classes} classes"
-            )
-        return np.asarray(params.class_weights, dtype=np.float64)
-    if params.preset == "none":
-        return np.ones(config.labels.num_classes)
-    return class_balance_weights(train_counts)
 
 
 def _write_shards(
@@ -282,7 +269,7 @@ def build_records(
     params = config.weights.resolved()
     progress_factory = progress_factory or (lambda description, total: None)
     summary = check_frames(frames, splits, config, workers, progress_factory("checking labels", len(frames)))
-    class_weights = _class_weights(config, params, summary.train_counts)
+    class_weights = class_weights_for(config.weights, summary.train_counts, config.labels.num_classes)
     encode = _encoder(config, splits, summary, params, class_weights)
     split_sizes = {split: sum(1 for s in splits.values() if s == split) for split in SPLITS}
     with building_directory(out) as temporary:
