@@ -193,3 +193,33 @@ def test_stored_threshold_and_watershed_travel_into_the_export(trained_run, tmp_
     reference = Segmenter(run).segment(image)
     decided = np.abs(reference.probabilities[..., 1] - 0.4) > 1e-4
     np.testing.assert_array_equal(served["classes"].numpy()[0][decided], reference.classes[decided])
+
+
+def test_predict_feeds_a_three_channel_export_three_channels(tmp_path):
+    """An RGB model exported and given a gray or a color image by ``kunet predict``: the export's kunet.json
+    says 3 channels, the image is given 3, and the masks equal the .keras model's."""
+    from helpers import tiny_pipeline_dict
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
+    from kunet.builders import build_model
+    from kunet.config import pipeline_from_dict
+
+    settings = tiny_pipeline_dict()
+    settings["image"] = {"channels": 3}
+    model = build_model(pipeline_from_dict(settings, base_dir=tmp_path))
+    model.save(tmp_path / "rgb.keras")
+    version_dir = export(tmp_path / "rgb.keras", "rgb", tmp_path / "saved", log=lambda *a: None)
+    assert Segmenter(version_dir).input_channels == 3
+    rng = np.random.default_rng(5)
+    color = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "color.png"), color)
+    cv2.imwrite(str(tmp_path / "gray.png"), color[..., 0])
+    for model_path, out in ((version_dir, "served"), (tmp_path / "rgb.keras", "keras")):
+        inputs = [str(tmp_path / "color.png"), str(tmp_path / "gray.png")]
+        result = CliRunner().invoke(app, ["predict", str(model_path), *inputs, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    for name in ("color_mask.png", "gray_mask.png"):
+        served = cv2.imread(str(tmp_path / "served" / name), cv2.IMREAD_UNCHANGED)
+        assert served.shape == (70, 90)
+        np.testing.assert_array_equal(served, cv2.imread(str(tmp_path / "keras" / name), cv2.IMREAD_UNCHANGED))

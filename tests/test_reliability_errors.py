@@ -106,6 +106,15 @@ def test_genuine_bugs_keep_their_traceback_and_kunet_debug_shows_every_traceback
     assert isinstance(runner.invoke(app_, ["disk"]).exception, OSError)
 
 
+def test_the_debug_flag_shows_the_traceback_of_a_user_error(tmp_path, monkeypatch):
+    from kunet.errors import KunetError
+
+    monkeypatch.setenv("KUNET_DEBUG", "0")  # restored after the test: --debug sets it for the process
+    assert runner.invoke(app, ["fit", str(tmp_path), "--dry-run"]).exit_code == 2
+    debugged = runner.invoke(app, ["--debug", "fit", str(tmp_path), "--dry-run"])
+    assert isinstance(debugged.exception, KunetError) and str(tmp_path) in str(debugged.exception)
+
+
 def test_a_folder_or_a_binary_file_as_the_pipeline_is_named(tmp_path):
     folder = _one_red_line(runner.invoke(app, ["fit", str(tmp_path), "--dry-run"]))
     assert str(tmp_path) in folder and "is a folder" in folder
