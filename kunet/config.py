@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from kunet.errors import ConfigError, KunetError  # noqa: F401  (ConfigError: kunet.config's public name)
+from kunet.errors import ConfigError  # noqa: F401  (kunet.config.ConfigError stays importable)
 from kunet.pipeline_checks import validate
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from kunet.toml_tables import (  # noqa: F401  (apply_overrides: kunet.config's public name)
+    apply_overrides,
+    dataclass_from_table,
+    is_internal,
+    read_toml,
+)
 
 
 @dataclass
@@ -286,102 +285,6 @@ class PipelineConfig:
         return data
 
 
-def _is_internal(f: dataclasses.Field) -> bool:
-    return bool(f.metadata.get("internal"))
-
-
-def _optional_of(target_type: Any) -> Any:
-    """``T`` for a field typed ``T | None``, else None."""
-    arguments = getattr(target_type, "__args__", ())
-    if isinstance(target_type, types.UnionType) and len(arguments) == 2 and type(None) in arguments:
-        return next(argument for argument in arguments if argument is not type(None))
-    return None
-
-
-def _coerce(value: Any, target_type: Any, where: str) -> Any:
-    """Checks and converts one TOML value to the dataclass field type."""
-    origin = getattr(target_type, "__origin__", None)
-    optional = _optional_of(target_type)
-    if optional is not None:
-        return None if value is None else _coerce(value, optional, where)
-    if target_type is bool:
-        if isinstance(value, bool):
-            return value
-    elif target_type is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif target_type is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif target_type is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list:
-        (item_type,) = target_type.__args__
-        if isinstance(value, list):
-            return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-    else:  # pragma: no cover - every field type is covered above
-        return value
-    type_name = getattr(target_type, "__name__", str(target_type))
-    raise ConfigError(f"{where}: expected {type_name}, got {value!r}")
-
-
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {data!r}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not _is_internal(f)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            where_key = f"{where}: unknown key" if where else "unknown key"
-            raise ConfigError(f"{where_key} {key!r} (known: {', '.join(sorted(fields))})")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}" if where else key)
-        else:
-            kwargs[key] = _coerce(value, hint, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
-
-
-def _parse_override_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # bare words are strings: --set train.optimizer=adam
-
-
-def apply_overrides(data: dict, overrides: list[str], where: str = "override") -> dict:
-    """Applies ``section.key=value`` strings (TOML values; bare words are strings) to a raw TOML dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{where} {item!r}: expected section.key=value")
-        dotted, text = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{where} {item!r}: {key!r} is not a section")
-        node[keys[-1]] = _parse_override_value(text.strip())
-    return data
-
-
-def _read_toml(path: Path) -> dict:
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder; give the pipeline's .toml file (e.g. pipelines/isbi2012.toml)")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the pipeline file ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; a pipeline is a TOML text file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-
-
 def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
     """Reads a pipeline TOML file and applies ``section.key=value`` overrides.
 
@@ -393,10 +296,10 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
         ConfigError: unreadable TOML, unknown keys or wrong types; the message names the file.
     """
     path = Path(path)
-    raw = _read_toml(path)
+    raw = read_toml(path)
     apply_overrides(raw, list(overrides or []), where=f"{path}: override")
     try:
-        config = _build(PipelineConfig, raw, "")
+        config = dataclass_from_table(PipelineConfig, raw, "")
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     config.config_path = str(path)
@@ -416,7 +319,7 @@ def pipeline_from_dict(data: dict, base_dir: str | os.PathLike = ".", where: str
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table of pipeline settings, got {type(data).__name__}")
     try:
-        config = _build(PipelineConfig, dict(data), "")
+        config = dataclass_from_table(PipelineConfig, dict(data), "")
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
     config.base_dir = str(Path(base_dir).resolve())
