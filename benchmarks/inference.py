@@ -27,9 +27,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kunet.inference import Predictor, choose_tile  # noqa: E402
-from kunet.model import UNet, forward_flops  # noqa: E402
+from kunet.model import UNet  # noqa: E402
 from kunet.preprocess import image_statistics, normalize  # noqa: E402
 from kunet.segmenter import with_precision  # noqa: E402
+from kunet.sizes import forward_flops  # noqa: E402
 
 
 def naive_predict(model, image: np.ndarray) -> np.ndarray:

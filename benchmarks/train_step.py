@@ -30,8 +30,9 @@ import tensorflow as tf  # noqa: E402
 
 from kunet.config import pipeline_from_dict  # noqa: E402
 from kunet.losses import segmentation_loss  # noqa: E402
-from kunet.model import UNet, forward_flops  # noqa: E402
+from kunet.model import UNet  # noqa: E402
 from kunet.pipeline import training_dataset  # noqa: E402
+from kunet.sizes import forward_flops  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import typer
 
@@ -28,8 +29,15 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of every error, not one line (same as KUNET_DEBUG=1)."
+    ),
 ):
     """kunet command line."""
+    from .common import DEBUG_VARIABLE
+
+    if debug:  # the environment, so that worker processes kunet starts show tracebacks too
+        os.environ[DEBUG_VARIABLE] = "1"
 
 
 @app.command()

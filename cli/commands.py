@@ -103,8 +103,10 @@ def fit(
     set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
 ):
     """Train a U-Net with the paper's weighted loss (checkpointed, resumable)."""
-    from kunet.train import Trainer, load_run_config, make_strategy
-    from kunet.train import dry_run as check_pipeline
+    from kunet.builders import dry_run as check_pipeline
+    from kunet.builders import make_strategy
+    from kunet.runs import load_run_config
+    from kunet.train import Trainer
 
     overrides = list(set_)
     if precision:
@@ -152,7 +154,9 @@ def predict(
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
     from kunet.predict_files import plan_predictions, predict_planned
-    from kunet.segmenter import Segmenter, check_prediction_options, resolve_model_path
+    from kunet.runs import resolve_model_path
+    from kunet.segmenter import Segmenter, check_prediction_options
+    from kunet.tiling import TilingOptions
 
     with user_errors():
         # Everything that needs no model is checked first: a bad option or output folder costs no model load.
@@ -161,7 +165,7 @@ def predict(
         plan = plan_predictions(inputs, out, mask_format, probabilities, overlays)
         for path in plan.skipped:
             typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
-        segmenter = Segmenter(model, precision, tile_size, mirror, threshold)
+        segmenter = Segmenter(model, precision, TilingOptions(tile_size=tile_size), mirror, threshold)
         with progress_bars() as factory:
             written = predict_planned(segmenter, plan, progress=factory("predicting", len(plan.images)))
     typer.echo(f"wrote outputs for {len(written)} image(s) to {out}")
@@ -197,7 +201,7 @@ def evaluate(
         records = records or config.records_dir()
         if verify_records:
             check_shards(records, [split], checksums=True)
-        segmenter = Segmenter(model, precision, 0, mirror, threshold)
+        segmenter = Segmenter(model, precision, None, mirror, threshold)
         default_out = (model if model.is_dir() else model.parent) / f"eval-{split}"
         with progress_bars() as factory:
             from kunet.records import read_manifest
@@ -283,6 +287,7 @@ def export(
     """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one."""
     from kunet import export as export_lib
     from kunet.serving.signatures import ServingLimits
+    from kunet.tiling import TilingOptions
 
     with user_errors():
         if check is not None:
@@ -294,7 +299,8 @@ def export(
         if model is None:
             fail("give a run directory or .keras file to export, or --check EXPORT_DIR")
         limits = ServingLimits(max_pixels=max_pixels, max_batch=max_batch)
-        export_lib.export(model, name, base_dir, version, tile_size, precision, log=typer.echo, limits=limits)
+        export_lib.export(model, name, base_dir, version, TilingOptions(tile_size=tile_size), precision,
+                          log=typer.echo, limits=limits)  # fmt: skip
 
 
 @app.command()

@@ -46,7 +46,9 @@ def _tensorflow_op_error(error: BaseException) -> bool:
 
 def describe_user_error(error: BaseException) -> str | None:
     """The one-line message for an error caused by the input or the machine; None for a genuine bug."""
-    if isinstance(error, ValueError):  # the library's ConfigError, ImageReadError, ModelLoadError, ...
+    from kunet.errors import KunetError
+
+    if isinstance(error, KunetError):  # ConfigError, RecordsError, ImageReadError, ModelLoadError, ...
         return one_line(str(error))
     if isinstance(error, OSError):
         return one_line(describe_os_error(error))

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from kunet.augment import AugmentParams, coordinate_maps, gray_value_variation, warp
+from kunet.metrics import label_boundaries
 
 BOUNDARY_BGR = (40, 40, 255)
 GRID_BGR = (255, 220, 0)
@@ -33,18 +34,6 @@ def grid_image(height: int, width: int, spacing: int = 32, thickness: int = 2) -
     rows = (np.arange(height) % spacing) < thickness
     cols = (np.arange(width) % spacing) < thickness
     return (rows[:, None] | cols[None, :]).astype(np.float32)
-
-
-def class_boundaries(classes: np.ndarray) -> np.ndarray:
-    """[h, w] bool: pixels whose class differs from a 4-neighbour."""
-    edge = np.zeros(classes.shape, bool)
-    horizontal = classes[:, 1:] != classes[:, :-1]
-    vertical = classes[1:, :] != classes[:-1, :]
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    edge[1:, :] |= vertical
-    edge[:-1, :] |= vertical
-    return edge
 
 
 def _to_unit(image: np.ndarray) -> np.ndarray:
@@ -82,7 +71,7 @@ def _panel(image, grid, classes, weight, weight_max, input_tile, output_tile, ca
     canvas = canvas.astype(np.uint8)
     start = (input_tile - output_tile) // 2
     window = canvas[start : start + output_tile, start : start + output_tile]
-    window[class_boundaries(classes)] = BOUNDARY_BGR
+    window[label_boundaries(classes)] = BOUNDARY_BGR
     cv2.rectangle(canvas, (start - 1, start - 1), (start + output_tile, start + output_tile), FRAME_BGR, 1)
     parts = [np.full((CAPTION_HEIGHT, input_tile, 3), 255, np.uint8), canvas]
     cv2.putText(parts[0], caption, (4, CAPTION_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
@@ -131,33 +120,19 @@ def write_augmentation_grid(
     original = _tiles(image_unit, classes, weight, grid, AugmentParams.disabled(), input_tile, output_tile, seeds[:1])
     augmented = _tiles(image_unit, classes, weight, grid, params, input_tile, output_tile, seeds)
     weight_max = float(weight.max()) if weight is not None and weight.max() > 0 else 1.0
-    panels = [
-        _panel(
-            original[0][0],
-            original[1][0],
-            original[2][0],
-            None if weight is None else original[3][0],
-            weight_max,
-            input_tile,
-            output_tile,
-            "original",
-        )
-    ]
-    for i in range(count):
-        panels.append(
-            _panel(
-                augmented[0][i],
-                augmented[1][i],
-                augmented[2][i],
-                None if weight is None else augmented[3][i],
-                weight_max,
-                input_tile,
-                output_tile,
-                f"seed ({seed}, {i})",
-            )
-        )
+
+    def panel(tiles, index: int, title: str) -> np.ndarray:
+        tile_weight = None if weight is None else tiles[3][index]
+        return _panel(tiles[0][index], tiles[1][index], tiles[2][index], tile_weight, weight_max, input_tile,
+                      output_tile, title)  # fmt: skip
+
+    panels = [panel(original, 0, "original")] + [panel(augmented, i, f"seed ({seed}, {i})") for i in range(count)]
+    return _write_sheet(path, panels)
+
+
+def _write_sheet(path, panels: list[np.ndarray], gap: int = 8) -> Path:
+    """The panels in a near-square grid on white, written as a PNG."""
     columns = math.ceil(math.sqrt(len(panels)))
-    gap = 8
     height, width = panels[0].shape[:2]
     rows = math.ceil(len(panels) / columns)
     sheet = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)

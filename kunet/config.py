@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A pipeline file or override that cannot be used; the message names the file and the key."""
+from kunet.errors import ConfigError  # noqa: F401  (kunet.config.ConfigError stays importable)
+from kunet.pipeline_checks import validate
+from kunet.toml_tables import (  # noqa: F401  (apply_overrides: kunet.config's public name)
+    apply_overrides,
+    dataclass_from_table,
+    is_internal,
+    read_toml,
+)
 
 
 @dataclass
@@ -78,28 +77,36 @@ class LabelConfig:
 class WeightMapConfig:
     """Paper eq. 2: w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (sigma_factor * sigma^2)).
 
-    ``preset``: ``"paper"`` (w0 10, sigma 5, factor 2, w_c balancing class frequencies), ``"falk2019"``
-    (w0 50, sigma 6, factor 1, w_c = 0.1 background / 1 foreground), ``"none"`` (all ones) or ``"custom"``
-    (the fields below as given). ``class_weights`` empty means "balance the measured class frequencies".
+    ``preset`` names an entry of :data:`kunet.weightmap.WEIGHT_PRESETS` (``"paper"``: w0 10, sigma 5, factor 2,
+    w_c balancing class frequencies; ``"falk2019"``: w0 50, sigma 6, factor 1, w_c 0.1 / 1; ``"none"``: all
+    ones). Each of ``w0``, ``sigma``, ``sigma_factor`` and ``class_weights`` that is set overrides the preset's
+    value; unset (``None``, or an empty list) it is the preset's.
     """
 
     preset: str = "paper"
-    w0: float = 10.0
-    sigma: float = 5.0
-    sigma_factor: float = 2.0
+    w0: float | None = None
+    sigma: float | None = None
+    sigma_factor: float | None = None
     class_weights: list[float] = field(default_factory=list)
 
     def resolved(self) -> WeightMapConfig:
-        """The effective parameters after applying ``preset``."""
-        if self.preset == "paper":
-            return WeightMapConfig("paper", 10.0, 5.0, 2.0, list(self.class_weights))
-        if self.preset == "falk2019":
-            return WeightMapConfig("falk2019", 50.0, 6.0, 1.0, list(self.class_weights) or [0.1, 1.0])
-        if self.preset == "none":
-            return WeightMapConfig("none", 0.0, 1.0, 2.0, list(self.class_weights) or [])
-        if self.preset == "custom":
-            return dataclasses.replace(self)
-        raise ConfigError(f"weights.preset must be paper, falk2019, none or custom, got {self.preset!r}")
+        """The effective parameters: the preset's, overridden by every field that is set.
+
+        ``class_weights`` stays empty where the preset computes them from the data (see
+        :func:`kunet.weightmap.class_weights_for`).
+        """
+        from kunet.weightmap import WEIGHT_PRESETS
+
+        if self.preset not in WEIGHT_PRESETS:
+            raise ConfigError(f"weights.preset must be one of {sorted(WEIGHT_PRESETS)}, got {self.preset!r}")
+        preset = WEIGHT_PRESETS[self.preset]
+        return WeightMapConfig(
+            self.preset,
+            preset.w0 if self.w0 is None else self.w0,
+            preset.sigma if self.sigma is None else self.sigma,
+            preset.sigma_factor if self.sigma_factor is None else self.sigma_factor,
+            list(self.class_weights) or list(preset.fixed_class_weights),
+        )
 
 
 @dataclass
@@ -139,10 +146,19 @@ class ModelConfig:
 
 
 @dataclass
-class AugmentConfig:
-    """The paper's augmentation, composed into one coordinate map per tile (see ``kunet.augment``)."""
+class AugmentSettings:
+    """The paper's augmentation, composed into one coordinate map per tile (``kunet.augment``, whose
+    ``AugmentParams`` are these settings, checked).
 
-    on: str = "auto"
+    ``elastic_points`` x ``elastic_points`` grid nodes over the input tile with N(0, ``elastic_sigma``)
+    displacements (pixels); ``rotation_degrees``: uniform angle in +-that; ``shift``: tile centre uniform
+    over the image (else the image centre); ``flip``: the 8 dihedral symmetries; ``scale_range``: isotropic
+    scale in [1 - r, 1 + r]; gray values in [0, 1] intensity space: ``brightness`` shift U(-b, b),
+    ``contrast`` factor U(1 - c, 1 + c) about the tile mean, ``gamma`` exponent exp(U(-g, g)), additive
+    Gaussian noise of std ``noise_std``; ``foreground_bias``: probability that the tile is centred on a
+    random pixel of class > 0. Zero disables each of them.
+    """
+
     elastic_points: int = 3
     elastic_sigma: float = 10.0
     rotation_degrees: float = 180.0
@@ -154,6 +170,30 @@ class AugmentConfig:
     gamma: float = 0.2
     noise_std: float = 0.02
     foreground_bias: float = 0.0
+
+    def problems(self) -> list[str]:
+        """What is out of range, as ``name must be ..., got value`` phrases (empty when all is well)."""
+        found = []
+        if self.elastic_sigma < 0:
+            found.append(f"elastic_sigma must be >= 0, got {self.elastic_sigma}")
+        if self.elastic_sigma > 0 and self.elastic_points < 2:
+            found.append(f"elastic_points must be >= 2, got {self.elastic_points}")
+        if not 0.0 <= self.scale_range < 1.0:
+            found.append(f"scale_range must be in [0, 1), got {self.scale_range}")
+        for name in ("contrast", "foreground_bias"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                found.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("rotation_degrees", "brightness", "gamma", "noise_std"):
+            if not getattr(self, name) >= 0:
+                found.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        return found
+
+
+@dataclass
+class AugmentConfig(AugmentSettings):
+    """``[augment]``: the augmentation, and where it runs (``on``: auto, host or device)."""
+
+    on: str = "auto"
 
 
 @dataclass
@@ -190,8 +230,10 @@ class TrainConfig:
 class InferenceConfig:
     """Overlap-tile prediction and the decision rule that turns probabilities into masks."""
 
-    # How validation during training tiles its images (predict/evaluate take --tile-size instead).
+    # How validation during training tiles its images (predict/evaluate take --tile-size instead):
+    # a fixed tile_size, or 0 and a rule of kunet.tiling.TILE_RULES.
     tile_size: int = 0
+    tile_rule: str = "fewest_flops"
     memory_budget_mb: int = 4096
     batch_size: int = 1
     # The decision rule, stored with the model; `kunet tune` replaces it with the one it measures best.
@@ -200,6 +242,12 @@ class InferenceConfig:
     postprocess: str = "none"
     seed_threshold: float = 0.9
     min_object_size: int = 0
+
+    def tiling(self):
+        """These settings as :class:`kunet.tiling.TilingOptions`."""
+        from kunet.tiling import TilingOptions
+
+        return TilingOptions(self.tile_size, self.tile_rule, self.batch_size, self.memory_budget_mb)
 
 
 @dataclass
@@ -237,90 +285,6 @@ class PipelineConfig:
         return data
 
 
-def _is_internal(f: dataclasses.Field) -> bool:
-    return bool(f.metadata.get("internal"))
-
-
-def _coerce(value: Any, target_type: Any, where: str) -> Any:
-    """Checks and converts one TOML value to the dataclass field type."""
-    origin = getattr(target_type, "__origin__", None)
-    if target_type is bool:
-        if isinstance(value, bool):
-            return value
-    elif target_type is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif target_type is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif target_type is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list:
-        (item_type,) = target_type.__args__
-        if isinstance(value, list):
-            return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-    else:  # pragma: no cover - every field type is covered above
-        return value
-    type_name = getattr(target_type, "__name__", str(target_type))
-    raise ConfigError(f"{where}: expected {type_name}, got {value!r}")
-
-
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {data!r}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not _is_internal(f)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(fields))})")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}" if where else key)
-        else:
-            kwargs[key] = _coerce(value, hint, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
-
-
-def _parse_override_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # bare words are strings: --set train.optimizer=adam
-
-
-def apply_overrides(data: dict, overrides: list[str], where: str = "override") -> dict:
-    """Applies ``section.key=value`` strings (TOML values; bare words are strings) to a raw TOML dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{where} {item!r}: expected section.key=value")
-        dotted, text = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{where} {item!r}: {key!r} is not a section")
-        node[keys[-1]] = _parse_override_value(text.strip())
-    return data
-
-
-def _read_toml(path: Path) -> dict:
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder; give the pipeline's .toml file (e.g. pipelines/isbi2012.toml)")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the pipeline file ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; a pipeline is a TOML text file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-
-
 def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
     """Reads a pipeline TOML file and applies ``section.key=value`` overrides.
 
@@ -332,10 +296,10 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None) -
         ConfigError: unreadable TOML, unknown keys or wrong types; the message names the file.
     """
     path = Path(path)
-    raw = _read_toml(path)
+    raw = read_toml(path)
     apply_overrides(raw, list(overrides or []), where=f"{path}: override")
     try:
-        config = _build(PipelineConfig, raw, "")
+        config = dataclass_from_table(PipelineConfig, raw, "")
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     config.config_path = str(path)
@@ -355,107 +319,9 @@ def pipeline_from_dict(data: dict, base_dir: str | os.PathLike = ".", where: str
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table of pipeline settings, got {type(data).__name__}")
     try:
-        config = _build(PipelineConfig, dict(data), "")
+        config = dataclass_from_table(PipelineConfig, dict(data), "")
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
     config.base_dir = str(Path(base_dir).resolve())
     validate(config, where)
     return config
-
-
-def validate(config: PipelineConfig, where: str) -> None:
-    """Cross-field checks that the dataclasses alone cannot express."""
-
-    def fail(message: str):
-        raise ConfigError(f"{where}: {message}")
-
-    choices = {
-        "source.kind": (config.source.kind, ("folders", "tiff_stack", "ctc")),
-        "labels.kind": (config.labels.kind, ("binary", "instance", "multiclass")),
-        "image.normalize": (config.image.normalize, ("standardize", "scale")),
-        "augment.on": (config.augment.on, ("auto", "host", "device")),
-        "model.variant": (config.model.variant, ("paper", "release2015")),
-        "model.padding": (config.model.padding, ("valid", "same")),
-        "model.activation": (config.model.activation, ("relu", "leaky_relu")),
-        "train.optimizer": (config.train.optimizer, ("sgd", "adam")),
-        "train.schedule": (config.train.schedule, ("constant", "poly", "cosine")),
-        "train.loss": (config.train.loss, ("weighted_ce", "weighted_ce_dice")),
-        "train.precision": (config.train.precision, ("float32", "mixed_bfloat16", "mixed_float16")),
-        "train.cache": (config.train.cache, ("memory", "none")),
-        "inference.postprocess": (config.inference.postprocess, ("none", "grow", "watershed")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            fail(f"{key} must be one of {list(allowed)}, got {value!r}")
-    config.weights.resolved()  # raises for an unknown preset
-    if config.labels.kind == "multiclass" and len(config.labels.values) < 2:
-        fail("labels.values needs at least two values for multiclass labels")
-    if len(set(config.labels.class_values())) != len(config.labels.class_values()):
-        fail(f"label values must be distinct, got {config.labels.class_values()}")
-    if config.labels.kind == "binary" and config.labels.foreground_value == config.labels.background_value:
-        fail("labels.foreground_value and labels.background_value must differ")
-    if not 0.0 <= config.records.val_fraction < 1.0:
-        fail(f"records.val_fraction must be in [0, 1), got {config.records.val_fraction}")
-    if config.records.shards < 1 or config.records.workers < 1:
-        fail("records.shards and records.workers must be at least 1")
-    if config.train.batch_size < 1 or config.train.steps_per_epoch < 1 or config.train.epochs < 1:
-        fail("train.batch_size, train.steps_per_epoch and train.epochs must be at least 1")
-    if not 0.0 < config.inference.threshold < 1.0:
-        fail(f"inference.threshold must be in (0, 1), got {config.inference.threshold}")
-    for key, value, ok, requirement in _number_checks(config):
-        if not ok:
-            fail(f"{key} must be {requirement}, got {value!r}")
-    _validate_model(config, fail)
-
-
-def _number_checks(config: PipelineConfig) -> list[tuple[str, Any, bool, str]]:
-    """(key, value, acceptable, requirement) for every number with an obvious range; NaN fails them all."""
-    model, train, inference, weights = config.model, config.train, config.inference, config.weights.resolved()
-    at_least_one = {
-        "image.channels": config.image.channels,
-        "model.base_filters": model.base_filters,
-        "train.validate_every": train.validate_every,
-        "train.checkpoint_every_steps": train.checkpoint_every_steps,
-        "train.shuffle_buffer": train.shuffle_buffer,
-        "inference.batch_size": inference.batch_size,
-    }
-    not_negative = {
-        "train.warmup_steps": train.warmup_steps,
-        "train.clip_norm": train.clip_norm,
-        "train.max_minutes": train.max_minutes,
-        "train.dice_weight": train.dice_weight,
-        "inference.tile_size": inference.tile_size,
-        "inference.min_object_size": inference.min_object_size,
-        "weights.w0": weights.w0,
-    }
-    checks = [(key, value, value >= 1, "at least 1") for key, value in at_least_one.items()]
-    checks += [(key, value, value >= 0, "at least 0") for key, value in not_negative.items()]
-    return checks + [
-        ("model.dropout", model.dropout, 0.0 <= model.dropout < 1.0, "in [0, 1)"),
-        ("train.learning_rate", train.learning_rate, train.learning_rate > 0, "positive"),
-        ("train.momentum", train.momentum, 0.0 <= train.momentum < 1.0, "in [0, 1)"),
-        ("inference.memory_budget_mb", inference.memory_budget_mb, inference.memory_budget_mb > 0, "positive"),
-        ("inference.seed_threshold", inference.seed_threshold, 0.0 < inference.seed_threshold <= 1.0, "in (0, 1]"),
-        ("weights.sigma", weights.sigma, weights.sigma > 0, "positive"),
-        ("weights.sigma_factor", weights.sigma_factor, weights.sigma_factor > 0, "positive"),
-        ("weights.class_weights", weights.class_weights, all(w >= 0 for w in weights.class_weights), "at least 0"),
-    ]
-
-
-def _validate_model(config: PipelineConfig, fail) -> None:
-    """The net's depth (capped: the smallest tile grows as 2^depth) and tile sizes that fit it."""
-    from kunet.sizes import check_depth, output_size
-
-    model = config.model
-    tile_sizes = {"train.tile_size": config.train.tile_size}
-    if config.inference.tile_size:
-        tile_sizes["inference.tile_size"] = config.inference.tile_size
-    try:
-        check_depth(model.depth)
-    except ValueError as error:
-        fail(f"model.{error}")
-    for key, size in tile_sizes.items():
-        try:
-            output_size(size, model.depth, model.padding)
-        except ValueError as error:
-            fail(f"{key}: {error}")

@@ -16,8 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kunet.config import load_pipeline
+from kunet.runs import RunPaths, read_state
 
-DEFAULT_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic-em.toml"
+# An installed wheel carries the pipelines as kunet/pipelines/; the source tree has them in pipelines/.
+DEFAULT_PIPELINE = next(
+    (
+        folder / "synthetic-em.toml"
+        for folder in (Path(__file__).resolve().parent / "pipelines", Path(__file__).resolve().parents[1] / "pipelines")
+        if (folder / "synthetic-em.toml").exists()
+    ),
+    Path(__file__).resolve().parents[1] / "pipelines" / "synthetic-em.toml",
+)
 REQUIRED_IOU = 0.9
 
 
@@ -87,7 +96,6 @@ def _check_outputs(workdir: Path, run_dir: Path) -> None:
     from kunet.evaluate import SCORES
     from kunet.records import MANIFEST
     from kunet.synthetic import MARKER
-    from kunet.train import RunPaths
 
     run = RunPaths(run_dir)
     outputs = {
@@ -110,11 +118,8 @@ def run(
     log=print,
 ) -> dict:
     """Runs (or resumes) the demo in ``workdir``; returns the held-out scores and the paths written."""
-    from kunet.evaluate import evaluate
-    from kunet.export import export
     from kunet.predict_files import predict_files
     from kunet.segmenter import Segmenter
-    from kunet.train import Trainer
 
     started = time.monotonic()
     workdir = Path(workdir)
@@ -122,8 +127,8 @@ def run(
     pipeline = Path(pipeline or DEFAULT_PIPELINE)
     config = load_pipeline(pipeline, list(size.overrides))
     export_root = Path(export_root) if export_root else Path("saved_models")
-    run_dir = workdir / "runs" / config.name
-    _check_outputs(workdir, run_dir)
+    paths = RunPaths(workdir / "runs" / config.name)
+    _check_outputs(workdir, paths.root)
 
     log("1. synthetic data (EM-like slices, ISBI label convention: 0 = membrane, 255 = cell)")
     train_images = _synthetic(workdir / "data" / "train", size.train_images, size.image_size, 0, log)
@@ -137,38 +142,13 @@ def run(
     )
 
     log("3. training")
-    state_path = run_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if state.get("status") == "completed":
-        log(f"  reuse {run_dir} (completed at step {state['step']})")
-    else:
-        resume = (run_dir / "config.json").exists()  # a run of the demo's, stopped part-way
-        log(f"$ kunet fit {pipeline} --run-dir {run_dir} --records {train_records}" + (" (resuming)" if resume else ""))
-        Trainer(config, run_dir, train_records, resume=resume, log=log).fit()
+    _train(config, pipeline, paths, train_records, log)
 
     log("4. evaluation on held-out images the net never saw")
-    segmenter = Segmenter(run_dir)
-    log(f"$ kunet evaluate {run_dir} {pipeline} --records {test_records} --out {workdir / 'evaluation'}")
-    report = evaluate(segmenter, test_records, "val", workdir / "evaluation")
-    mean = report["mean"]
-    log(
-        f"  foreground IoU {mean['iou']:.4f}, pixel error {mean['pixel_error']:.4f}, "
-        f"Rand error {mean['rand_error']:.4f}, foreground-restricted Rand error {mean['adapted_rand_error']:.4f}"
-    )
+    mean = _evaluate(pipeline, paths, test_records, workdir / "evaluation", log)
 
     log("5. export for TensorFlow Serving")
-    model_file = run_dir / "best.keras"
-    model_root = export_root / config.name
-    versions = sorted((p for p in model_root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if (
-        model_root.is_dir()
-    ) else []  # fmt: skip
-    latest = versions[-1] if versions else None
-    if latest is not None and _sha256(latest / "assets.extra" / "unet.keras") == _sha256(model_file):
-        log(f"  reuse {latest}")
-        export_dir = latest
-    else:
-        log(f"$ kunet export {run_dir} --name {config.name} --base-dir {export_root}")
-        export_dir = export(run_dir, config.name, export_root, log=log)
+    export_dir = _export(config.name, paths, export_root, log)
 
     log("6. prediction with the exported SavedModel")
     results = workdir / "results"
@@ -176,6 +156,57 @@ def run(
     predict_files(Segmenter(export_dir), [test_images / "images"], results)
 
     passed = mean["iou"] > REQUIRED_IOU
+    _summary(workdir, paths.root, export_dir, results, log)
+    log(
+        f"held-out foreground IoU {mean['iou']:.4f} "
+        + ("> 0.9: OK" if passed else f"<= {REQUIRED_IOU}: below the demo's target")
+        + f" ({(time.monotonic() - started) / 60:.1f} min)"
+    )
+    return {"scores": mean, "passed": passed, "export": export_dir, "run": paths.root, "results": results}
+
+
+def _train(config, pipeline: Path, paths: RunPaths, records: Path, log) -> None:
+    from kunet.train import Trainer
+
+    state = read_state(paths)
+    if state.get("status") == "completed":
+        log(f"  reuse {paths.root} (completed at step {state['step']})")
+        return
+    resume = paths.config.exists()  # a run of the demo's, stopped part-way
+    log(f"$ kunet fit {pipeline} --run-dir {paths.root} --records {records}" + (" (resuming)" if resume else ""))
+    Trainer(config, paths.root, records, resume=resume, log=log).fit()
+
+
+def _evaluate(pipeline: Path, paths: RunPaths, records: Path, out: Path, log) -> dict:
+    from kunet.evaluate import evaluate
+    from kunet.segmenter import Segmenter
+
+    log(f"$ kunet evaluate {paths.root} {pipeline} --records {records} --out {out}")
+    mean = evaluate(Segmenter(paths.root), records, "val", out)["mean"]
+    log(
+        f"  foreground IoU {mean['iou']:.4f}, pixel error {mean['pixel_error']:.4f}, "
+        f"Rand error {mean['rand_error']:.4f}, foreground-restricted Rand error {mean['adapted_rand_error']:.4f}"
+    )
+    return mean
+
+
+def _export(name: str, paths: RunPaths, export_root: Path, log) -> Path:
+    """The latest export if it holds this run's best model, else a new version."""
+    from kunet.export import export
+
+    model_root = export_root / name
+    versions = sorted((p for p in model_root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if (
+        model_root.is_dir()
+    ) else []  # fmt: skip
+    latest = versions[-1] if versions else None
+    if latest is not None and _sha256(latest / "assets.extra" / "unet.keras") == _sha256(paths.best_model):
+        log(f"  reuse {latest}")
+        return latest
+    log(f"$ kunet export {paths.root} --name {name} --base-dir {export_root}")
+    return export(paths.root, name, export_root, log=log)
+
+
+def _summary(workdir: Path, run_dir: Path, export_dir: Path, results: Path, log) -> None:
     log("")
     log(f"data:        {workdir / 'data'}")
     log(f"records:     {workdir / 'records'}")
@@ -183,9 +214,3 @@ def run(
     log(f"evaluation:  {workdir / 'evaluation'} (scores.json, overlays)")
     log(f"export:      {export_dir}")
     log(f"predictions: {results}")
-    log(
-        f"held-out foreground IoU {mean['iou']:.4f} "
-        + ("> 0.9: OK" if passed else f"<= {REQUIRED_IOU}: below the demo's target")
-        + f" ({(time.monotonic() - started) / 60:.1f} min)"
-    )
-    return {"scores": mean, "passed": passed, "export": export_dir, "run": run_dir, "results": results}

@@ -6,35 +6,14 @@ import csv
 import os
 from pathlib import Path
 
-import numpy as np
-
-from kunet import metrics, visualize
+from kunet import visualize
 from kunet._fs import atomic_write_json, building_directory, check_output, commit_directory, sweep_temporaries
+from kunet.errors import KunetError
 from kunet.records import iterate_frames, read_manifest
+from kunet.scoring import mean_scores, score_frame
 from kunet.segmenter import Segmenter
 
 SCORES = "scores.json"  # also the mark of an evaluation folder, which a new evaluation may replace
-
-
-def score_frame(segmenter: Segmenter, frame: dict, label_kind: str) -> tuple[dict, np.ndarray]:
-    """Scores of one frame and its predicted classes."""
-    result = segmenter.segment(frame["image"])
-    truth = frame["classes"]
-    if segmenter.num_classes == 2:
-        instances = frame["label"] if label_kind == "instance" else None
-        if instances is not None:
-            predicted_instances = metrics.instances_from_foreground(
-                result.classes > 0, segmenter.settings.min_object_size
-            )
-            scores = metrics.binary_segmentation_scores(result.classes > 0, truth > 0, None)
-            scores["seg"] = metrics.seg_measure(predicted_instances, instances)
-        else:
-            scores = metrics.binary_segmentation_scores(result.classes > 0, truth > 0)
-    else:
-        iou = metrics.iou_per_class(result.classes, truth, segmenter.num_classes)
-        scores = {"pixel_error": float(np.mean(result.classes != truth)), "mean_iou": float(np.nanmean(iou[1:]))}
-        scores.update({f"iou_class{k}": float(v) for k, v in enumerate(iou)})
-    return scores, result.classes
 
 
 def evaluate(
@@ -81,18 +60,18 @@ def _score_split(segmenter: Segmenter, records_dir, split: str, overlays: Path |
     label_kind = read_manifest(records_dir)["labels"]["kind"]
     per_frame = {}
     for frame in iterate_frames(records_dir, split):
-        scores, classes = score_frame(segmenter, frame, label_kind)
-        per_frame[frame["frame_id"]] = scores
+        classes = segmenter.segment(frame["image"]).classes
+        per_frame[frame["frame_id"]] = score_frame(classes, frame, segmenter.num_classes, label_kind,
+                                                   segmenter.settings.min_object_size, warping=True)  # fmt: skip
         if overlays:
             overlay = visualize.overlay_prediction(frame["image"], classes, frame["classes"])
             visualize.save_png(overlays / f"{frame['frame_id']}_overlay.png", overlay)
         if progress:
             progress()
     if not per_frame:
-        raise ValueError(f"{records_dir}: the {split} split has no frames")
+        raise KunetError(f"{records_dir}: the {split} split has no frames")
     per_frame = dict(sorted(per_frame.items()))
-    keys = list(next(iter(per_frame.values())))
-    mean = {key: float(np.nanmean([scores[key] for scores in per_frame.values()])) for key in keys}
+    mean = mean_scores(list(per_frame.values()))
     return {
         "model": str(segmenter.path),
         "records": str(records_dir),

@@ -33,7 +33,6 @@ never overwritten, and two exports racing for one version number end up in two v
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import time
@@ -45,32 +44,25 @@ import tensorflow as tf
 
 import kunet
 from kunet._fs import atomic_write_json, atomic_write_text, building_directory, remove_paths, sweep_temporaries
-from kunet.inference import (
-    InferenceSettings,
-    choose_tile,
-    mirrored_probabilities,
-    net_border,
-    plan_for_tile,
-    tiled_probabilities,
-)
-from kunet.postprocess import tf_foreground_mask
-from kunet.preprocess import dtype_max, tf_normalize
+from kunet.errors import KunetError
+from kunet.inference import InferenceSettings
+from kunet.preprocess import dtype_max
 from kunet.records import RecordsError, read_manifest
-from kunet.segmenter import resolve_model_path, with_precision
-from kunet.serving import signatures as names
+from kunet.runs import read_run_config, read_state, resolve_model_path, run_of
+from kunet.segmenter import with_precision
+from kunet.serving.graph import SIGNATURES, ServingGraph
 from kunet.serving.readme import serving_readme
-from kunet.serving.signatures import SIGNATURES, ServingLimits
-from kunet.train import RunPaths
+from kunet.serving.signatures import ServingLimits
+from kunet.tiling import TilingOptions, net_border, plan_for_tile, plan_tiles
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 # Versions are built in a hidden, locked ``.export.tmp-*`` folder beside them (kunet._fs.building_directory).
 EXPORT_FOLDER = "export"
 # Older kunet versions built in unlocked ``.export-*`` folders: one a day old belongs to a killed export.
 LEGACY_STALE_SECONDS = 24 * 3600
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-class ExportError(ValueError):
+class ExportError(KunetError):
     """An export that cannot be written or does not check out; the message names the path."""
 
 
@@ -79,122 +71,13 @@ def next_version(model_root: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _decision(probabilities, settings: InferenceSettings):
-    """Class indices [B, H, W]: the stored threshold and post-processing, or the argmax."""
-    if probabilities.shape[-1] != 2:
-        return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    seed_threshold = max(settings.seed_threshold, settings.threshold)
-
-    def one(foreground):
-        mask = tf_foreground_mask(foreground, settings.threshold, settings.postprocess, seed_threshold)
-        return tf.cast(mask, tf.int32)
-
-    return tf.map_fn(one, probabilities[..., 1], fn_output_signature=tf.int32, parallel_iterations=1)
-
-
-def png_declared_size(encoded):
-    """(is_png, height, width) from a PNG's IHDR chunk, read without decoding the image.
-
-    A PNG starts with an 8-byte signature and the IHDR chunk (4-byte length, ``IHDR``, then width and
-    height as big-endian 32-bit integers at bytes 16-23). Padding the string first keeps short or empty
-    inputs from failing inside ``substr`` with a message that does not say what is wrong.
-    """
-    padded = tf.strings.join([encoded, tf.constant(b"\0" * 24)])
-    is_png = tf.logical_and(
-        tf.equal(tf.strings.substr(padded, 0, 8), PNG_MAGIC), tf.equal(tf.strings.substr(padded, 12, 4), b"IHDR")
-    )
-    header = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
-    place = tf.constant([2**24, 2**16, 2**8, 1], tf.int64)
-    width, height = tf.reduce_sum(header[:4] * place), tf.reduce_sum(header[4:] * place)
-    return is_png, height, width
-
-
-def _request_checks(images, limits: ServingLimits) -> list:
-    """Assertions on a batch [B, H, W, C] of raw images, run before any large tensor is made from it."""
-    shape = tf.shape(images, out_type=tf.int64)
-    return [
-        tf.debugging.assert_less_equal(
-            shape[0], tf.constant(limits.max_batch, tf.int64),
-            message=f"{names.IMAGES}: more images in one request than this export accepts (max_batch)",
-        ),
-        tf.debugging.assert_less_equal(
-            shape[1] * shape[2], tf.constant(limits.max_pixels, tf.int64),
-            message=f"{names.IMAGES}: image height x width exceeds this export's max_pixels",
-        ),
-        tf.debugging.assert_positive(shape[1] * shape[2], message=f"{names.IMAGES}: empty image (0 pixels)"),
-        tf.debugging.Assert(
-            tf.reduce_all(tf.math.is_finite(images)), [f"{names.IMAGES}: NaN or infinite pixel values"]
-        ),
-    ]  # fmt: skip
-
-
-def _png_checks(encoded, limits: ServingLimits) -> list:
-    """Assertions on one encoded PNG: that it is one, and that its declared size is within the bounds."""
-    is_png, height, width = png_declared_size(encoded)
-    return [
-        tf.debugging.Assert(is_png, [f"{names.PNG_INPUT}: not a PNG file (no PNG signature and IHDR header)"]),
-        tf.debugging.Assert(
-            height * width <= limits.max_pixels,
-            [f"{names.PNG_INPUT}: the PNG declares", height, "x", width,
-             f"pixels; this export accepts at most {limits.max_pixels} pixels per image (max_pixels)"],
-        ),
-    ]  # fmt: skip
-
-
 def build_serving_functions(
     model, settings: InferenceSettings, tile_hw, batch_size: int = 1, limits: ServingLimits | None = None
-):
-    """The two signature functions (serving_default, segment_png) around ``model``, and the tile plan."""
-    limits = limits or ServingLimits()
+) -> tuple[dict, object]:
+    """The registered signatures' functions around ``model`` (name -> ``tf.function``), and the tile plan."""
     plan = plan_for_tile(settings.typical_size, tile_hw, model.depth)
-    border = net_border(model.depth, model.padding)
-    channels = model.input_channels
-    scale = 1.0 / dtype_max(settings.image_dtype)
-    class_values = tf.constant(list(settings.class_values), tf.int32)
-
-    def predict(prepared):
-        return tiled_probabilities(
-            lambda tiles: model(tiles, training=False), prepared, plan.input_hw, plan.stride_hw, (border, border),
-            batch_size=batch_size,
-        )  # fmt: skip
-
-    def one_image(image):
-        prepared = tf_normalize((image * scale)[None], settings.normalize)[0]
-        return mirrored_probabilities(predict, prepared) if settings.test_time_mirroring else predict(prepared)
-
-    def segment(images):
-        with tf.control_dependencies(_request_checks(images, limits)):
-            images = tf.identity(images)
-        probabilities = tf.map_fn(one_image, images, fn_output_signature=tf.float32, parallel_iterations=1)
-        classes = _decision(probabilities, settings)
-        return probabilities, classes, tf.gather(class_values, classes)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name=names.IMAGES)])
-    def serving_default(images):
-        probabilities, classes, labels = segment(images)
-        return {names.PROBABILITIES: probabilities, names.LABELS: labels, names.CLASSES: classes}
-
-    png_dtype = tf.uint16 if max(settings.class_values) > 255 else tf.uint8
-    image_dtype = tf.as_dtype(settings.image_dtype)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.PNG_INPUT)])
-    def segment_png(png_bytes):
-        def one(encoded):
-            with tf.control_dependencies(_png_checks(encoded, limits)):
-                image = tf.io.decode_png(encoded, channels=channels, dtype=image_dtype)
-            _, _, labels = segment(tf.cast(image, tf.float32)[None])
-            return tf.io.encode_png(tf.cast(labels[0][..., None], png_dtype))
-
-        count_check = tf.debugging.assert_less_equal(
-            tf.size(png_bytes, out_type=tf.int64), tf.constant(limits.max_batch, tf.int64),
-            message=f"{names.PNG_INPUT}: more images in one request than this export accepts (max_batch)",
-        )  # fmt: skip
-        with tf.control_dependencies([count_check]):
-            png_bytes = tf.identity(png_bytes)
-        masks = tf.map_fn(one, png_bytes, fn_output_signature=tf.string, parallel_iterations=1)
-        return {names.MASK_PNG_OUTPUT: masks}
-
-    return serving_default, segment_png, plan
+    graph = ServingGraph(model, settings, plan, batch_size, limits or ServingLimits())
+    return {signature.name: signature.build(graph) for signature in SIGNATURES.values()}, plan
 
 
 def training_provenance(model_file: Path) -> dict | None:
@@ -204,14 +87,14 @@ def training_provenance(model_file: Path) -> dict | None:
     map actually in the records, augmentation, optimiser and schedule, steps done) so an export can be
     reproduced or compared without the run directory.
     """
-    paths = RunPaths(model_file.parent)
-    if not paths.config.is_file():
+    paths = run_of(model_file)
+    if paths is None:
         return None
-    saved = json.loads(paths.config.read_text())
-    pipeline = saved.get("pipeline", {})
-    state = json.loads(paths.state.read_text()) if paths.state.is_file() else {}
+    saved = read_run_config(paths.root)
+    pipeline = saved["pipeline"]
+    state = read_state(paths)
     weight_map = saved.get("records_weight_map")
-    if weight_map is None and saved.get("records"):  # runs made before config.json recorded it
+    if weight_map is None:  # runs made before config.json recorded it
         try:
             weight_map = read_manifest(saved["records"]).get("weight_map")
         except RecordsError:
@@ -267,7 +150,7 @@ def client_info(model, settings: InferenceSettings, plan, training: dict | None 
         "inference": settings.to_metadata(),
         "model": model.get_config(),
         "training": training,
-        "signatures": SIGNATURES,
+        "signatures": {signature.name: signature.describe() for signature in SIGNATURES.values()},
     }
 
 
@@ -286,12 +169,11 @@ def sample_image(settings: InferenceSettings, channels: int) -> np.ndarray:
 
 
 def write_warmup_requests(path: Path, name: str, settings: InferenceSettings, channels: int) -> int:
-    """PredictionLog records for both signatures (TensorFlow Serving replays them before serving)."""
+    """PredictionLog records, one request per signature (TensorFlow Serving replays them before serving)."""
     from kunet.serving import client
 
     image = sample_image(settings, channels)
-    png = tf.io.encode_png(tf.constant(image)).numpy()
-    requests = [client.grpc_pixels_request(name, image), client.grpc_png_request(name, [png])]
+    requests = [client.predict_request(name, key, signature.warmup(image)) for key, signature in SIGNATURES.items()]
     with tf.io.TFRecordWriter(str(path)) as writer:
         for request in requests:
             writer.write(client.prediction_log(request).SerializeToString())
@@ -364,11 +246,11 @@ def _remove_stale_exports(model_root: Path, log) -> None:
 def _write_version(folder: Path, model, source: Path, name: str, settings, tile_hw, batch_size, limits, log):
     """Writes the SavedModel and ``assets.extra`` into ``folder``; returns the client info."""
     log("tracing the serving graph and writing the SavedModel")
-    serving_default, segment_png, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
+    functions, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(names.PIXELS_SIGNATURE, serving_default)
-    archive.add_endpoint(names.PNG_SIGNATURE, segment_png)
+    for key, function in functions.items():
+        archive.add_endpoint(key, function)
     archive.write_out(str(folder), verbose=False)
     extra = folder / "assets.extra"
     extra.mkdir(exist_ok=True)
@@ -385,9 +267,8 @@ def export(
     name: str,
     base_dir="saved_models",
     version: int | None = None,
-    tile_size: int = 0,
+    tiling: TilingOptions | None = None,
     precision: str = "float32",
-    batch_size: int = 1,
     log=print,
     limits: ServingLimits | None = None,
 ) -> Path:
@@ -398,9 +279,9 @@ def export(
         name: Model name (the serving URL's ``/v1/models/<name>``).
         base_dir: Export root (default ``saved_models``).
         version: Integer version; default the next free one. An existing version is an error.
-        tile_size: Input tile side inside the graph; 0 picks the cheapest for the training frame size.
-        precision: ``float32`` or ``mixed_bfloat16``.
-        batch_size: Tiles per model call inside the graph.
+        tiling: The tile inside the graph (``tile_size``, or chosen by ``rule`` for the frame size the
+            model was trained on) and tiles per model call.
+        precision: ``float32``, ``mixed_bfloat16`` or ``auto``.
         log: Prints progress lines.
         limits: Request bounds the serving graph enforces (default :class:`ServingLimits`).
 
@@ -419,15 +300,12 @@ def export(
     loaded = keras.models.load_model(source)
     model = with_precision(loaded, precision)
     settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
-    if tile_size:
-        tile_hw = (tile_size, tile_size)
-    else:
-        tile_hw = choose_tile(settings.typical_size, model.depth, model.base_filters, model.input_channels,
-                              model.num_classes, model.variant).input_hw  # fmt: skip
+    tiling = tiling or TilingOptions()
+    tile_hw = plan_tiles(settings.typical_size, model, tiling).input_hw
     model_root.mkdir(parents=True, exist_ok=True)
     _remove_stale_exports(model_root, log)
     with building_directory(model_root / EXPORT_FOLDER) as temporary:
-        info = _write_version(temporary, model, source, name, settings, tile_hw, batch_size, limits, log)
+        info = _write_version(temporary, model, source, name, settings, tile_hw, tiling.batch_size, limits, log)
         readme = temporary / "assets.extra" / "README.md"
         first_version = version if version is not None else next_version(model_root)
         destination = _version_folder_for(

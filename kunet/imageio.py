@@ -19,6 +19,7 @@ import numpy as np
 
 from kunet import tiff
 from kunet._fs import atomic_write_bytes
+from kunet.errors import KunetError
 
 # Lossless formats: the only ones accepted for training images and labels.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -26,7 +27,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 READABLE_SUFFIXES = IMAGE_SUFFIXES + (".jpg", ".jpeg", ".bmp")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(KunetError):
     """An image file that cannot be used; the message starts with the file's path."""
 
 

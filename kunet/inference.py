@@ -18,118 +18,15 @@ validation during training and the exported SavedModel, where it runs inside the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from kunet.model import activation_bytes, layer_costs, layer_sizes, output_size, valid_input_size
-from kunet.postprocess import foreground_mask
-from kunet.preprocess import dtype_max, image_statistics, normalize, streamed_image_statistics
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """Input tile size, output tile size and stride per axis, and the tile counts for one image."""
-
-    input_hw: tuple[int, int]
-    output_hw: tuple[int, int]
-    stride_hw: tuple[int, int]
-    tiles_hw: tuple[int, int]
-    border: int
-
-    @property
-    def num_tiles(self) -> int:
-        return self.tiles_hw[0] * self.tiles_hw[1]
-
-
-def _stride(out: int, depth: int, padding: str) -> int:
-    period = 2**depth
-    stride = (out // period) * period
-    if stride == 0:
-        raise ValueError(f"output tile {out} is smaller than the pooling period {period}")
-    return stride
-
-
-def net_border(depth: int, padding: str) -> int:
-    """Context pixels lost per side: 92 for the paper's net, 0 for same padding."""
-    if padding == "same":
-        return 0
-    size = valid_input_size(1, depth, "valid")
-    return (size - output_size(size, depth, "valid")) // 2
-
-
-def plan_for_tile(image_hw, tile_hw, depth: int = 4, padding: str = "valid") -> TilePlan:
-    """The tiling of an image for a given input tile size (each side valid for the net)."""
-    out = tuple(output_size(t, depth, padding) for t in tile_hw)
-    stride = tuple(_stride(o, depth, padding) for o in out)
-    if padding == "same":
-        # Zero padding makes tile borders differ from a whole-image pass; keep a margin and overlap.
-        raise ValueError("overlap-tile prediction needs a valid-padding model; predict same-padding models whole")
-    tiles = tuple(max(1, math.ceil(n / s)) for n, s in zip(image_hw, stride))
-    return TilePlan(tuple(tile_hw), out, stride, tiles, net_border(depth, padding))
-
-
-# Float32 values per strip pixel and channel held at once while a strip is predicted: the gathered input
-# rows, their normalised copy, the mirror-extended strip and its tiles (input channels), and the tiles'
-# probabilities through the stitching reshapes (classes). An estimate that keeps streaming within budget.
-STRIP_INPUT_COPIES, STRIP_OUTPUT_COPIES = 8, 4
-# Working memory of streamed prediction (tiles and strip buffers), whatever the image size.
-STREAMING_MEMORY_MB = 1024
-
-
-def strip_bytes(tile_height, strip_width: int, input_channels: int, num_classes: int):
-    """Rough memory of the buffers of one strip of ``tile_height`` input rows (see STRIP_INPUT_COPIES)."""
-    values_per_pixel = STRIP_INPUT_COPIES * input_channels + STRIP_OUTPUT_COPIES * num_classes
-    return tile_height * strip_width * values_per_pixel * 4
-
-
-def choose_tile(
-    image_hw,
-    depth: int = 4,
-    base_filters: int = 64,
-    input_channels: int = 1,
-    num_classes: int = 2,
-    variant: str = "paper",
-    memory_budget_mb: float = 4096,
-    batch_size: int = 1,
-    strip_width: int | None = None,
-) -> TilePlan:
-    """The input tile (height and width chosen separately) needing the fewest FLOPs for the whole image.
-
-    Candidates run from the smallest valid tile up to one that covers the image in a single tile; those
-    whose activations for ``batch_size`` tiles exceed ``memory_budget_mb`` are skipped. With
-    ``strip_width`` (streaming one row of tiles at a time) the budget also holds that strip's buffers.
-    """
-    period = 2**depth
-    first = valid_input_size(period, depth, "valid")  # the smallest tile whose stride is positive
-    budget = memory_budget_mb * 1e6
-
-    def memory(heights, widths):
-        needed = batch_size * activation_bytes(heights, widths, base_filters, depth)
-        return needed + (strip_bytes(heights, strip_width, input_channels, num_classes) if strip_width else 0)
-
-    # Images smaller than one output tile still get the smallest tile (mirror extension fills it).
-    heights = np.arange(first, max(first, valid_input_size(image_hw[0], depth, "valid")) + 1, period)
-    widths = np.arange(first, max(first, valid_input_size(image_hw[1], depth, "valid")) + 1, period)
-    # Drop sizes over budget even beside the smallest other side: keeps the candidate grid small.
-    heights = heights[(memory(heights, first) <= budget) | (heights == first)]
-    widths = widths[(memory(first, widths) <= budget) | (widths == first)]
-    # FLOPs(h, w) = sum_l cost_l * h_l(h) * w_l(w): one matrix product scores every candidate pair.
-    costs = np.asarray(layer_costs(input_channels, num_classes, base_filters, depth, variant), np.float64)
-    layer_h = np.array([layer_sizes(int(h), depth, "valid") for h in heights], np.float64)
-    layer_w = np.array([layer_sizes(int(w), depth, "valid") for w in widths], np.float64)
-    flops = (layer_h * costs) @ layer_w.T
-    strides_h = (heights - 2 * net_border(depth, "valid")) // period * period
-    strides_w = (widths - 2 * net_border(depth, "valid")) // period * period
-    tiles = np.ceil(image_hw[0] / strides_h)[:, None] * np.ceil(image_hw[1] / strides_w)[None, :]
-    total = flops * tiles
-    total[memory(heights[:, None], widths[None, :]) > budget] = np.inf
-    total[0, 0] = min(total[0, 0], flops[0, 0] * tiles[0, 0])  # the smallest tile is always allowed
-    row, column = np.unravel_index(np.argmin(total), total.shape)
-    return plan_for_tile(image_hw, (int(heights[row]), int(widths[column])), depth)
+from kunet.decision import DecisionRule
+from kunet.preprocess import dtype_max, normalization, normalize
+from kunet.tiling import TilePlan, TilingOptions, plan_tiles
 
 
 def fold_indices(start, count, size):
@@ -254,48 +151,17 @@ class InferenceSettings:
         }
 
 
-def decide(probabilities: np.ndarray, settings: InferenceSettings) -> np.ndarray:
-    """Class indices by the full decision rule: threshold and post-processing (e.g. watershed cuts) for two
-    classes, the argmax otherwise. Validation during ``fit``, ``predict`` and ``evaluate`` all decide here,
-    so the curves and ``best.keras`` judge the masks users get."""
-    if probabilities.shape[-1] != 2:
-        return decide_classes(probabilities, settings.threshold)
-    return decide_foreground(probabilities[..., 1], settings)
-
-
-def decide_foreground(foreground: np.ndarray, settings: InferenceSettings) -> np.ndarray:
-    """Class indices (0/1) of a binary net from p(foreground) [H, W] by the threshold and post-processing."""
-    mask = foreground_mask(foreground, settings.threshold, settings.postprocess, settings.seed_threshold)
-    return mask.astype(np.uint8)
-
-
-def decided_per_pixel(settings: InferenceSettings, num_classes: int) -> bool:
-    """Whether each pixel's class depends on its own probabilities only (so strips can be decided alone);
-    the watershed's cuts depend on the whole map."""
-    return num_classes != 2 or settings.postprocess != "watershed"
-
-
-def decide_classes(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Class index per pixel: binary nets use p(foreground) >= threshold, others the argmax."""
-    if probabilities.shape[-1] == 2:
-        return (probabilities[..., 1] >= threshold).astype(np.uint8)
-    return np.argmax(probabilities, axis=-1).astype(np.uint8)
-
-
 class Predictor:
     """Overlap-tile prediction with one compiled ``tf.function`` per tile size (not ``model.predict``).
 
     Args:
         model: A valid-padding :class:`kunet.model.UNet` returning logits.
         settings: Normalisation and decision rule; defaults to the model's metadata.
-        tile_size: Input tile side (valid for the net); 0 chooses per image (fewest FLOPs).
-        batch_size: Tiles per model call.
-        memory_budget_mb: Bound for automatic tile sizes (activations of ``batch_size`` tiles).
+        tiling: Tile size or rule, tiles per call and memory budgets (default :class:`TilingOptions`).
         test_time_mirroring: Average over the four flips (default: the settings').
-        streaming_memory_mb: Bound for tiles and strip buffers when streaming (:meth:`probability_strips`).
 
     Example:
-        >>> predictor = Predictor(model)
+        >>> predictor = Predictor(model, tiling=TilingOptions(tile_size=572))
         >>> probabilities = predictor.probabilities(image)   # [H, W, K] for a raw uint8/uint16 image
     """
 
@@ -303,46 +169,26 @@ class Predictor:
         self,
         model,
         settings: InferenceSettings | None = None,
-        tile_size: int = 0,
-        batch_size: int = 1,
-        memory_budget_mb: float = 4096,
+        tiling: TilingOptions | None = None,
         test_time_mirroring: bool | None = None,
-        streaming_memory_mb: float = STREAMING_MEMORY_MB,
     ):
         self.model = model
-        self.streaming_memory_mb = streaming_memory_mb
         self.settings = settings or InferenceSettings.from_metadata(getattr(model, "metadata", {}))
-        self.tile_size = tile_size
-        self.batch_size = batch_size
-        self.memory_budget_mb = memory_budget_mb
+        self.tiling = tiling or TilingOptions()
         if test_time_mirroring is None:
             test_time_mirroring = self.settings.test_time_mirroring
         self.test_time_mirroring = test_time_mirroring
-        self.depth = model.depth
-        self.border = net_border(model.depth, model.padding)
         self._functions: dict = {}
 
     def plan(self, image_hw, strip_width: int | None = None) -> TilePlan:
-        """The tiling of an image; with ``strip_width`` one that streams within ``streaming_memory_mb``."""
-        if self.tile_size:
-            return plan_for_tile(image_hw, (self.tile_size, self.tile_size), self.depth)
-        return choose_tile(
-            image_hw,
-            self.depth,
-            self.model.base_filters,
-            self.model.input_channels,
-            self.model.num_classes,
-            self.model.variant,
-            self.streaming_memory_mb if strip_width else self.memory_budget_mb,
-            self.batch_size,
-            strip_width,
-        )
+        """The tiling of an image; with ``strip_width`` one that streams within the streaming budget."""
+        return plan_tiles(image_hw, self.model, self.tiling, strip_width)
 
     def _function(self, plan: TilePlan, strip: bool = False):
         """A compiled function for one tile size; ``strip`` predicts a row of tiles from a context strip."""
         key = (plan.input_hw, plan.stride_hw, strip)
         if key not in self._functions:
-            model, batch = self.model, self.batch_size
+            model, batch = self.model, self.tiling.batch_size
             border_hw = (0, plan.border) if strip else (plan.border, plan.border)
             # A strip is one row of tiles and yields its tile's whole output height, so that a vertically
             # flipped strip (test-time mirroring) maps back onto the same rows.
@@ -363,8 +209,7 @@ class Predictor:
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Raw image [H, W] or [H, W, C] -> normalised float32 [H, W, C] (whole-image statistics)."""
-        unit = self._unit(image)
-        return normalize(unit, self.settings.normalize, image_statistics(unit))
+        return normalize(self._unit(image), self.settings.normalize)
 
     def _unit(self, image: np.ndarray) -> np.ndarray:
         """Raw values -> [0, 1] by the maximum of the dtype the model was trained on (float inputs too)."""
@@ -390,7 +235,7 @@ class Predictor:
             image: Raw image [H, W] or [H, W, C] (may be a memory-mapped array).
         """
         height, width = image.shape[:2]
-        statistics = streamed_image_statistics(image, self._unit)
+        statistics = normalization(self.settings.normalize).streamed_statistics(image, self._unit)
         plan = self.plan((height, width), strip_width=width)
         function = self._function(plan, strip=True)
         for top in range(0, height, plan.stride_hw[0]):
@@ -416,4 +261,5 @@ class Predictor:
         return out
 
     def classes(self, probabilities: np.ndarray) -> np.ndarray:
-        return decide(probabilities, self.settings)
+        """Class indices [H, W] by the settings' decision rule."""
+        return DecisionRule.of(self.settings).classes(probabilities)

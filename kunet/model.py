@@ -17,6 +17,8 @@ serve every valid input; :func:`output_size` and :func:`valid_input_size` do the
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 from keras import layers
 
@@ -136,14 +138,6 @@ class UNet(keras.Model):
         """Smallest valid input whose output covers ``min_output`` pixels (see :func:`valid_input_size`)."""
         return valid_input_size(min_output, self.depth, self.padding)
 
-    @property
-    def border(self) -> int:
-        """Context pixels lost per side: the mirror border the overlap-tile strategy must add (92 px)."""
-        if self.padding == "same":
-            return 0
-        size = valid_input_size(1, self.depth, "valid")
-        return (size - output_size(size, self.depth, "valid")) // 2
-
     def __call__(self, inputs, *args, **kwargs):
         # Static shapes are known for NumPy inputs and concrete tensors: fail with the nearest valid
         # sizes instead of the incompatible-concatenation error a wrong size raises deep inside the graph.
@@ -178,20 +172,20 @@ class UNet(keras.Model):
         return cls(**config)
 
 
+@dataclasses.dataclass
 class _UNetGraphBuilder:
     """Wires the layers of one U-Net; kept apart from ``UNet`` so the class only holds configuration."""
 
-    def __init__(self, variant, base_filters, depth, padding, batch_norm, dropout, activation, dtype, seed):
-        self.variant = variant
-        self.base_filters = base_filters
-        self.depth = depth
-        self.padding = padding
-        self.batch_norm = batch_norm
-        self.dropout = dropout
-        self.activation = activation
-        self.dtype = dtype
-        self.seed = seed
-        self._layer_count = 0
+    variant: str
+    base_filters: int
+    depth: int
+    padding: str
+    batch_norm: bool
+    dropout: float
+    activation: str
+    dtype: object
+    seed: int | None
+    _layer_count: int = 0
 
     def _next_seed(self) -> int | None:
         self._layer_count += 1
@@ -273,83 +267,3 @@ class _UNetGraphBuilder:
         return layers.Conv2D(
             num_classes, 1, kernel_initializer=self._initializer(), dtype=self.dtype, name="classifier"
         )(x)
-
-
-def layer_costs(
-    input_channels: int = 1,
-    num_classes: int = 2,
-    base_filters: int = 64,
-    depth: int = 4,
-    variant: str = "paper",
-) -> list[int]:
-    """FLOPs per output pixel of each convolution layer, in network order (2 FLOPs per multiply-add)."""
-    costs, channels, skips = [], input_channels, []
-    for level in range(depth + 1):
-        filters = base_filters * 2**level
-        costs += [2 * 9 * channels * filters, 2 * 9 * filters * filters]
-        channels = filters
-        skips.append(channels)
-    for level in reversed(range(depth)):
-        filters = base_filters * 2**level
-        up_filters = 2 * filters if (variant == "release2015" and level == 0) else filters
-        costs.append(2 * 4 * channels * up_filters)
-        costs += [2 * 9 * (up_filters + skips[level]) * filters, 2 * 9 * filters * filters]
-        channels = filters
-    costs.append(2 * channels * num_classes)
-    return costs
-
-
-def layer_sizes(size: int, depth: int = 4, padding: str = "valid") -> list[int]:
-    """Output size along one axis of each layer counted by :func:`layer_costs`, in the same order."""
-    shrink = 2 if padding == "valid" else 0
-    sizes = []
-    for level in range(depth + 1):
-        sizes += [size - shrink, size - 2 * shrink]
-        size -= 2 * shrink
-        if level < depth:
-            size //= 2
-    for _ in range(depth):
-        size *= 2
-        sizes += [size, size - shrink, size - 2 * shrink]
-        size -= 2 * shrink
-    sizes.append(size)
-    return sizes
-
-
-def forward_flops(
-    height: int,
-    width: int,
-    input_channels: int = 1,
-    num_classes: int = 2,
-    base_filters: int = 64,
-    depth: int = 4,
-    padding: str = "valid",
-    variant: str = "paper",
-) -> int:
-    """FLOPs (2 per multiply-add) of one forward pass on a ``height`` x ``width`` input.
-
-    Counts the convolutions, up-convolutions and the classifier, which are all but a fraction of a
-    percent of the work. The paper's net on a 572x572 tile: about 335 GFLOP.
-    """
-    costs = layer_costs(input_channels, num_classes, base_filters, depth, variant)
-    heights, widths = layer_sizes(height, depth, padding), layer_sizes(width, depth, padding)
-    return int(sum(c * h * w for c, h, w in zip(costs, heights, widths)))
-
-
-def activation_bytes(height, width, base_filters: int = 64, depth: int = 4, bytes_per_value: int = 4):
-    """Rough peak activation memory of one inference on a ``height`` x ``width`` tile.
-
-    The skip connections stay alive until the expanding path consumes them; on top of those the two
-    largest maps of the first level coexist. Used to keep automatic tile sizes within a memory budget.
-    """
-    total, h, w = 0, height, width
-    for level in range(depth):
-        total = total + h * w * base_filters * 2**level
-        h, w = h // 2, w // 2
-    # Integers in, an integer out; NumPy arrays of sizes in, an array out (scores every tile at once).
-    return (total + 2 * height * width * base_filters) * bytes_per_value
-
-
-def build_unet(**kwargs) -> UNet:
-    """Builds a :class:`UNet`; keyword arguments as for the class."""
-    return UNet(**kwargs)

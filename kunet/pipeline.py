@@ -25,7 +25,7 @@ import tensorflow as tf
 from kunet.augment import AugmentParams, make_host_sampler, sample_tiles
 from kunet.config import PipelineConfig
 from kunet.model import output_size
-from kunet.preprocess import dtype_max, tf_image_statistics, tf_normalize
+from kunet.preprocess import dtype_max, normalization, tf_normalize
 from kunet.records import assert_split, parse_example, read_manifest, shard_paths
 
 # Keeps per-worker seeds apart (any odd constant larger than typical seeds works).
@@ -52,8 +52,15 @@ def tile_shape(config: PipelineConfig) -> TileShape:
     return TileShape(config.train.tile_size, output_size(config.train.tile_size, model.depth, model.padding))
 
 
-def decoded_frames(records_dir: str | os.PathLike, split: str, num_shards: int = 1, shard_index: int = 0):
-    """Dataset of decoded frames: image in [0, 1] [H, W, C], classes uint8 [H, W], weight float32 [H, W].
+def decoded_frames(
+    records_dir: str | os.PathLike,
+    split: str,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    normalize: str = "standardize",
+):
+    """Dataset of decoded frames: image in [0, 1] [H, W, C], classes uint8 [H, W], weight float32 [H, W], and
+    the whole frame's normalisation statistics (``norm_shift``, ``norm_scale``) for ``normalize``.
 
     ``num_shards``/``shard_index`` split the frames between input pipelines (tf.distribute workers).
     The shards are checked against the manifest first (existence, size), and every example must belong to
@@ -81,13 +88,13 @@ def decoded_frames(records_dir: str | os.PathLike, split: str, num_shards: int =
         with tf.control_dependencies([assert_split(parsed, split, path)]):
             image = tf.cast(parsed["image"], tf.float32) * scale
         # Whole-frame statistics, computed once here: tiles are normalised as the whole image would be.
-        mean, std = tf_image_statistics(image[None])
+        shift, scale_ = normalization(normalize).tf_statistics(image[None])
         return {
             "image": image,
             "classes": parsed["classes"],
             "weight": parsed["weight"],
-            "mean": mean[0],
-            "std": std[0],
+            "norm_shift": shift[0],
+            "norm_scale": scale_[0],
         }
 
     return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -120,11 +127,31 @@ def training_dataset(
         device: batches of whole frames ``{"image", "classes", "weight", "size", "seed"}`` zero-padded to
         the largest frame, for :func:`device_tiles` inside the training step.
     """
-    shape = tile_shape(config)
-    params = AugmentParams.from_config(config.augment) if augment else AugmentParams.disabled()
+    indexed = _seeded_frames(config, records_dir, batch_size, start_step, num_pipelines, pipeline_id)
+    if placement == "device":
+
+        def add_size(frame):
+            frame["size"] = tf.shape(frame["classes"], out_type=tf.int32)
+            return frame
+
+        batches = indexed.map(add_size).padded_batch(batch_size, drop_remainder=True)
+    else:
+        batches = indexed.map(_host_tiles(config, augment), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        batches = batches.batch(batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _seeded_frames(config: PipelineConfig, records_dir, batch_size: int, start_step: int, num_pipelines: int,
+                   pipeline_id: int):  # fmt: skip
+    """The shuffled, repeated frames of one input pipeline from ``start_step`` on, each with its own seed
+    (the pipeline's seed and the element's position in the stream, so a resumed stream draws the same)."""
     frame_count = read_manifest(records_dir)["counts"]["train"]
     shard = num_pipelines > 1 and frame_count >= num_pipelines
-    frames = decoded_frames(records_dir, "train", num_pipelines if shard else 1, pipeline_id if shard else 0)
+    frames = decoded_frames(records_dir, "train", num_pipelines if shard else 1, pipeline_id if shard else 0,
+                            config.image.normalize)  # fmt: skip
     if config.train.cache == "memory":
         frames = frames.cache()
     seed = config.train.seed + _WORKER_SEED_STRIDE * pipeline_id
@@ -140,31 +167,22 @@ def training_dataset(
         frame["seed"] = tf.stack([tf.constant(seed, tf.int64), index])
         return frame
 
-    indexed = indexed.map(with_seed, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return indexed.map(with_seed, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _host_tiles(config: PipelineConfig, augment: bool):
+    """frame -> (normalised augmented tile, classes, weights), XLA-compiled per sample on the host."""
+    shape = tile_shape(config)
+    params = AugmentParams.from_config(config.augment) if augment else AugmentParams.disabled()
+    sampler = make_host_sampler(params, shape.input, shape.output, jit_compile=True)
     normalize = config.image.normalize
 
-    if placement == "device":
+    def sample(frame):
+        tile, classes, weight = sampler(frame["image"], frame["classes"], frame["weight"], frame["seed"])
+        tile = tf_normalize(tile[None], normalize, (frame["norm_shift"][None], frame["norm_scale"][None]))[0]
+        return tile, tf.cast(classes, tf.int32), weight
 
-        def add_size(frame):
-            frame["size"] = tf.shape(frame["classes"], out_type=tf.int32)
-            return frame
-
-        batches = indexed.map(add_size).padded_batch(batch_size, drop_remainder=True)
-    else:
-        sampler = make_host_sampler(params, shape.input, shape.output, jit_compile=True)
-
-        def sample(frame):
-            tile, classes, weight = sampler(frame["image"], frame["classes"], frame["weight"], frame["seed"])
-            tile = tf_normalize(tile[None], normalize, (frame["mean"][None], frame["std"][None]))[0]
-            return tile, tf.cast(classes, tf.int32), weight
-
-        batches = indexed.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        batches = batches.batch(batch_size, drop_remainder=True)
-
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+    return sample
 
 
 def device_tiles(batch: dict, config: PipelineConfig, augment: bool = True):
@@ -181,5 +199,5 @@ def device_tiles(batch: dict, config: PipelineConfig, augment: bool = True):
         shape.input,
         shape.output,
     )
-    tiles = tf_normalize(tiles, config.image.normalize, (batch["mean"], batch["std"]))
+    tiles = tf_normalize(tiles, config.image.normalize, (batch["norm_shift"], batch["norm_scale"]))
     return tiles, tf.cast(classes, tf.int32), weights

@@ -1,4 +1,4 @@
-"""From probabilities to masks, including gap closing for membrane maps.
+"""Gap closing for membrane maps: the seeded watershed behind ``postprocess = "watershed"``.
 
 A thresholded membrane map leaves small gaps where a membrane is faint; one gap merges two cells and
 costs far more Rand error than the few pixels it costs in pixel error. ``postprocess = "watershed"``
@@ -19,10 +19,8 @@ threshold (``grow`` only changes how ``kunet evaluate`` forms segments for the s
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
-POSTPROCESSING = ("none", "grow", "watershed")
 _NO_LABEL = 2**30  # larger than any seed id
 
 
@@ -74,43 +72,3 @@ def tf_watershed_lines(foreground, threshold, seed_threshold, levels: int = 8, m
     # Fronts that reached neighbouring pixels in the same step touch without a line: cut the larger id.
     touching = tf.reduce_any(tf.stack([(n > 0) & (n < labels) for n in _neighbours(labels, 0)]), 0)
     return lines | touching
-
-
-_compiled_lines = tf.function(
-    tf_watershed_lines,
-    input_signature=[
-        tf.TensorSpec([None, None], tf.float32),
-        tf.TensorSpec([], tf.float32),
-        tf.TensorSpec([], tf.float32),
-    ],
-)
-
-
-def watershed_lines(foreground: np.ndarray, threshold: float = 0.5, seed_threshold: float = 0.9) -> np.ndarray:
-    """NumPy wrapper of :func:`tf_watershed_lines` (defaults: 8 levels, seeds of at least 10 px)."""
-    return _compiled_lines(
-        tf.constant(foreground, tf.float32), tf.constant(threshold, tf.float32), tf.constant(seed_threshold, tf.float32)
-    ).numpy()
-
-
-def tf_foreground_mask(foreground, threshold, postprocess: str = "none", seed_threshold=0.9):
-    """TensorFlow version of :func:`foreground_mask` for one [H, W] probability map (used in exports)."""
-    mask = foreground >= threshold
-    if postprocess == "watershed":
-        mask &= ~tf_watershed_lines(foreground, threshold, seed_threshold)
-    return mask
-
-
-def foreground_mask(
-    foreground_probability: np.ndarray,
-    threshold: float = 0.5,
-    postprocess: str = "none",
-    seed_threshold: float = 0.9,
-) -> np.ndarray:
-    """The binary foreground decision, with watershed cuts for ``postprocess="watershed"``."""
-    if postprocess not in POSTPROCESSING:
-        raise ValueError(f"postprocess must be one of {POSTPROCESSING}, got {postprocess!r}")
-    mask = foreground_probability >= threshold
-    if postprocess == "watershed":
-        mask &= ~watershed_lines(foreground_probability, threshold, max(seed_threshold, threshold))
-    return mask

@@ -25,6 +25,7 @@ import numpy as np
 
 from kunet import visualize
 from kunet._fs import atomic_save, temporary_sibling
+from kunet.errors import KunetError
 from kunet.imageio import (
     READABLE_SUFFIXES,
     ImageReadError,
@@ -45,7 +46,7 @@ MASK_FORMATS = ("png", "tif")
 PROBABILITY_FORMATS = ("tif", "npy")
 
 
-class PredictionInputError(ValueError):
+class PredictionInputError(KunetError):
     """An option, input or output folder that prediction cannot use; the message names it."""
 
 

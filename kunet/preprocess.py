@@ -7,14 +7,18 @@ statistics of the *whole* image, never of a tile, so that tiling cannot change a
 * ``"standardize"``: zero mean, unit variance over all pixels and channels of the image.
 * ``"scale"``: the [0, 1] values as they are.
 
+Both are registered in :data:`NORMALIZATIONS` as ``(x - shift) / scale`` with per-image statistics.
+
 The NumPy and TensorFlow versions compute the same thing; tests check they agree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
-NORMALIZATIONS = ("standardize", "scale")
 # Floor for the standard deviation so a blank image does not explode (1/255: one 8-bit gray level).
 MIN_STD = 1.0 / 255.0
 
@@ -63,16 +67,6 @@ def streamed_image_statistics(image: np.ndarray, to_unit, chunk_values: int = 2*
     return mean, float(max(np.sqrt(squared_deviations / count), MIN_STD))
 
 
-def normalize(unit_image: np.ndarray, mode: str, statistics: tuple[float, float] | None = None) -> np.ndarray:
-    """Normalises a [0, 1] image for the net; ``statistics`` default to the image's own."""
-    if mode not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
-    if mode == "scale":
-        return unit_image.astype(np.float32)
-    mean, std = statistics if statistics is not None else image_statistics(unit_image)
-    return ((unit_image - mean) / std).astype(np.float32)
-
-
 def tf_image_statistics(unit_images):
     """TensorFlow version of :func:`image_statistics` for a batch [B, H, W, C] -> (mean [B], std [B])."""
     import tensorflow as tf
@@ -82,11 +76,58 @@ def tf_image_statistics(unit_images):
     return mean, tf.maximum(tf.sqrt(variance), MIN_STD)
 
 
+def _whole_range(unit_image) -> tuple[float, float]:
+    return 0.0, 1.0
+
+
+def _tf_whole_range(unit_images):
+    import tensorflow as tf
+
+    count = tf.shape(unit_images)[0]
+    return tf.zeros([count], unit_images.dtype), tf.ones([count], unit_images.dtype)
+
+
+def _streamed_whole_range(image, to_unit) -> tuple[float, float]:
+    return 0.0, 1.0
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``x -> (x - shift) / scale`` of the [0, 1] image, with ``(shift, scale)`` from the whole image.
+
+    Args:
+        statistics: NumPy unit image -> ``(shift, scale)``.
+        tf_statistics: TensorFlow unit images [B, H, W, C] -> ``(shift [B], scale [B])``; must agree with
+            ``statistics`` (tests check every registered normalisation).
+        streamed_statistics: ``(raw image, to_unit) -> (shift, scale)`` without a float copy of the image, for
+            images streamed a strip at a time.
+    """
+
+    statistics: Callable
+    tf_statistics: Callable
+    streamed_statistics: Callable
+
+
+# image.normalize -> its statistics (docs/EXTENDING.md: adding a normalisation).
+NORMALIZATIONS: dict[str, Normalization] = {
+    "standardize": Normalization(image_statistics, tf_image_statistics, streamed_image_statistics),
+    "scale": Normalization(_whole_range, _tf_whole_range, _streamed_whole_range),
+}
+
+
+def normalization(mode: str) -> Normalization:
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {sorted(NORMALIZATIONS)}, got {mode!r}")
+    return NORMALIZATIONS[mode]
+
+
+def normalize(unit_image: np.ndarray, mode: str, statistics: tuple[float, float] | None = None) -> np.ndarray:
+    """Normalises a [0, 1] image for the net; ``statistics`` (shift, scale) default to the image's own."""
+    shift, scale = statistics if statistics is not None else normalization(mode).statistics(unit_image)
+    return ((unit_image - shift) / scale).astype(np.float32)
+
+
 def tf_normalize(unit_images, mode: str, statistics=None):
     """TensorFlow version of :func:`normalize` for a batch [B, H, W, C] of [0, 1] images."""
-    if mode not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
-    if mode == "scale":
-        return unit_images
-    mean, std = statistics if statistics is not None else tf_image_statistics(unit_images)
-    return (unit_images - mean[:, None, None, None]) / std[:, None, None, None]
+    shift, scale = statistics if statistics is not None else normalization(mode).tf_statistics(unit_images)
+    return (unit_images - shift[:, None, None, None]) / scale[:, None, None, None]

@@ -8,7 +8,6 @@ its graph and needs no kunet code. All three give the same :class:`Segmenter` in
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,25 +16,19 @@ import keras
 import numpy as np
 
 from kunet import metrics
-from kunet.inference import (
-    STREAMING_MEMORY_MB,
-    InferenceSettings,
-    Predictor,
-    decide,
-    decide_foreground,
-    decided_per_pixel,
-)
+from kunet.decision import DecisionRule
+from kunet.errors import KunetError
+from kunet.inference import InferenceSettings, Predictor
 from kunet.model import UNet, output_size
-
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-class ModelLoadError(ValueError):
-    """A path that is not a usable model; the message names it."""
+from kunet.precision import PRECISIONS, resolve_precision
+from kunet.runs import ModelLoadError, resolve_model_path
+from kunet.tiling import TilingOptions
 
 
 def with_precision(model, precision: str):
-    """The same net with another dtype policy (weights copied), e.g. ``mixed_bfloat16`` for fast CPU inference."""
+    """The same net with another dtype policy (weights copied), e.g. ``mixed_bfloat16`` for fast CPU inference;
+    ``auto`` as :func:`kunet.precision.resolve_precision` resolves it."""
+    precision = resolve_precision(precision)
     policy = None if precision == "float32" else precision
     if model.get_config().get("compute_dtype") == policy:
         return model
@@ -47,34 +40,18 @@ def with_precision(model, precision: str):
 def check_prediction_options(precision: str, tile_size: int, threshold: float | None) -> None:
     """Raises ValueError naming the option for settings no model can use (checked before loading one)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        raise KunetError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if tile_size < 0:
-        raise ValueError(f"--tile-size must be 0 (automatic) or a tile side in pixels, got {tile_size}")
+        raise KunetError(f"--tile-size must be 0 (automatic) or a tile side in pixels, got {tile_size}")
     if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
+        raise KunetError(f"--threshold must be in (0, 1), got {threshold}")
 
 
 def _check_tile_size(tile_size: int, model: UNet) -> None:
     try:
         output_size(tile_size, model.depth, model.padding)
     except ValueError as error:
-        raise ValueError(f"--tile-size: {error}") from None
-
-
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        return path
-    if path.is_dir():
-        for name in ("best.keras", "last.keras"):
-            if (path / name).is_file():
-                return path / name
-        raise ModelLoadError(f"{path}: neither a run directory with best.keras/last.keras nor a SavedModel")
-    if path.is_file():
-        if path.suffix == ".keras":
-            return path
-        raise ModelLoadError(f"{path}: not a model kunet reads (a run directory, a .keras file or a SavedModel folder)")
-    raise ModelLoadError(f"{path}: not found (expected a run directory, a .keras file or a SavedModel folder)")
+        raise KunetError(f"--tile-size: {error}") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -160,7 +137,7 @@ class Segmenter:
     Args:
         model_path: Run directory, ``.keras`` file or SavedModel folder.
         precision: ``float32`` or ``mixed_bfloat16`` (Keras models only).
-        tile_size: Input tile side; 0 picks the cheapest tiling per image.
+        tiling: Tile size or rule, tiles per call, memory budgets (Keras models; an export tiles in its graph).
         test_time_mirroring: Average the four flips (default: as stored with the model).
         threshold: Overrides the model's stored decision threshold.
 
@@ -174,26 +151,21 @@ class Segmenter:
         self,
         model_path,
         precision: str = "float32",
-        tile_size: int = 0,
+        tiling: TilingOptions | None = None,
         test_time_mirroring: bool | None = None,
         threshold: float | None = None,
-        batch_size: int = 1,
-        memory_budget_mb: float = 4096,
-        streaming_memory_mb: float = STREAMING_MEMORY_MB,
     ):
-        check_prediction_options(precision, tile_size, threshold)
+        tiling = tiling or TilingOptions()
+        check_prediction_options(precision, tiling.tile_size, threshold)
         self.path = resolve_model_path(model_path)
         self.saved_model = None
         if self.path.suffix == ".keras":
             model = load_unet(self.path)
-            if tile_size:
-                _check_tile_size(tile_size, model)
+            if tiling.tile_size:
+                _check_tile_size(tiling.tile_size, model)
             self.model = with_precision(model, precision)
             self.settings = InferenceSettings.from_metadata(getattr(model, "metadata", {}))
-            self.predictor = Predictor(
-                self.model, self.settings, tile_size, batch_size, memory_budget_mb, test_time_mirroring,
-                streaming_memory_mb,
-            )  # fmt: skip
+            self.predictor = Predictor(self.model, self.settings, tiling, test_time_mirroring)
             self.input_channels, self.depth = model.input_channels, model.depth
         else:
             self.settings, self.input_channels, self.depth = read_export_info(self.path)
@@ -202,6 +174,10 @@ class Segmenter:
             self.predictor = None
         if threshold is not None:
             self.settings.threshold = threshold
+
+    @property
+    def rule(self) -> DecisionRule:
+        return DecisionRule.of(self.settings)
 
     @property
     def num_classes(self) -> int:
@@ -245,7 +221,7 @@ class Segmenter:
             The segmentation without ``probabilities`` (None).
         """
         height, width = image.shape[:2]
-        per_pixel = decided_per_pixel(self.settings, self.num_classes)
+        per_pixel = self.rule.per_pixel(self.num_classes)
         decided = np.zeros((height, width), np.uint8) if per_pixel else np.zeros((height, width), np.float32)
 
         def strips():
@@ -257,12 +233,12 @@ class Segmenter:
         stream = strips()
         (consume_probabilities or _exhaust)(stream)
         _exhaust(stream)  # a consumer that stopped early must not leave rows undecided
-        classes = decided if per_pixel else decide_foreground(decided, self.settings)
+        classes = decided if per_pixel else self.rule.foreground_classes(decided)
         return Segmentation(None, classes, self.label_values(classes), self.instances(classes))
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
-        """Class indices: the threshold (and post-processing) for two classes, the argmax otherwise."""
-        return decide(probabilities, self.settings)
+        """Class indices by the model's decision rule (:class:`kunet.decision.DecisionRule`)."""
+        return self.rule.classes(probabilities)
 
     def label_values(self, classes: np.ndarray) -> np.ndarray:
         values = np.asarray(self.settings.class_values)

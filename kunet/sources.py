@@ -15,6 +15,7 @@ lazily by :meth:`Frame.load`, so a dataset streams through record building one f
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import cv2
 import numpy as np
 
 from kunet.config import LabelConfig, PipelineConfig
+from kunet.errors import KunetError
 from kunet.imageio import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -33,7 +35,7 @@ from kunet.imageio import (
 )
 
 
-class SourceError(ValueError):
+class SourceError(KunetError):
     """A dataset layout or label that cannot be used; the message names the file or folder."""
 
 
@@ -133,17 +135,32 @@ def ctc_frames(root: Path, sequences: list[str]) -> list[Frame]:
     return frames
 
 
+def _folders(config: PipelineConfig) -> list[Frame]:
+    return folder_frames(config.path(config.source.images), config.path(config.source.labels))
+
+
+def _tiff_stack(config: PipelineConfig) -> list[Frame]:
+    return tiff_stack_frames(config.path(config.source.images), config.path(config.source.labels))
+
+
+def _ctc(config: PipelineConfig) -> list[Frame]:
+    return ctc_frames(config.path(config.source.root), list(config.source.sequences))
+
+
+# source.kind -> frames(config): the labelled frames of one layout (docs/EXTENDING.md: adding a layout).
+SOURCES: dict[str, Callable[[PipelineConfig], list[Frame]]] = {
+    "folders": _folders,
+    "tiff_stack": _tiff_stack,
+    "ctc": _ctc,
+}
+
+
 def list_frames(config: PipelineConfig) -> list[Frame]:
     """The labelled frames described by ``config.source``; an empty source is an error."""
     source = config.source
-    if source.kind == "folders":
-        frames = folder_frames(config.path(source.images), config.path(source.labels))
-    elif source.kind == "tiff_stack":
-        frames = tiff_stack_frames(config.path(source.images), config.path(source.labels))
-    elif source.kind == "ctc":
-        frames = ctc_frames(config.path(source.root), list(source.sequences))
-    else:  # validated by kunet.config
-        raise SourceError(f"unknown source kind {source.kind!r}")
+    if source.kind not in SOURCES:  # validated by kunet.config
+        raise SourceError(f"unknown source kind {source.kind!r} (known: {', '.join(SOURCES)})")
+    frames = SOURCES[source.kind](config)
     if not frames:
         raise SourceError(f"{config.config_path or 'pipeline'}: the {source.kind} source holds no labelled frames")
     return frames

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kunet.errors import KunetError
+
 # Field type -> NumPy dtype character (1 BYTE, 3 SHORT, 4 LONG, 16 LONG8) for the arrays read here.
 _ARRAY_TYPES = {1: "u1", 3: "u2", 4: "u4", 16: "u8"}
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
@@ -26,7 +28,7 @@ _PIXEL_DATA_TAGS = ((273, 279), (324, 325))
 _SHORT, _LONG, _LONG8 = 3, 4, 16
 
 
-class TiffStructureError(ValueError):
+class TiffStructureError(KunetError):
     """A TIFF whose structure is incomplete; ``page`` (1-based) is the first page that cannot be read."""
 
     def __init__(self, page: int, pages_seen: int, reason: str, chain_broken: bool):

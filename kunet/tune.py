@@ -15,12 +15,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kunet import metrics
 from kunet._fs import atomic_save, atomic_write_json
-from kunet.postprocess import foreground_mask
+from kunet.decision import DecisionRule
+from kunet.errors import KunetError
 from kunet.records import iterate_frames
+from kunet.runs import RunPaths, check_run_free, locked_run
+from kunet.scoring import mean_scores, score_frame
 from kunet.segmenter import Segmenter
-from kunet.train import RunPaths, check_run_free, locked_run
 
 OBJECTIVES = {
     # name: (metric key, minimise?)
@@ -35,23 +36,6 @@ THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 WATERSHED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def frame_scores(mask: np.ndarray, frame: dict, label_kind: str) -> dict:
-    truth = frame["classes"] > 0
-    truth_segments = metrics.segments_from_foreground(truth)
-    predicted_segments = metrics.segments_from_foreground(mask)
-    scores = {
-        "pixel_error": metrics.pixel_error(mask, truth),
-        "iou": float(metrics.iou_per_class(mask.astype(np.uint8), truth.astype(np.uint8), 2)[1]),
-        "adapted_rand_error": metrics.adapted_rand_error(predicted_segments, truth_segments)[0],
-        "adapted_rand_error_grown": metrics.adapted_rand_error(
-            metrics.grow_segments(predicted_segments), truth_segments
-        )[0],
-    }
-    if label_kind == "instance":
-        scores["seg"] = metrics.seg_measure(predicted_segments, frame["label"])
-    return scores
-
-
 def sweep(
     segmenter: Segmenter,
     records_dir,
@@ -63,8 +47,8 @@ def sweep(
     """Mean scores over ``split`` for every threshold, and the watershed on a coarser threshold grid."""
     frames = list(iterate_frames(records_dir, split))
     if not frames:
-        raise ValueError(f"{records_dir}: no {split} frames to tune on")
-    label_kind = segmenter.settings.label_kind
+        raise KunetError(f"{records_dir}: no {split} frames to tune on")
+    settings = segmenter.settings
     foreground = [segmenter.probabilities(frame["image"])[..., -1] for frame in frames]
     rows = []
     combinations = [(t, "none", None) for t in thresholds] + [
@@ -73,11 +57,12 @@ def sweep(
     for threshold, postprocess, seed_threshold in combinations:
         if seed_threshold is not None and seed_threshold <= threshold:
             continue
+        rule = DecisionRule(float(threshold), postprocess, seed_threshold or 0.9)
         per_frame = [
-            frame_scores(foreground_mask(p, threshold, postprocess, seed_threshold or 0.9), frame, label_kind)
+            score_frame(rule.foreground_classes(p), frame, 2, settings.label_kind, settings.min_object_size)
             for p, frame in zip(foreground, frames)
         ]
-        mean = {key: float(np.nanmean([s[key] for s in per_frame])) for key in per_frame[0]}
+        mean = mean_scores(per_frame)
         mean["rand_plus_pixel"] = mean["adapted_rand_error_grown"] + mean["pixel_error"]
         rows.append(
             {"threshold": float(threshold), "postprocess": postprocess, "seed_threshold": seed_threshold, **mean}
@@ -120,17 +105,18 @@ def tune(
 
     With ``test_time_mirroring`` the probabilities average the four flips, and the stored settings
     switch mirroring on for predict and export. Storing into a run directory holds its lock (see
-    :func:`kunet.train.locked_run`).
+    :func:`kunet.runs.locked_run`).
 
     Raises:
         RunError: a fit (or another tune) is working in the run directory.
         RecordsError: a shard of ``split`` is missing, damaged or holds another split (the shard named).
     """
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+        raise KunetError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     path = Path(run_or_model)
-    report_dir = path if path.is_dir() else path.parent
-    in_run = RunPaths(report_dir).config.is_file()
+    run = RunPaths(path if path.is_dir() else path.parent)
+    in_run = run.config.is_file()
+    report_dir = run.root
     if store and in_run:
         check_run_free(report_dir)  # before the sweep: a fit training this run would overwrite the result
     segmenter = Segmenter(run_or_model, precision=precision, test_time_mirroring=test_time_mirroring)
@@ -138,13 +124,13 @@ def tune(
     for row in rows:
         row["test_time_mirroring"] = test_time_mirroring
     chosen = choose(rows, objective)
-    targets = [p for p in (path / "best.keras", path / "last.keras") if p.is_file()] if path.is_dir() else [path]
+    targets = run.models() if path.is_dir() else [path]
     if store:
         # A fit rewrites best.keras and last.keras: hold the run's lock so the two never interleave.
         with locked_run(report_dir) if in_run else contextlib.nullcontext():
             for target in targets:
                 store_settings(target, chosen)
-            atomic_write_json(report_dir / "tune.json", {"objective": objective, "chosen": chosen, "rows": rows})
+            atomic_write_json(run.tune_report, {"objective": objective, "chosen": chosen, "rows": rows})
     return {
         "objective": objective,
         "chosen": chosen,

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from kunet.imageio import write_image
+from kunet.metrics import label_boundaries
 
 OUTLINE_COLOUR = (255, 64, 32)  # RGB
 PREDICTION_COLOUR = (40, 220, 255)
@@ -62,20 +63,10 @@ def to_display(image: np.ndarray, value_range: tuple[float, float] | None = None
     return np.stack([gray] * 3, axis=-1) if gray.ndim == 2 else gray
 
 
-def boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels whose 4-neighbour has a different label (class or instance id)."""
-    edges = np.zeros(labels.shape, dtype=bool)
-    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
-    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    return edges
-
-
 def overlay_outlines(image: np.ndarray, labels: np.ndarray, colour=OUTLINE_COLOUR) -> np.ndarray:
     """The image in gray with the boundaries of ``labels`` drawn in ``colour`` (uint8 RGB)."""
     canvas = to_display(image).copy()
-    canvas[boundaries(labels)] = colour
+    canvas[label_boundaries(labels)] = colour
     return canvas
 
 
@@ -104,9 +95,9 @@ def _overlay_block(image, predicted, truth, value_range) -> np.ndarray:
     mask = predicted > 0
     canvas[mask] = 0.75 * canvas[mask] + 0.25 * tint
     canvas = canvas.astype(np.uint8)
-    canvas[boundaries(predicted)] = PREDICTION_COLOUR
+    canvas[label_boundaries(predicted)] = PREDICTION_COLOUR
     if truth is not None:
-        canvas[boundaries(truth)] = OUTLINE_COLOUR
+        canvas[label_boundaries(truth)] = OUTLINE_COLOUR
     return canvas
 
 
@@ -186,3 +177,21 @@ def plot_curves(
     if title:
         cv2.putText(canvas, title, (margin, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     return save_png(path, canvas)
+
+
+def validation_triptych(example: dict) -> np.ndarray:
+    """Input, predicted foreground probability and true outlines of a validation frame, uint8 [3, H, W, 3]."""
+    image = to_display(example["image"])
+    foreground = example["probabilities"][..., -1]
+    prediction = (np.stack([foreground] * 3, -1) * 255).astype(np.uint8)
+    label = overlay_outlines(example["image"], example["classes"])
+    return np.stack([image, prediction, label])
+
+
+def plot_history(rows: list[dict], path: str | os.PathLike, title: str, metrics: Sequence[str]) -> Path:
+    """``training.png``: the training loss and every metric of ``metrics`` a run's history holds, per epoch."""
+    series = {"train loss": [(float(r["epoch"]), float(r["loss"])) for r in rows]}
+    for key in metrics:
+        if rows and key in rows[-1]:
+            series[key] = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+    return plot_curves(path, series, title=title, x_label="epoch")

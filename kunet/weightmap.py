@@ -16,14 +16,61 @@ float16 resolution the records store, so pixels farther away never need that obj
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from kunet.config import WeightMapConfig
+from kunet.errors import KunetError
 
 # exp(-13.8) ~ 1e-6: the border term is negligible once (d1 + d2)^2 exceeds 13.8 * f * sigma^2.
 _NEGLIGIBLE_EXPONENT = 13.8
+
+
+@dataclass(frozen=True)
+class WeightPreset:
+    """The parameters of eq. 2 a ``[weights] preset`` stands for.
+
+    Args:
+        w0, sigma, sigma_factor: The border term ``w0 * exp(-(d1 + d2)^2 / (sigma_factor * sigma^2))``.
+        class_weights: w_c: ``"balanced"`` (inverse class frequency of the training split, the most frequent
+            class 1), ``"uniform"`` (all 1) or one value per class.
+    """
+
+    w0: float
+    sigma: float
+    sigma_factor: float = 2.0
+    class_weights: str | tuple[float, ...] = "balanced"
+
+    @property
+    def fixed_class_weights(self) -> tuple[float, ...]:
+        """The class weights when they are given values, else empty (computed from the data)."""
+        return () if isinstance(self.class_weights, str) else tuple(self.class_weights)
+
+
+# [weights] preset -> parameters (docs/EXTENDING.md: adding a preset). "custom" is the paper's values, kept
+# for pipelines written when fields other than the preset were read only under it.
+WEIGHT_PRESETS: dict[str, WeightPreset] = {
+    "paper": WeightPreset(w0=10.0, sigma=5.0, sigma_factor=2.0, class_weights="balanced"),
+    "falk2019": WeightPreset(w0=50.0, sigma=6.0, sigma_factor=1.0, class_weights=(0.1, 1.0)),
+    "none": WeightPreset(w0=0.0, sigma=1.0, sigma_factor=2.0, class_weights="uniform"),
+    "custom": WeightPreset(w0=10.0, sigma=5.0, sigma_factor=2.0, class_weights="balanced"),
+}
+
+
+def class_weights_for(weights: WeightMapConfig, train_counts: np.ndarray, num_classes: int) -> np.ndarray:
+    """w_c of eq. 2 per class index: the configured values, else as the preset says (balanced on
+    ``train_counts``, the pixels per class in the training split, or uniform)."""
+    resolved = weights.resolved()
+    if resolved.class_weights:
+        if len(resolved.class_weights) != num_classes:
+            raise KunetError(f"weights.class_weights has {len(resolved.class_weights)} values for {num_classes} "
+                             "classes")  # fmt: skip
+        return np.asarray(resolved.class_weights, dtype=np.float64)
+    if WEIGHT_PRESETS[weights.preset].class_weights == "uniform":
+        return np.ones(num_classes)
+    return class_balance_weights(train_counts)
 
 
 def class_balance_weights(class_counts: np.ndarray) -> np.ndarray:

@@ -315,6 +315,7 @@ def test_padding_is_never_sampled():
         assert 250 not in tile_classes.numpy()
 
 
+@pytest.mark.slow
 def test_xla_compiles_and_matches_graph_mode():
     examples = [_example(50, 60, seed=0), _example(41, 37, seed=1)]
     images, classes, weights, sizes = _batch(examples)
@@ -385,6 +386,7 @@ def test_unknown_batch_size_matches_static():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_host_sampler_in_dataset_map_is_deterministic():
     image, classes, weight = _example(48, 52)
     sampler = augment.make_host_sampler(AugmentParams(), 60, 28, jit_compile=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from kunet_cli.main import app
 from typer.testing import CliRunner
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kunet import demo
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_reuses_its_outputs(tmp_path):
     lines: list[str] = []
     result = demo.run(tmp_path / "work", size=demo.TINY, export_root=tmp_path / "saved_models", log=lines.append)
@@ -26,11 +29,12 @@ def test_demo_runs_every_step_and_reuses_its_outputs(tmp_path):
     assert second["scores"] == result["scores"]
 
 
+@pytest.mark.slow
 def test_every_shipped_pipeline_passes_a_dry_run_without_data():
     from pathlib import Path
 
+    from kunet.builders import dry_run
     from kunet.config import load_pipeline
-    from kunet.train import dry_run
 
     pipelines = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"))
     assert {p.stem for p in pipelines} >= {"isbi2012", "dic-hela", "phc-u373", "synthetic-em"}

@@ -16,7 +16,6 @@ import tensorflow as tf
 from kunet.export import ExportError, export, training_provenance
 from kunet.segmenter import Segmenter
 from kunet.serving.check import check
-from kunet.train import Trainer
 
 _LOAD_AND_PREDICT = r"""
 import json, sys
@@ -33,12 +32,10 @@ print(json.dumps({k: list(v.shape) for k, v in out.items()}))
 """
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_records, tmp_path_factory):
-    config, records = tiny_records
-    run = tmp_path_factory.mktemp("export") / "run"
-    Trainer(config, run, records, log=lambda *a, **k: None).fit(steps=12)
-    return run
+@pytest.fixture
+def trained_run(trained_tiny_run):
+    """The session's tiny trained run (read only: tests that change it copy it first)."""
+    return trained_tiny_run
 
 
 @pytest.mark.parametrize("source", ["isbi slice", "300x517", "96x96"])
@@ -161,6 +158,7 @@ def test_an_interrupted_export_leaves_no_half_written_version(trained_run, tmp_p
     assert [p.name for p in (tmp_path / "tiny").iterdir()] == []
 
 
+@pytest.mark.slow
 def test_check_validates_an_export_in_a_fresh_process(trained_run, tmp_path):
     version_dir = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
     report = check(version_dir, log=lambda *a: None)
@@ -173,6 +171,7 @@ def test_check_validates_an_export_in_a_fresh_process(trained_run, tmp_path):
         check(broken, log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_stored_threshold_and_watershed_travel_into_the_export(trained_run, tmp_path):
     from kunet.tune import store_settings
 
@@ -194,3 +193,33 @@ def test_stored_threshold_and_watershed_travel_into_the_export(trained_run, tmp_
     reference = Segmenter(run).segment(image)
     decided = np.abs(reference.probabilities[..., 1] - 0.4) > 1e-4
     np.testing.assert_array_equal(served["classes"].numpy()[0][decided], reference.classes[decided])
+
+
+def test_predict_feeds_a_three_channel_export_three_channels(tmp_path):
+    """An RGB model exported and given a gray or a color image by ``kunet predict``: the export's kunet.json
+    says 3 channels, the image is given 3, and the masks equal the .keras model's."""
+    from helpers import tiny_pipeline_dict
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
+    from kunet.builders import build_model
+    from kunet.config import pipeline_from_dict
+
+    settings = tiny_pipeline_dict()
+    settings["image"] = {"channels": 3}
+    model = build_model(pipeline_from_dict(settings, base_dir=tmp_path))
+    model.save(tmp_path / "rgb.keras")
+    version_dir = export(tmp_path / "rgb.keras", "rgb", tmp_path / "saved", log=lambda *a: None)
+    assert Segmenter(version_dir).input_channels == 3
+    rng = np.random.default_rng(5)
+    color = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "color.png"), color)
+    cv2.imwrite(str(tmp_path / "gray.png"), color[..., 0])
+    for model_path, out in ((version_dir, "served"), (tmp_path / "rgb.keras", "keras")):
+        inputs = [str(tmp_path / "color.png"), str(tmp_path / "gray.png")]
+        result = CliRunner().invoke(app, ["predict", str(model_path), *inputs, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    for name in ("color_mask.png", "gray_mask.png"):
+        served = cv2.imread(str(tmp_path / "served" / name), cv2.IMREAD_UNCHANGED)
+        assert served.shape == (70, 90)
+        np.testing.assert_array_equal(served, cv2.imread(str(tmp_path / "keras" / name), cv2.IMREAD_UNCHANGED))

@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kunet.inference import (
-    InferenceSettings,
-    Predictor,
-    choose_tile,
-    decide_classes,
-    fold_indices,
-    mirror_extend,
-    plan_for_tile,
-)
-from kunet.model import UNet, forward_flops, valid_input_size
+from kunet.decision import DecisionRule
+from kunet.inference import InferenceSettings, Predictor, fold_indices, mirror_extend
+from kunet.model import UNet
+from kunet.sizes import forward_flops, valid_input_size
+from kunet.tiling import TilingOptions, choose_tile, plan_for_tile
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,8 @@ def _whole_image_pass(model, prepared: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("height,width", [(300, 517), (37, 53), (100, 100), (229, 130)])
 def test_tiled_prediction_equals_a_single_whole_image_pass(small_net, height, width):
     image = np.random.default_rng(height * width).integers(0, 255, (height, width), dtype=np.uint8)
-    predictor = Predictor(small_net, tile_size=220)  # 220 -> 36 output, stride 32: many tiles, many seams
+    # 220 -> 36 output, stride 32: many tiles, many seams
+    predictor = Predictor(small_net, tiling=TilingOptions(tile_size=220))
     plan = predictor.plan((height, width))
     reference = _whole_image_pass(small_net, predictor.prepare(image))
     tiled = predictor.probabilities(image)
@@ -49,7 +45,7 @@ def test_tiled_prediction_equals_a_single_whole_image_pass(small_net, height, wi
 def test_automatic_tiles_and_batched_tiles_give_the_same_result(small_net):
     image = np.random.default_rng(7).integers(0, 65535, (260, 310), dtype=np.uint16)
     automatic = Predictor(small_net).probabilities(image)
-    batched = Predictor(small_net, tile_size=236, batch_size=3).probabilities(image)
+    batched = Predictor(small_net, tiling=TilingOptions(tile_size=236, batch_size=3)).probabilities(image)
     np.testing.assert_allclose(automatic, batched, atol=2e-5)
 
 
@@ -86,8 +82,8 @@ def test_tile_choice_minimises_flops_for_the_whole_image():
 
 def test_test_time_mirroring_is_the_mean_over_flips(small_net):
     image = np.random.default_rng(2).integers(0, 255, (64, 80), dtype=np.uint8)
-    plain = Predictor(small_net, tile_size=220)
-    mirrored = Predictor(small_net, tile_size=220, test_time_mirroring=True).probabilities(image)
+    plain = Predictor(small_net, tiling=TilingOptions(tile_size=220))
+    mirrored = Predictor(small_net, tiling=TilingOptions(tile_size=220), test_time_mirroring=True).probabilities(image)
     flips = [
         plain.probabilities(image),
         plain.probabilities(image[::-1])[::-1],
@@ -99,9 +95,9 @@ def test_test_time_mirroring_is_the_mean_over_flips(small_net):
 
 def test_decision_rule_uses_the_threshold_for_binary_and_argmax_otherwise():
     probabilities = np.array([[[0.7, 0.3], [0.4, 0.6]]], np.float32)
-    assert decide_classes(probabilities, 0.5).tolist() == [[0, 1]]
-    assert decide_classes(probabilities, 0.25).tolist() == [[1, 1]]
+    assert DecisionRule(0.5).classes(probabilities).tolist() == [[0, 1]]
+    assert DecisionRule(0.25).classes(probabilities).tolist() == [[1, 1]]
     three = np.array([[[0.2, 0.3, 0.5]]], np.float32)
-    assert decide_classes(three, 0.5).tolist() == [[2]]
+    assert DecisionRule(0.5).classes(three).tolist() == [[2]]
     settings = InferenceSettings.from_metadata({"threshold": 0.3, "class_values": [0, 255], "unknown": 1})
     assert settings.threshold == 0.3 and settings.class_values == (0, 255)

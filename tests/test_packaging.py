@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 
 def _run(args, **kwargs):
@@ -29,6 +30,10 @@ def wheel_venv(tmp_path_factory) -> Path:
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = root.glob("kunet-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = {str(Path(name).parent) for name in archive.namelist() if name.endswith("/__init__.py")}
+    in_tree = {str(path.parent.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "kunet").rglob("__init__.py")}
+    assert in_tree <= packaged, f"packages missing from the wheel (list them in pyproject.toml): {in_tree - packaged}"
     venv = root / "venv"
     assert _run([sys.executable, "-m", "venv", "--without-pip", str(venv)]).returncode == 0
     python = venv / "bin" / "python"
@@ -39,6 +44,7 @@ def wheel_venv(tmp_path_factory) -> Path:
     return venv
 
 
+@pytest.mark.slow
 def test_wheel_contains_library_and_cli_and_runs_help_and_info(wheel_venv, tmp_path):
     python = wheel_venv / "bin" / "python"
     where = _run(
@@ -55,6 +61,19 @@ def test_wheel_contains_library_and_cli_and_runs_help_and_info(wheel_venv, tmp_p
     info_run = _run([str(wheel_venv / "bin" / "kunet"), "info"], cwd=tmp_path, env=env)
     assert info_run.returncode == 0, info_run.stderr
     assert "tensorflow: 2.21" in info_run.stdout and "AVX-512F" in info_run.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_demos_pipeline(wheel_venv, tmp_path):
+    """`kunet demo` from a wheel must find its pipeline without the source tree."""
+    program = (
+        "from kunet.demo import DEFAULT_PIPELINE; from kunet.config import load_pipeline; "
+        "print(DEFAULT_PIPELINE); print(load_pipeline(DEFAULT_PIPELINE).name)"
+    )
+    shown = _run([str(wheel_venv / "bin" / "python"), "-c", program], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    path, name = shown.stdout.split()
+    assert path.startswith(str(wheel_venv)) and name == "synthetic-em"
 
 
 def test_kunet_imports_without_typer_or_tensorflow():

@@ -6,10 +6,11 @@ import json
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kunet import metrics
-from kunet.postprocess import foreground_mask, watershed_lines
+from kunet.decision import DecisionRule
 from kunet.segmenter import Segmenter
 from kunet.train import Trainer
 from kunet.tune import choose, tune
@@ -25,12 +26,13 @@ def _two_cells_with_a_faint_gap():
 
 def test_watershed_lines_close_a_membrane_gap_that_merges_cells_at_the_threshold():
     p = _two_cells_with_a_faint_gap()
-    plain = foreground_mask(p, 0.5, "none")
+    plain = DecisionRule(0.5, "none").foreground_classes(p)
     assert metrics.segments_from_foreground(plain).max() == 1  # merged through the gap
-    closed = foreground_mask(p, 0.5, "watershed", seed_threshold=0.9)
+    closed = DecisionRule(0.5, "watershed", seed_threshold=0.9).foreground_classes(p)
     assert metrics.segments_from_foreground(closed).max() == 2
     assert np.sum(plain != closed) == 4  # only the 1-px cut through the 4-px gap changes
-    assert not watershed_lines(np.full((30, 30), 0.99, np.float32)).any()  # one seed: nothing to separate
+    one_seed = np.full((30, 30), 0.99, np.float32)
+    assert DecisionRule(0.5, "watershed").foreground_classes(one_seed).all()  # nothing to separate
 
 
 def test_predictor_and_validation_during_fit_decide_with_the_stored_watershed_rule():
@@ -45,7 +47,7 @@ def test_predictor_and_validation_during_fit_decide_with_the_stored_watershed_ru
     watershed = InferenceSettings(threshold=0.5, postprocess="watershed", seed_threshold=0.9)
     classes = Predictor(model, watershed).classes(probabilities)
     assert metrics.segments_from_foreground(classes > 0).max() == 2
-    np.testing.assert_array_equal(classes, foreground_mask(p, 0.5, "watershed", seed_threshold=0.9))
+    np.testing.assert_array_equal(classes, DecisionRule(0.5, "watershed", 0.9).foreground_classes(p))
     plain = Predictor(model, InferenceSettings(threshold=0.5)).classes(probabilities)
     assert metrics.segments_from_foreground(plain > 0).max() == 1
 
@@ -54,20 +56,22 @@ def test_watershed_cut_follows_the_dimmest_path_not_the_midpoint():
     """Fronts cross bright interiors first, so the cut lands on the faint membrane, off-centre."""
     p = np.full((20, 60), 0.98, np.float32)
     p[:, 40] = 0.55  # a faint membrane two thirds across, no gap-free separation at threshold 0.5
-    lines = watershed_lines(p, 0.5, 0.9)
+    lines = DecisionRule(0.5).foreground_classes(p) & ~DecisionRule(0.5, "watershed", 0.9).foreground_classes(p)
     assert lines[:, 40].all() and lines.sum() == 20
 
 
-def test_tensorflow_and_numpy_masks_agree():
-    from kunet.postprocess import tf_foreground_mask
-
+def test_tensorflow_and_numpy_decisions_agree():
     p = np.random.default_rng(0).random((50, 70)).astype(np.float32)
     p = (p + np.roll(p, 1, 0) + np.roll(p, 1, 1)) / 3  # some spatial structure
-    expected = foreground_mask(p, 0.45, "watershed", 0.6)
-    got = tf.function(lambda x: tf_foreground_mask(x, 0.45, "watershed", 0.6))(tf.constant(p)).numpy()
-    np.testing.assert_array_equal(got, expected)
+    probabilities = np.stack([1 - p, p], axis=-1)
+    three = np.random.default_rng(1).dirichlet([1, 1, 1], (20, 30)).astype(np.float32)
+    for rule, values in ((DecisionRule(0.45, "watershed", 0.6), probabilities), (DecisionRule(0.3), probabilities),
+                         (DecisionRule(0.5), three)):  # fmt: skip
+        got = tf.function(rule.tf_classes)(tf.constant(values)).numpy()
+        np.testing.assert_array_equal(got, rule.classes(values))
 
 
+@pytest.mark.slow
 def test_tune_picks_the_best_row_and_stores_it_with_the_model(tiny_records, tmp_path):
     config, records = tiny_records
     run = tmp_path / "run"

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from kunet.config import LabelConfig, WeightMapConfig, load_pipeline, pipeline_from_dict
 from kunet.records import RecordsError, build_records, iterate_frames, read_manifest, split_frames, verify_checksums

@@ -140,7 +140,7 @@ def _never(*args, **kwargs):
 def test_overwrite_refuses_the_folder_holding_the_source_before_reading_it(tmp_path, monkeypatch):
     source = _source(tmp_path)
     before = _tree(source)
-    monkeypatch.setattr(records, "check_frames", _never)
+    monkeypatch.setattr(records.build, "check_frames", _never)
     with pytest.raises(UnsafeOverwriteError, match="which this job reads"):
         build_records(_config(source), out=source, overwrite=True)
     assert _tree(source) == before
@@ -151,7 +151,7 @@ def test_overwrite_refuses_a_folder_kunet_did_not_make(tmp_path, monkeypatch):
     foreign = tmp_path / "results"
     foreign.mkdir()
     (foreign / "thesis.docx").write_bytes(b"years of work")
-    monkeypatch.setattr(records, "check_frames", _never)
+    monkeypatch.setattr(records.build, "check_frames", _never)
     with pytest.raises(UnsafeOverwriteError, match="results: not made by kunet"):
         build_records(_config(tmp_path), out=foreign, overwrite=True)
     assert _tree(foreign) == {"thesis.docx": b"years of work"}
@@ -160,14 +160,14 @@ def test_overwrite_refuses_a_folder_kunet_did_not_make(tmp_path, monkeypatch):
 def test_overwrite_is_checked_again_when_the_records_are_committed(tmp_path, monkeypatch):
     _source(tmp_path)
     out = tmp_path / "rec"
-    real_write = records._write_shards
+    real_write = records.build._write_shards
 
     def someone_else_creates_out(*args, **kwargs):
         out.mkdir()
         (out / "theirs.txt").write_text("not kunet's")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(records, "_write_shards", someone_else_creates_out)
+    monkeypatch.setattr(records.build, "_write_shards", someone_else_creates_out)
     with pytest.raises(UnsafeOverwriteError, match="rec: not made by kunet"):
         build_records(_config(tmp_path), out=out, overwrite=True)
     assert _tree(out) == {"theirs.txt": b"not kunet's"}
@@ -191,7 +191,7 @@ def test_a_mix_of_bit_depths_names_the_first_differing_file_before_anything_is_e
     _source(tmp_path)
     deep = (np.arange(40 * 50, dtype=np.uint16).reshape(40, 50) * 20).astype(np.uint16)
     _write_pair(tmp_path, "a1", deep, _two_blobs(40, 50))  # 16-bit image among 8-bit ones
-    monkeypatch.setattr(records, "encode_example", _never)
+    monkeypatch.setattr(records.build, "encode_example", _never)
     with pytest.raises(RecordsError, match=r"images/a1\.png: 16-bit \(uint16\) image, but .*images/a0\.png is 8-bit"):
         build_records(_config(tmp_path), out=tmp_path / "rec")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels", "notes.txt"]
@@ -208,7 +208,7 @@ def stop(*args, **kwargs):
     print("ready", flush=True)
     time.sleep(600)
 
-records.commit_directory = stop
+records.build.commit_directory = stop
 config = pipeline_from_dict({"name": "t", "source": {"kind": "folders", "images": "images", "labels": "labels"},
                              "records": {"shards": 1}}, base_dir=sys.argv[1])
 records.build_records(config, out=sys.argv[2])
@@ -263,7 +263,7 @@ def test_cli_synth_overwrite_of_the_working_directory_refuses_before_generating(
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "SYNTHETIC.json").write_text("{}")  # even a kunet marker deeper down does not matter
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(synthetic, "make_em_sample", _never)
+    monkeypatch.setattr(synthetic.datasets, "make_em_sample", _never)
     result = CliRunner().invoke(app, ["synth", "em", "--out", ".", "--count", "2", "--size", "32", "--overwrite"])
     assert result.exit_code == 2 and _one_error_line(result.output, "working directory"), result.output
     assert _tree(tmp_path) == {"paper.tex": b"draft", "data/SYNTHETIC.json": b"{}"}
@@ -274,7 +274,7 @@ _WRITE_THEN_DIE = """
 import os, signal, sys
 from kunet import synthetic
 
-real_write, calls = synthetic._write, []
+real_write, calls = synthetic.datasets._write, []
 
 def write_then_die(path, image):
     calls.append(path)
@@ -282,7 +282,7 @@ def write_then_die(path, image):
         os.kill(os.getpid(), signal.SIGKILL)
     real_write(path, image)
 
-synthetic._write = write_then_die
+synthetic.datasets._write = write_then_die
 synthetic.write_em_dataset(sys.argv[1], count=4, size=32)
 """
 
@@ -391,9 +391,9 @@ def test_a_corrupted_shard_of_unchanged_size_is_named_instead_of_a_data_loss_tra
 
 
 def test_evaluate_and_tune_name_a_damaged_val_shard_and_keep_what_they_wrote_before(tiny_records, tmp_path):
+    from kunet.builders import build_model
     from kunet.evaluate import evaluate
     from kunet.segmenter import Segmenter
-    from kunet.train import build_model
     from kunet.tune import tune
 
     config, original = tiny_records

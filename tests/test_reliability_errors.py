@@ -13,10 +13,12 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from kunet_cli.common import user_errors
 from kunet_cli.main import app
 from typer.testing import CliRunner
+
+from kunet.errors import KunetError
 
 runner = CliRunner()
 ISBI_TOML = REPO_ROOT / "pipelines" / "isbi2012.toml"
@@ -68,7 +70,7 @@ def _raise_inside_user_errors(error: BaseException) -> str:
         (NotADirectoryError(errno.ENOTDIR, "Not a directory", "img.png/out"), "error: img.png/out: Not a directory"),
         (MemoryError("Unable to allocate 5.8 GiB for an array with shape (20000, 20000, 2)"),
          "error: out of memory (Unable to allocate 5.8 GiB"),
-        (ValueError("x.png: first line\n  second line"), "error: x.png: first line second line"),
+        (KunetError("x.png: first line\n  second line"), "error: x.png: first line second line"),
     ],
 )  # fmt: skip
 def test_os_memory_and_library_errors_become_one_line(error, expected):
@@ -93,13 +95,24 @@ def test_genuine_bugs_keep_their_traceback_and_kunet_debug_shows_every_traceback
 
     @app_.command()
     def explode(kind: str):
+        bugs = {"type": TypeError("bug"), "value": ValueError("a bug inside Keras"), "key": KeyError("bug")}
         with user_errors():
-            raise TypeError("bug") if kind == "bug" else OSError(errno.ENOSPC, "No space left on device", "/x")
+            raise bugs.get(kind) or OSError(errno.ENOSPC, "No space left on device", "/x")
 
-    assert isinstance(runner.invoke(app_, ["bug"]).exception, TypeError)
+    for kind, expected in (("type", TypeError), ("value", ValueError), ("key", KeyError)):
+        assert isinstance(runner.invoke(app_, [kind]).exception, expected)  # a traceback, not one line
     assert runner.invoke(app_, ["disk"]).exit_code == 2
     monkeypatch.setenv("KUNET_DEBUG", "1")
     assert isinstance(runner.invoke(app_, ["disk"]).exception, OSError)
+
+
+def test_the_debug_flag_shows_the_traceback_of_a_user_error(tmp_path, monkeypatch):
+    from kunet.errors import KunetError
+
+    monkeypatch.setenv("KUNET_DEBUG", "0")  # restored after the test: --debug sets it for the process
+    assert runner.invoke(app, ["fit", str(tmp_path), "--dry-run"]).exit_code == 2
+    debugged = runner.invoke(app, ["--debug", "fit", str(tmp_path), "--dry-run"])
+    assert isinstance(debugged.exception, KunetError) and str(tmp_path) in str(debugged.exception)
 
 
 def test_a_folder_or_a_binary_file_as_the_pipeline_is_named(tmp_path):
@@ -488,9 +501,10 @@ def test_a_full_disk_during_predict_ends_in_one_line_and_leaves_no_partial_file(
 def _predict_folder(model_file, image, out, streaming: bool, monkeypatch, postprocess: str = "none", **options):
     import kunet.predict_files as predict_files
     from kunet.segmenter import Segmenter
+    from kunet.tiling import TilingOptions
 
     monkeypatch.setattr(predict_files, "STREAMING_PIXELS", 0 if streaming else 10**12)
-    segmenter = Segmenter(model_file, tile_size=60, streaming_memory_mb=1)  # 1 MB: many strips
+    segmenter = Segmenter(model_file, tiling=TilingOptions(tile_size=60, streaming_memory_mb=1))  # many strips
     segmenter.settings.postprocess = postprocess
     return predict_files.predict_files(segmenter, [image], out, **options)
 
@@ -533,8 +547,8 @@ def test_streamed_statistics_equal_whole_image_statistics():
 
 
 def test_streaming_tiles_keep_strip_and_activations_within_the_budget():
-    from kunet.inference import choose_tile, strip_bytes
-    from kunet.model import activation_bytes
+    from kunet.sizes import activation_bytes
+    from kunet.tiling import choose_tile, strip_bytes
 
     plans = {}
     for budget in (256, 512, 1024):
@@ -552,6 +566,7 @@ import sys
 import numpy as np, cv2
 import kunet.predict_files as predict_files
 from kunet.segmenter import Segmenter
+from kunet.tiling import TilingOptions
 
 
 def peak_rss() -> int:
@@ -566,7 +581,7 @@ small = np.random.default_rng(0).integers(0, 256, (side // 64 + 1, side // 64 + 
 cv2.imwrite(out + "/big.png", cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC))
 cv2.imwrite(out + "/warm.png", small)
 predict_files.STREAMING_PIXELS = 0 if streaming else 10**12
-segmenter = Segmenter(model, streaming_memory_mb=128)
+segmenter = Segmenter(model, tiling=TilingOptions(streaming_memory_mb=128))
 predict_files.predict_files(segmenter, [out + "/warm.png"], out + "/warm", probabilities="npy")
 with open("/proc/self/clear_refs", "w") as clear:
     clear.write("5")  # resets the peak to the current RSS: start-up peaks must not hide what follows

@@ -16,7 +16,8 @@ import pytest
 from test_reliability_data import _lock_holder, _quiet, _sigkilled_at_exit, _tree
 from test_train import _weights
 
-from kunet.train import RunError, Trainer
+from kunet.runs import RunError
+from kunet.train import Trainer
 
 _FIT_STOPPED_AT = """
 import json, os, signal, sys, time
@@ -68,6 +69,7 @@ def straight_run(tiny_records, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_a_kill_during_validation_is_finished_on_resume_with_the_right_losses(tiny_records, straight_run, tmp_path):
     config, records = tiny_records
     run = tmp_path / "run"
@@ -103,6 +105,7 @@ def test_a_kill_during_validation_is_finished_on_resume_with_the_right_losses(ti
     assert json.loads((run / "state.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_second_fit_or_tune_of_a_run_being_trained_fails_at_once_naming_the_holder(tiny_records, tmp_path):
     from kunet.tune import tune
 
@@ -136,6 +139,7 @@ def test_two_fresh_fits_racing_for_one_directory_leave_it_to_the_first(tiny_reco
         assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # the loser wrote nothing
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tiny_records, tmp_path):
     config, records = tiny_records
     run = tmp_path / "run"
@@ -154,6 +158,7 @@ def _data_file(run: Path, step: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_damaged(tiny_records, tmp_path):
     config, records = tiny_records
     run = tmp_path / "run"

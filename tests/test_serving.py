@@ -33,20 +33,18 @@ from kunet.serving import client, rules
 from kunet.serving import signatures as names
 from kunet.serving.batching import Batching, run_batched
 from kunet.serving.check import check
+from kunet.serving.graph import SIGNATURES
 from kunet.serving.signatures import ServingLimits
 from kunet.serving.standin import StandIn
-from kunet.train import Trainer
 
 quiet = lambda *args, **kwargs: None  # noqa: E731
 
 
 @pytest.fixture(scope="module")
-def served(tiny_records, tmp_path_factory):
-    """A trained tiny run, its export, a test image and ``kunet predict``'s mask of it from the export."""
-    config, records = tiny_records
+def served(trained_tiny_run, tmp_path_factory):
+    """The session's tiny trained run, its export, a test image and ``kunet predict``'s mask of it from the export."""
     root = tmp_path_factory.mktemp("serving")
-    Trainer(config, root / "run", records, log=quiet).fit(steps=12)
-    version = export(root / "run", "tiny", root / "saved_models", log=quiet)
+    version = export(trained_tiny_run, "tiny", root / "saved_models", log=quiet)
     rng = np.random.default_rng(3)
     image = rng.integers(20, 90, (100, 131), dtype=np.uint8)
     for cy, cx in ((30, 40), (30, 70), (70, 100)):
@@ -56,7 +54,7 @@ def served(tiny_records, tmp_path_factory):
     cv2.imwrite(str(work / "image.png"), image)
     predict_files(Segmenter(version), [work / "image.png"], root / "predicted", overlays=False)
     mask = cv2.imread(str(root / "predicted" / "image_mask.png"), cv2.IMREAD_UNCHANGED)
-    return SimpleNamespace(run=root / "run", version=version, models=root / "saved_models" / "tiny", image=image,
+    return SimpleNamespace(run=trained_tiny_run, version=version, models=root / "saved_models" / "tiny", image=image,
                            work=work, mask=mask)  # fmt: skip
 
 
@@ -116,7 +114,8 @@ def test_server_files_and_warmup_parse_with_tf_servings_own_messages(served):
     assert [(log.predict_log.request.model_spec.signature_name, sorted(log.predict_log.request.inputs))
             for log in logs] == [("serving_default", ["images"]), ("segment_png", ["png_bytes"])]  # fmt: skip
     info = json.loads((served.version / "assets.extra" / "kunet.json").read_text())
-    assert info["signatures"] == names.SIGNATURES and info["limits"] == ServingLimits().to_dict()
+    assert info["signatures"] == {key: s.describe() for key, s in SIGNATURES.items()}
+    assert info["limits"] == ServingLimits().to_dict()
 
 
 def _readme_blocks(readme: str, language: str) -> list[str]:
@@ -261,6 +260,7 @@ print(json.dumps(answers))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", [8000, 23000])
 def test_a_decompression_bomb_fails_fast_with_the_bound_under_a_memory_cap(served, tmp_path, side):
     bomb = tmp_path / "bomb.png"
@@ -323,6 +323,7 @@ def test_killed_exports_temporaries_are_removed_and_a_running_ones_kept(served, 
     assert any("being written by another running process" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_an_export_with_the_old_names_still_predicts_and_check_says_why_rest_breaks(served, tmp_path, monkeypatch):
     monkeypatch.setattr(names, "PNG_INPUT", "png")
     monkeypatch.setattr(names, "MASK_PNG_OUTPUT", "png")

@@ -265,7 +265,7 @@ def test_writer_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch, e
         out.mkdir()
         (out / "SYNTHETIC.json").write_text("{}")
         (out / "keep.txt").write_text("old")
-    real_write = synthetic._write
+    real_write = synthetic.datasets._write
     calls = []
 
     def failing_write(path, image):
@@ -274,7 +274,7 @@ def test_writer_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch, e
             raise RuntimeError("disk full")
         real_write(path, image)
 
-    monkeypatch.setattr(synthetic, "_write", failing_write)
+    monkeypatch.setattr(synthetic.datasets, "_write", failing_write)
     with pytest.raises(RuntimeError, match="disk full"):
         write_em_dataset(out, count=3, size=48, overwrite=True)
     assert len(calls) == 3

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT, tiny_pipeline_dict
+from helpers import REPO_ROOT, tiny_pipeline_dict
 
 from kunet.config import pipeline_from_dict
 from kunet.losses import segmentation_loss
@@ -62,7 +62,7 @@ def test_dice_term_matches_numpy():
 
 def test_a_tiny_unet_overfits_a_small_batch():
     rng = np.random.default_rng(3)
-    from conftest import blob_image
+    from helpers import blob_image
 
     pairs = [blob_image(rng, 124) for _ in range(2)]
     tiles = np.stack([(image.astype(np.float32) / 255 - 0.4) / 0.2 for image, _ in pairs])[..., None]
@@ -86,6 +86,7 @@ def _weights(path: Path):
     return keras.models.load_model(path).get_weights()
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_records, tmp_path):
     config, records = tiny_records
     quiet = lambda *args, **kwargs: None  # noqa: E731
@@ -104,7 +105,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_records, tmp
 
 
 def test_an_existing_run_is_not_overwritten(tiny_records, tmp_path):
-    from kunet.train import RunError
+    from kunet.runs import RunError
 
     config, records = tiny_records
     quiet = lambda *args, **kwargs: None  # noqa: E731
@@ -113,10 +114,11 @@ def test_an_existing_run_is_not_overwritten(tiny_records, tmp_path):
         Trainer(config, tmp_path / "run", records, log=quiet)
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_a_trained_models_weights(tiny_records, tmp_path):
     import copy
 
-    from kunet.train import RunError
+    from kunet.runs import RunError
 
     config, records = tiny_records
     quiet = lambda *args, **kwargs: None  # noqa: E731
@@ -208,7 +210,8 @@ import json, os, sys
 import numpy as np
 import tensorflow as tf
 from kunet.config import pipeline_from_dict
-from kunet.train import Trainer, make_strategy
+from kunet.builders import make_strategy
+from kunet.train import Trainer
 strategy = make_strategy(sys.argv[1])
 config = pipeline_from_dict(json.loads(sys.argv[2]), sys.argv[3])
 trainer = Trainer(config, sys.argv[4], sys.argv[5], strategy=strategy)
@@ -266,7 +269,7 @@ def test_mirrored_strategy_over_two_logical_cpus_trains(tiny_records, tmp_path):
 
 
 def test_config_round_trips_through_the_run_directory(tiny_records, tmp_path):
-    from kunet.train import load_run_config
+    from kunet.runs import load_run_config
 
     config, records = tiny_records
     Trainer(config, tmp_path / "run", records, log=lambda *a, **k: None).fit(steps=1)
@@ -276,7 +279,7 @@ def test_config_round_trips_through_the_run_directory(tiny_records, tmp_path):
 
 
 def test_the_pipelines_decision_rule_travels_with_the_model():
-    from kunet.train import build_model
+    from kunet.builders import build_model
 
     config = pipeline_from_dict(tiny_pipeline_dict())
     config.inference.threshold = 0.3

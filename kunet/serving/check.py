@@ -40,8 +40,8 @@ def check(export_dir, log=print) -> dict:
         raise ExportError(f"{export_dir}: not a SavedModel version folder (no saved_model.pb)")
     log(f"loading {export_dir} in a fresh process and replaying requests")
     report, served, rest_mask = _replay_in_fresh_process(export_dir)
-    problems = _signature_problems(report)
     info = json.loads((export_dir / "assets.extra" / "kunet.json").read_text())
+    problems = _signature_problems(report, info)
     settings = InferenceSettings.from_metadata(info["inference"])
     log("predicting the sample image with kunet predict's code path")
     reference = Segmenter(export_dir / "assets.extra" / "unet.keras").segment(
@@ -81,10 +81,10 @@ def _replay_in_fresh_process(export_dir: Path) -> tuple[dict, np.ndarray, np.nda
         return report, served, png_array(mask_path.read_bytes()) if mask_path.is_file() else None
 
 
-def _signature_problems(report: dict) -> list[str]:
+def _signature_problems(report: dict, info: dict) -> list[str]:
     problems = [f"REST request failed: {report[key]}" for key in ("rest_png_problem", "rest_pixels_problem")
                 if report[key]]  # fmt: skip
-    missing = set(names.SIGNATURES) - set(report["signatures"])
+    missing = set(info["signatures"]) - set(report["signatures"])
     if missing:
         problems.append(f"missing signatures {sorted(missing)}")
     raw_strings = names.string_outputs_without_bytes_suffix(report["signatures"])

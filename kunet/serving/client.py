@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kunet.errors import KunetError
 from kunet.serving import signatures as names
 
 GRPC_MAX_MESSAGE_BYTES = 1 << 30  # gRPC's default 4 MB is less than one 512x512 probability map
@@ -30,7 +31,7 @@ _REST_URL = re.compile(r"^(https?://[^/]+)/v1/models/([^/:]+)(?:/versions/(\d+))
 _GRPC_URL = re.compile(r"^grpc://([^/]+)/([^/:]+)(?:/versions/(\d+))?/?$")
 
 
-class ServingRequestError(ValueError):
+class ServingRequestError(KunetError):
     """A request the server refused or could not answer; the message is the server's."""
 
 
@@ -79,7 +80,10 @@ def rest_pixels_body(image: np.ndarray) -> dict:
     return {"signature_name": names.PIXELS_SIGNATURE, "instances": as_batch(image).tolist()}
 
 
-def _request(name: str, signature: str, version: int | None):
+def predict_request(name: str, signature: str, inputs: dict[str, np.ndarray], version: int | None = None, outputs=()):
+    """A gRPC ``PredictRequest``: ``inputs`` (name -> array; object arrays of bytes for strings) to ``signature``;
+    ``outputs`` limits which outputs come back."""
+    import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
@@ -87,26 +91,21 @@ def _request(name: str, signature: str, version: int | None):
     request.model_spec.signature_name = signature
     if version is not None:
         request.model_spec.version.value = version
+    for key, array in inputs.items():
+        dtype = tf.string if np.asarray(array).dtype == object else None
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(array, dtype=dtype))
+    request.output_filter.extend(outputs)
     return request
 
 
 def grpc_png_request(name: str, pngs: list[bytes], version: int | None = None):
     """``PredictRequest`` for ``segment_png``."""
-    import tensorflow as tf
-
-    request = _request(name, names.PNG_SIGNATURE, version)
-    request.inputs[names.PNG_INPUT].CopyFrom(tf.make_tensor_proto(list(pngs), dtype=tf.string))
-    return request
+    return predict_request(name, names.PNG_SIGNATURE, {names.PNG_INPUT: np.array(list(pngs), object)}, version)
 
 
 def grpc_pixels_request(name: str, image: np.ndarray, version: int | None = None, outputs=()):
     """``PredictRequest`` for ``serving_default``; ``outputs`` limits which outputs come back."""
-    import tensorflow as tf
-
-    request = _request(name, names.PIXELS_SIGNATURE, version)
-    request.inputs[names.IMAGES].CopyFrom(tf.make_tensor_proto(as_batch(image)))
-    request.output_filter.extend(outputs)
-    return request
+    return predict_request(name, names.PIXELS_SIGNATURE, {names.IMAGES: as_batch(image)}, version, outputs)
 
 
 def prediction_log(request):

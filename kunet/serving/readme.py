@@ -1,19 +1,13 @@
-"""The README written beside every export: exact commands for TensorFlow Serving and its clients."""
+"""The README written beside every export: exact commands for TensorFlow Serving and its clients.
+
+Every shell and Python block under "Requests" is run by the tests against a stand-in applying TensorFlow
+Serving's rules (tests/test_serving.py), with only the host and port replaced. The signature list is written
+from the export's own description (``kunet.json``), so a newly registered signature appears by itself.
+"""
 
 from __future__ import annotations
 
-
-def serving_readme(name: str, version: int, info: dict) -> str:
-    """The README written beside an export: exact commands for the real server and for clients.
-
-    Every shell and Python block under "Requests" is run by the tests against a stand-in applying
-    TensorFlow Serving's rules (tests/test_serving.py), with only the host and port replaced.
-    """
-    tf_version = info["tensorflow_version"]
-    limits = info["limits"]
-    label_values = [c["label_value"] for c in info["classes"]]
-    channels = info["input"]["channels"]
-    return f"""# {name} (kunet export, version {version})
+README_TEMPLATE = """# {name} (kunet export, version {version})
 
 A U-Net SavedModel for TensorFlow Serving. Tiling, mirror padding, normalisation and the decision rule run
 inside the graph: send whole images of any size in raw pixel values, get whole masks back.
@@ -35,14 +29,13 @@ tensorflow_model_server --port=8500 --rest_api_port=8501 \\
 
 ## Signatures
 
-- `serving_default`: `images` float32 `[B, H, W, {channels}]`, raw pixel values of any size ->
-  `probabilities` float32 `[B, H, W, K]`, `labels` int32 `[B, H, W]` (label values {label_values}),
-  `classes` int32 `[B, H, W]`.
-- `segment_png`: `png_bytes` string `[B]` (PNG files) -> `mask_png_bytes` string `[B]` (PNG masks in the label
-  values). String tensors end in `_bytes`, so the REST API sends and returns them as `{{"b64": "..."}}`.
+{signatures}
 
-Limits (set by `kunet export --max-pixels/--max-batch`): at most {limits["max_pixels"]} pixels per image and
-{limits["max_batch"]} images per request. Larger requests, PNGs whose header declares a larger image (checked
+Label values {label_values}; {channels} input channel(s). String tensors end in `_bytes`, so the REST API sends and
+returns them as `{{"b64": "..."}}`.
+
+Limits (set by `kunet export --max-pixels/--max-batch`): at most {max_pixels} pixels per image and
+{max_batch} images per request. Larger requests, PNGs whose header declares a larger image (checked
 before decoding), non-PNG data and images holding NaN or infinity are refused with INVALID_ARGUMENT
 (HTTP 400) and a message saying which bound was hit.
 
@@ -121,3 +114,26 @@ out = model.signatures["serving_default"](images=tf.zeros([1, 512, 512, {channel
 `assets.extra/kunet.json` lists classes, label values, normalisation, limits, tiling and signatures;
 `assets.extra/unet.keras` is the same net for Keras users (`keras.models.load_model` after `import kunet.model`).
 """
+
+
+def _signature_lines(signatures: dict) -> str:
+    lines = []
+    for key, parts in signatures.items():
+        inputs = "; ".join(f"`{name}` {text}" for name, text in parts["inputs"].items())
+        outputs = "; ".join(f"`{name}` {text}" for name, text in parts["outputs"].items())
+        lines.append(f"- `{key}`: {inputs} ->\n  {outputs}")
+    return "\n".join(lines)
+
+
+def serving_readme(name: str, version: int, info: dict) -> str:
+    """The README of version ``version`` of the model ``name`` whose ``kunet.json`` is ``info``."""
+    return README_TEMPLATE.format(
+        name=name,
+        version=version,
+        tf_version=info["tensorflow_version"],
+        signatures=_signature_lines(info["signatures"]),
+        label_values=[c["label_value"] for c in info["classes"]],
+        channels=info["input"]["channels"],
+        max_pixels=info["limits"]["max_pixels"],
+        max_batch=info["limits"]["max_batch"],
+    )

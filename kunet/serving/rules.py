@@ -18,6 +18,9 @@ no Docker engine). So what TensorFlow Serving does with a request is written dow
 * Errors (``model_servers/http_server.cc``, ``util/json_tensor.cc``): REST answers ``{"error": message}``,
   INVALID_ARGUMENT and FAILED_PRECONDITION as HTTP 400, NOT_FOUND 404, UNAVAILABLE 503, INTERNAL 500.
 * Batching: :mod:`kunet.serving.batching`.
+
+One module (about 400 lines) because it is one translation of one file pair, JSON <-> tensors, whose
+directions share the type table and the error wording; split, each half would need the other's.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The signatures a kunet export serves, and the bounds its serving graph enforces.
+"""The names of the signatures and tensors a kunet export serves, and the bounds its serving graph enforces.
 
-One table for everything that names a tensor: the export writes these signatures, ``assets.extra/kunet.json``
-describes them from here, the warm-up requests and clients use these names, and ``kunet export --check`` checks
-an export against them.
+Clients, the export and its checks spell every name from here; the signatures themselves (what each
+computes, its descriptions, its warm-up request) are registered in :mod:`kunet.serving.graph`. This module
+imports neither TensorFlow nor Keras, so clients stay light.
 
 TensorFlow Serving's REST API writes a string (DT_STRING) output as ``{"b64": ...}`` only when the output's
 name ends in ``_bytes`` (``kBytesTensorNameSuffix`` in its ``util/json_tensor.cc``); any other string output
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from kunet.errors import KunetError
 from kunet.serving.rules import BYTES_SUFFIX
 
 PIXELS_SIGNATURE = "serving_default"
@@ -25,21 +26,6 @@ LABELS = "labels"
 CLASSES = "classes"
 PNG_INPUT = "png_bytes"
 MASK_PNG_OUTPUT = "mask_png_bytes"
-
-SIGNATURES: dict[str, dict[str, dict[str, str]]] = {
-    PIXELS_SIGNATURE: {
-        "inputs": {IMAGES: "float32 [B, H, W, C]: raw pixel values as stored in the image files, any H and W"},
-        "outputs": {
-            PROBABILITIES: "float32 [B, H, W, K]: class probabilities",
-            LABELS: "int32 [B, H, W]: the mask in the dataset's own label values",
-            CLASSES: "int32 [B, H, W]: class indices",
-        },
-    },
-    PNG_SIGNATURE: {
-        "inputs": {PNG_INPUT: 'string [B]: PNG files (REST: {"b64": ...})'},
-        "outputs": {MASK_PNG_OUTPUT: 'string [B]: the masks as PNG files in the label values (REST: {"b64": ...})'},
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -60,7 +46,7 @@ class ServingLimits:
 
     def __post_init__(self):
         if self.max_pixels < 1 or self.max_batch < 1:
-            raise ValueError(f"serving limits must be positive, got max_pixels {self.max_pixels}, "
+            raise KunetError(f"serving limits must be positive, got max_pixels {self.max_pixels}, "
                              f"max_batch {self.max_batch}")  # fmt: skip
 
     def to_dict(self) -> dict:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kunet.errors import KunetError
 from kunet.serving import client
 from kunet.serving import signatures as names
 from kunet.serving.rules import (
@@ -67,7 +68,7 @@ class StandIn:
             self.versions = {int(p.name): p for p in base_path.iterdir() if p.name.isdigit()}
             default_name = base_path.name
         if not self.versions:
-            raise ValueError(f"{base_path}: no SavedModel version folders")
+            raise KunetError(f"{base_path}: no SavedModel version folders")
         self.name = name or default_name
         self._loaded: dict[int, dict[str, Signature]] = {}
         self._objects: dict[int, object] = {}  # the loaded SavedModels, which own the variables

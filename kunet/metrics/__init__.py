@@ -1,0 +1,61 @@
+"""Segmentation metrics of the U-Net paper's benchmarks: ISBI 2012 (EM) and the Cell Tracking Challenge.
+
+NumPy and OpenCV only (no TensorFlow, SciPy or scikit-image), so evaluation runs anywhere kunet installs.
+
+Conventions shared by every function:
+
+* Binary images: any nonzero value is foreground. For ISBI 2012 labels the foreground is the cell
+  interior (255) and the background the membrane (0).
+* Label images ("segments", "instances"): integer arrays; 0 means boundary / background wherever a
+  function gives it a meaning, and is otherwise a label like any other (see each function).
+* Objects of a binary image are its 4-connected foreground components (the background is then
+  8-connected). This is the pairing the ISBI 2012 evaluation in Fiji uses, both for its Rand scores
+  and for the simple-point test of its warping error, so components and topology agree.
+* Inputs of one call must have the same shape; any 2-D size works.
+
+Pair-counting scores (Rand, adapted Rand) use a sparse contingency table built with ``np.bincount``
+(or ``np.unique`` when the label product is large), so a 512x512 image with hundreds of segments takes
+a few milliseconds.
+
+One module per family of scores, re-exported here: :mod:`~kunet.metrics.pixels` (pixel error, IoU,
+Dice), :mod:`~kunet.metrics.rand` (Rand errors), :mod:`~kunet.metrics.warping` (warping error),
+:mod:`~kunet.metrics.instances` (components, label boundaries, SEG) and :mod:`~kunet.metrics.scores` (all
+of them for one binary prediction); ``_common`` holds the input checks and the contingency table. A new
+family (such as the ISBI 2012 leaderboard's scores) is a new module here whose public names this package
+re-exports.
+"""
+
+from kunet.metrics.instances import (
+    grow_segments,
+    instances_from_foreground,
+    label_boundaries,
+    seg_measure,
+    seg_per_object,
+    segments_from_foreground,
+)
+from kunet.metrics.pixels import dice_per_class, iou_per_class, pixel_error
+from kunet.metrics.rand import adapted_rand_error, rand_error
+from kunet.metrics.scores import binary_segmentation_scores
+
+# The simple-point table and its bit order, which the tests check pixel by pixel.
+from kunet.metrics.warping import _NEIGHBOUR_OFFSETS as _NEIGHBOUR_OFFSETS
+from kunet.metrics.warping import _simple_point_table as _simple_point_table
+from kunet.metrics.warping import topological_errors, warp_towards, warping_error
+
+__all__ = [
+    "pixel_error",
+    "rand_error",
+    "adapted_rand_error",
+    "segments_from_foreground",
+    "grow_segments",
+    "instances_from_foreground",
+    "label_boundaries",
+    "warp_towards",
+    "topological_errors",
+    "warping_error",
+    "iou_per_class",
+    "dice_per_class",
+    "seg_per_object",
+    "seg_measure",
+    "binary_segmentation_scores",
+]

@@ -1,0 +1,137 @@
+"""One per-frame scorer: validation during ``fit``, ``kunet tune`` and ``kunet evaluate`` score alike.
+
+A frame's decided classes [H, W] (after the model's decision rule) are scored against its truth from the
+records, with :mod:`kunet.metrics`. Because the three commands share this code (as nnU-Net's trainer
+validates with the code its evaluate command runs), the curves of ``fit``, the sweep of ``tune`` and the
+report of ``evaluate`` agree on one model and rule.
+
+Scores of a two-class net (foreground = class 1):
+
+* ``pixel_error``, ``iou``, ``dice``: of the foreground masks;
+* ``rand_error``: classic Rand error of the 4-connected foreground components (background one segment);
+* ``adapted_rand_error``: foreground-restricted Rand error (ISBI 2012's V_rand), truth boundary ignored;
+* ``adapted_rand_error_grown``: the same after growing the predicted components into the boundary;
+* ``warping_error``: only when asked (seconds per 512x512 frame);
+* ``seg``: for instance labels, the Cell Tracking Challenge SEG of the predicted components of at least
+  ``min_object_size`` pixels (the model's setting, as ``predict`` writes instances) against the true ids.
+
+Other nets: ``pixel_error``, ``mean_iou`` (over the non-background classes) and ``iou_class<k>``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kunet import metrics
+
+# Validation during fit logs these scores under the names history.csv, TensorBoard and train.best_metric
+# have always used.
+VALIDATION_NAMES = {
+    "iou": "val_foreground_iou",
+    "pixel_error": "val_pixel_error",
+    "adapted_rand_error": "val_rand_error",
+    "adapted_rand_error_grown": "val_rand_error_grown",
+    "seg": "val_seg",
+    "mean_iou": "val_mean_iou",
+}
+VALIDATION_METRICS = ("val_loss", *VALIDATION_NAMES.values())
+
+
+def score_frame(
+    classes: np.ndarray,
+    frame: dict,
+    num_classes: int,
+    label_kind: str = "binary",
+    min_object_size: int = 0,
+    warping: bool = False,
+) -> dict[str, float]:
+    """Scores of one frame (see the module docstring for the keys).
+
+    Args:
+        classes: Decided class indices [H, W].
+        frame: A frame from :func:`kunet.records.iterate_frames` (``classes``; ``label`` for instances).
+        num_classes: Classes of the net.
+        label_kind: ``binary``, ``instance`` or ``multiclass`` (instances add ``seg``).
+        min_object_size: Predicted objects smaller than this are dropped before SEG.
+        warping: Also compute the warping error.
+    """
+    truth = frame["classes"]
+    if num_classes != 2:
+        iou = metrics.iou_per_class(classes, truth, num_classes)
+        scores = {"pixel_error": float(np.mean(classes != truth)), "mean_iou": float(np.nanmean(iou[1:]))}
+        return scores | {f"iou_class{k}": float(v) for k, v in enumerate(iou)}
+    predicted, true = classes > 0, truth > 0
+    predicted_segments = metrics.segments_from_foreground(predicted)
+    true_segments = metrics.segments_from_foreground(true)
+    scores = {
+        "pixel_error": metrics.pixel_error(predicted, true),
+        "iou": float(metrics.iou_per_class(predicted, true, 2)[1]),
+        "dice": float(metrics.dice_per_class(predicted, true, 2)[1]),
+        "rand_error": metrics.rand_error(predicted_segments, true_segments),
+        "adapted_rand_error": metrics.adapted_rand_error(predicted_segments, true_segments)[0],
+        "adapted_rand_error_grown": metrics.adapted_rand_error(
+            metrics.grow_segments(predicted_segments), true_segments
+        )[0],
+    }
+    if warping:
+        scores["warping_error"] = metrics.warping_error(predicted, true)
+    if label_kind == "instance":
+        instances = metrics.instances_from_foreground(predicted, min_object_size)
+        scores["seg"] = metrics.seg_measure(instances, frame["label"])
+    return scores
+
+
+def mean_scores(per_frame: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of every score over frames (NaN-aware: an empty mask's IoU does not poison the mean)."""
+    return {key: float(np.nanmean([scores[key] for scores in per_frame])) for key in per_frame[0]}
+
+
+def validation_scores(scores: dict[str, float]) -> dict[str, float]:
+    """The scores validation during fit logs, under their ``val_`` names."""
+    return {VALIDATION_NAMES[key]: value for key, value in scores.items() if key in VALIDATION_NAMES}
+
+
+def weighted_loss(probabilities: np.ndarray, frame: dict) -> float:
+    """The paper's weighted cross-entropy (eq. 1) of a whole frame's probabilities: fit's ``val_loss``."""
+    picked = np.take_along_axis(probabilities, frame["classes"][..., None].astype(np.int64), axis=-1)[..., 0]
+    return float(np.mean(frame["weight"] * -np.log(np.maximum(picked, 1e-7))))
+
+
+def metric_is_better(name: str, value: float, best: float) -> bool:
+    """Whether ``value`` of the metric ``name`` beats ``best`` (errors and losses fall, the rest rise)."""
+    if not math.isfinite(value):
+        return False
+    if not math.isfinite(best):
+        return True
+    minimise = "error" in name or "loss" in name
+    return value < best if minimise else value > best
+
+
+def validate(model, records_dir, tiling=None) -> tuple[dict[str, float], dict]:
+    """Validation during ``fit``: every validation frame predicted whole (overlap-tile) and decided by the
+    model's stored rule, as ``predict`` would, then scored here.
+
+    Args:
+        model: The U-Net being trained (its metadata holds normalisation and decision rule).
+        records_dir: The records folder.
+        tiling: :class:`~kunet.tiling.TilingOptions` (the pipeline's ``[inference]`` section).
+
+    Returns:
+        The mean scores under their ``val_`` names (with ``val_loss``), and the first frame's image,
+        probabilities and true classes for pictures.
+    """
+    from kunet.inference import Predictor
+    from kunet.records import iterate_frames
+
+    predictor = Predictor(model, tiling=tiling)
+    settings = predictor.settings
+    per_frame, example = [], {}
+    for frame in iterate_frames(records_dir, "val"):
+        probabilities = predictor.probabilities(frame["image"])
+        scores = score_frame(predictor.classes(probabilities), frame, model.num_classes, settings.label_kind,
+                             settings.min_object_size)  # fmt: skip
+        per_frame.append({"val_loss": weighted_loss(probabilities, frame)} | validation_scores(scores))
+        example = example or {"image": frame["image"], "probabilities": probabilities, "classes": frame["classes"]}
+    return (mean_scores(per_frame) if per_frame else {}), example

@@ -1,0 +1,42 @@
+"""Test helpers as plain functions (imported by test modules; the fixtures in conftest.py use them too)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KUNET_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def blob_image(rng, size: int = 96):
+    """A small gray image of bright disks on a dark noisy background, with its 0/255 label."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    label = np.zeros((size, size), np.uint8)
+    for _ in range(6):
+        cy, cx, r = rng.integers(10, size - 10), rng.integers(10, size - 10), rng.integers(6, 14)
+        label[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 255
+    image = np.clip(60 + 0.6 * label + rng.normal(0, 20, (size, size)), 0, 255).astype(np.uint8)
+    return image, label
+
+
+def tiny_pipeline_dict(records_dir: str | None = None) -> dict:
+    """A pipeline small enough to train in seconds: depth-2 net, 124 -> 84 tiles."""
+    return {
+        "name": "tiny",
+        "source": {"kind": "folders", "images": "images", "labels": "labels"},
+        "records": {"shards": 2, "val_fraction": 0.25, **({"out": records_dir} if records_dir else {})},
+        "model": {"base_filters": 8, "depth": 2},
+        "train": {
+            "tile_size": 124,
+            "batch_size": 2,
+            "optimizer": "adam",
+            "learning_rate": 0.001,
+            "precision": "float32",
+            "steps_per_epoch": 6,
+            "epochs": 2,
+            "checkpoint_every_steps": 3,
+        },
+    }
