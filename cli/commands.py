@@ -134,6 +134,10 @@ def fit(
                           verify_records=verify_records)  # fmt: skip
         state = trainer.fit(epochs=epochs, steps=steps, max_minutes=max_minutes)
     typer.echo(f"run: {run_dir} ({state['status']}, step {state['step']}/{state['total_steps']})")
+    if state["status"] == "stopped":  # by SIGTERM/SIGINT, checkpointed: a scheduler may requeue on this code
+        from kunet.stopping import EXIT_STOPPED
+
+        raise typer.Exit(EXIT_STOPPED)
 
 
 @app.command()

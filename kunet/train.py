@@ -50,6 +50,7 @@ from kunet.runs import (
     write_state,
 )
 from kunet.scoring import VALIDATION_METRICS, metric_is_better, validate
+from kunet.stopping import StopRequests
 
 
 def _first_line(error: BaseException) -> str:
@@ -226,10 +227,16 @@ class Trainer:
                      + ", ".join(str(path.relative_to(self.paths.root)) for path in removed))  # fmt: skip
 
     def _restore(self, session: _Session) -> None:
-        """Restores the latest intact checkpoint; a damaged one is reported and the one before it used."""
-        candidates = list(reversed(session.manager.checkpoints))
+        """Restores the latest intact checkpoint; a damaged one is reported and the one before it used.
+
+        Every worker restores from the run's own checkpoints (the chief's; shared storage), while only the
+        chief writes there: the other workers save to throw-away folders, as TensorFlow's multi-worker
+        checkpointing requires every worker to save. All read the same files, so all resume at one step.
+        """
+        saved = tf.train.get_checkpoint_state(str(self.paths.checkpoints))
+        candidates = list(reversed(saved.all_model_checkpoint_paths)) if saved else []
         if not candidates:
-            if self.chief and self.paths.config.is_file():
+            if self.paths.config.is_file():
                 self.log(f"{self.paths.root}: killed before its first checkpoint; starting it from step 0")
                 self._initialise(session)
                 return
@@ -265,7 +272,7 @@ class Trainer:
         global_pixels = float(train.batch_size * strategy.num_replicas_in_sync * shape.output * shape.output)
         model, optimizer = session.model, session.optimizer
 
-        def step_fn(batch):
+        def step_fn(batch, stop_votes):
             if placement == "device":
                 tiles, classes, weights = device_tiles(batch, config)
             else:
@@ -277,13 +284,15 @@ class Trainer:
                 scaled = optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply(gradients, model.trainable_variables)
-            return loss
+            # The stop votes ride on the loss's all-reduce: every worker learns of a stop after the same step.
+            return tf.concat([tf.reshape(tf.cast(loss, tf.float32), [1]), stop_votes], axis=0)
 
         compiled_step = tf.function(step_fn, jit_compile=train.jit_compile)
 
         @tf.function
-        def train_step(iterator):
-            per_replica = strategy.run(compiled_step, args=(next(iterator),))
+        def train_step(iterator, stop_votes):
+            """[summed loss, signal votes, time-budget votes] over all replicas of all workers."""
+            per_replica = strategy.run(compiled_step, args=(next(iterator), stop_votes))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         return train_step
@@ -333,7 +342,8 @@ class Trainer:
             self._end_of_epoch(session, epoch, start_step, True, force_validation=start_step >= total_steps)
             session.manager.save(checkpoint_number=start_step)
         try:
-            return self._run_epochs(session, train_step, iterator, start_step, total_steps, max_minutes)
+            with StopRequests() as stops:
+                return self._run_epochs(session, train_step, iterator, start_step, total_steps, max_minutes, stops)
         except tf.errors.OpError:
             # A damaged shard fails deep inside tf.data; read the shards again to name it.
             damaged = find_damaged_shard(self.records_dir, "train")
@@ -341,7 +351,7 @@ class Trainer:
                 raise
             raise damaged from None
 
-    def _run_epochs(self, session, train_step, iterator, current, total_steps, max_minutes) -> tuple[str, int]:
+    def _run_epochs(self, session, train_step, iterator, current, total_steps, max_minutes, stops) -> tuple[str, int]:
         train = self.config.train
         status = "completed"
         while current < total_steps:
@@ -351,7 +361,9 @@ class Trainer:
             if self.chief:
                 print(f"epoch {epoch + 1}/{math.ceil(total_steps / train.steps_per_epoch)}")
             while current < epoch_end:
-                loss = float(train_step(iterator))
+                out_of_time = bool(max_minutes) and (time.monotonic() - session.started) / 60.0 >= max_minutes
+                votes = tf.constant([1.0 if stops.requested else 0.0, 1.0 if out_of_time else 0.0])
+                loss, signal_votes, time_votes = (float(value) for value in train_step(iterator, votes))
                 if not math.isfinite(loss):
                     raise RunError(f"{self.paths.root}: loss became {loss} at step {current}; lower the learning rate")
                 current += 1
@@ -364,7 +376,9 @@ class Trainer:
                 # killed during it finishes that epoch's end when resumed (see _epoch_end_pending).
                 if current % train.checkpoint_every_steps == 0 or current == epoch_end:
                     session.manager.save(checkpoint_number=current)
-                if max_minutes and (time.monotonic() - session.started) / 60.0 >= max_minutes:
+                if signal_votes:
+                    return self._stop(session, current, stops.requested), current
+                if time_votes:
                     status = "time budget reached"
                     break
             epoch_complete = current == epoch_end
@@ -375,6 +389,19 @@ class Trainer:
             if status != "completed":
                 break
         return status, current
+
+    def _stop(self, session: _Session, current: int, signal_name: str | None) -> str:
+        """A stop asked for by SIGTERM/SIGINT (here or on another worker): the step's checkpoint, no validation
+        (a grace period is short); resuming finishes the epoch with the loss over all its steps."""
+        latest = session.manager.latest_checkpoint
+        if latest is None or not latest.endswith(f"-{current}"):
+            session.manager.save(checkpoint_number=current)
+        if self.chief:
+            print()  # end the progress bar's line
+        where = f"{signal_name} received" if signal_name else "another worker was signalled"
+        self.log(f"stopping at step {current} ({where}): checkpoint saved; continue with kunet fit --resume "
+                 f"{self.paths.root}")  # fmt: skip
+        return "stopped"
 
     def _end_of_epoch(self, session: _Session, epoch: int, current: int, epoch_complete: bool, force_validation):
         """Validation, the history row, models, summaries and state.json of an epoch (or of the part of it a

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +43,29 @@ def tiny_pipeline_dict(records_dir: str | None = None) -> dict:
             "checkpoint_every_steps": 3,
         },
     }
+
+
+def write_tiny_toml(path: Path, records: Path, **train) -> Path:
+    """The tiny pipeline as a TOML file reading ``records``, with ``train`` settings changed."""
+    data = tiny_pipeline_dict(str(records))
+    data["train"].update(train)
+    lines = [f'name = "{data["name"]}"']
+    for section in ("source", "records", "model", "train"):
+        lines.append(f"[{section}]")
+        for key, value in data[section].items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def kunet_fit_command(config_path: Path, run_dir: Path, records: Path, *extra: str) -> list[str]:
+    """``kunet fit`` as a subprocess command line (the installed CLI, run by this interpreter)."""
+    return [sys.executable, "-m", "kunet_cli.main", "fit", str(config_path), "--run-dir", str(run_dir),
+            "--records", str(records), *extra]  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for the workers of a local cluster)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -346,15 +346,15 @@ def test_fit_refuses_records_whose_shard_differs_from_the_manifest_before_creati
 
 
 def test_cli_fit_on_a_truncated_shard_is_one_red_line_naming_it(tiny_records, tmp_path):
+    from helpers import write_tiny_toml
     from kunet_cli.main import app
-    from test_train import _write_tiny_toml
     from typer.testing import CliRunner
 
     _, original = tiny_records
     records = _copy_records(original, tmp_path)
     shard = _shard(records, "train")
     shard.write_bytes(shard.read_bytes()[:100])
-    toml = _write_tiny_toml(tmp_path / "tiny.toml", records)
+    toml = write_tiny_toml(tmp_path / "tiny.toml", records)
     result = CliRunner().invoke(app, ["fit", str(toml), "--run-dir", str(tmp_path / "run"), "--records", str(records)])
     assert result.exit_code == 2 and _one_error_line(result.output, f"{shard}: 100 bytes"), result.output
     assert not (tmp_path / "run").exists()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import REPO_ROOT, tiny_pipeline_dict
+from helpers import REPO_ROOT, kunet_fit_command, tiny_pipeline_dict, write_tiny_toml
 
 from kunet.config import pipeline_from_dict
 from kunet.losses import segmentation_loss
@@ -149,31 +147,12 @@ def test_init_from_starts_a_new_run_from_a_trained_models_weights(tiny_records, 
     assert not (tmp_path / "missing").exists()
 
 
-def _kunet_fit_command(config_path: Path, run_dir: Path, records: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "kunet_cli.main", "fit", str(config_path), "--run-dir", str(run_dir),
-            "--records", str(records), *extra]  # fmt: skip
-
-
-def _write_tiny_toml(path: Path, records: Path, **train) -> Path:
-    data = tiny_pipeline_dict(str(records))
-    data["train"].update(train)
-    lines = [f'name = "{data["name"]}"']
-    for section in ("source", "records", "model", "train"):
-        lines.append(f"[{section}]")
-        for key, value in data[section].items():
-            lines.append(f"{key} = {json.dumps(value)}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tiny_records, tmp_path):
     _, records = tiny_records
-    toml = _write_tiny_toml(tmp_path / "tiny.toml", records, steps_per_epoch=40, epochs=1, checkpoint_every_steps=4)
+    toml = write_tiny_toml(tmp_path / "tiny.toml", records, steps_per_epoch=40, epochs=1, checkpoint_every_steps=4)
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        _kunet_fit_command(toml, run, records), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    process = subprocess.Popen(kunet_fit_command(toml, run, records), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         index = run / "checkpoints" / "checkpoint"
@@ -199,12 +178,6 @@ def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tin
     assert json.loads((run / "state.json").read_text())["step"] == 40
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 _WORKER_SCRIPT = """
 import json, os, sys
 import numpy as np
@@ -219,32 +192,6 @@ state = trainer.fit(steps=4)
 np.savez(sys.argv[6], *[w for w in trainer.model.get_weights()])
 print("replicas", strategy.num_replicas_in_sync, "step", state["step"])
 """
-
-
-@pytest.mark.slow
-def test_two_worker_multiworker_mirrored_run_completes_and_workers_agree(tiny_records, tmp_path):
-    config, records = tiny_records
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    data = json.dumps(config.to_dict() | {"train": {**config.to_dict()["train"], "batch_size": 1}})
-    processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        command = [sys.executable, "-c", _WORKER_SCRIPT, "multiworker", data, config.base_dir, str(tmp_path / "run"),
-                   str(records), str(tmp_path / f"weights{index}.npz")]  # fmt: skip
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [process.communicate(timeout=600) for process in processes]
-    for process, (out, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-3000:]
-        assert "replicas 2 step 4" in out
-    first, second = np.load(tmp_path / "weights0.npz"), np.load(tmp_path / "weights1.npz")
-    initial = UNet(base_filters=8, depth=2, seed=config.train.seed).get_weights()
-    moved = False
-    for key, start in zip(first.files, initial):
-        np.testing.assert_allclose(first[key], second[key], atol=1e-6)
-        moved |= not np.allclose(first[key], start)
-    assert moved, "the workers agreed, but did they train at all?"
-    assert (tmp_path / "run" / "last.keras").exists()  # only the chief writes the run directory
 
 
 @pytest.mark.slow
@@ -294,9 +241,9 @@ def test_the_pipelines_decision_rule_travels_with_the_model():
 @pytest.mark.slow
 def test_cli_fit_predict_and_evaluate(tiny_records, tmp_path):
     _, records = tiny_records
-    toml = _write_tiny_toml(tmp_path / "tiny.toml", records)
+    toml = write_tiny_toml(tmp_path / "tiny.toml", records)
     run = tmp_path / "run"
-    fitted = subprocess.run(_kunet_fit_command(toml, run, records, "--steps", "6"), capture_output=True, text=True,
+    fitted = subprocess.run(kunet_fit_command(toml, run, records, "--steps", "6"), capture_output=True, text=True,
                             timeout=600)  # fmt: skip
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     images = Path(records).parent / "images"
