@@ -135,9 +135,9 @@ def fit(
         state = trainer.fit(epochs=epochs, steps=steps, max_minutes=max_minutes)
     typer.echo(f"run: {run_dir} ({state['status']}, step {state['step']}/{state['total_steps']})")
     if state["status"] == "stopped":  # by SIGTERM/SIGINT, checkpointed: a scheduler may requeue on this code
-        from kunet.stopping import EXIT_STOPPED
+        from kunet.stopping import stop_exit_code
 
-        raise typer.Exit(EXIT_STOPPED)
+        raise typer.Exit(stop_exit_code(state.get("stop_signal")))
 
 
 @app.command()

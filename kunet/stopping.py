@@ -4,7 +4,8 @@ Kubernetes, Slurm and preemptible cloud VMs announce the end of a job with SIGTE
 (Kubernetes: ``terminationGracePeriodSeconds``, 30 s by default; Slurm: ``KillWait`` after ``--signal``) before
 SIGKILL. :class:`StopRequests` turns the first SIGTERM or SIGINT into a request the training loop reads after
 each step; the loop then saves a checkpoint at that step and returns, and ``kunet fit`` exits with
-:data:`EXIT_STOPPED`. A second Ctrl-C raises ``KeyboardInterrupt`` at once, for a user who will not wait.
+128 + the signal's number (:func:`stop_exit_code`). A second Ctrl-C raises ``KeyboardInterrupt`` at once,
+for a user who will not wait.
 
 In a multi-worker run the request is summed over all workers inside the training step (one all-reduce it
 shares with the loss), so every worker stops after the same step even when only one was signalled.
@@ -15,9 +16,18 @@ from __future__ import annotations
 import signal
 import threading
 
-# sysexits.h's EX_TEMPFAIL: "a temporary failure; the user is invited to retry" — a stopped run is resumed
-# with `kunet fit --resume RUN`. Distinct from 0 (completed), 1 (a bug) and 2 (an input error).
-EXIT_STOPPED = 75
+# The exit code of a stopped fit is the shell's for a process killed by that signal (128 + its number): what
+# schedulers already read as "terminated, retry". Kubeflow's training operator, with restartPolicy ExitCode,
+# restarts exactly 130, 137, 138 and 143 and fails the job on others (pkg/util/train/train_util.go); a
+# worker that stops because another one was signalled exits as if sent SIGTERM. 0 means completed, 2 an input
+# error, 1 a bug.
+STOP_EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
+def stop_exit_code(signal_name: str | None) -> int:
+    """143 for SIGTERM (or a stop another worker was signalled into), 130 for Ctrl-C."""
+    return STOP_EXIT_CODES.get(signal_name or "SIGTERM", STOP_EXIT_CODES["SIGTERM"])
+
 
 _SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 

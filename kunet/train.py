@@ -115,6 +115,7 @@ class Trainer:
         self.chief = is_chief(self.strategy)
         self.log = log if self.chief else (lambda *args, **kwargs: None)
         self.resume = resume
+        self.stop_signal: str | None = None  # set when a signal stopped fit() on this worker
         self.manifest = read_manifest(self.records_dir)
         if self.manifest["counts"]["train"] == 0:
             raise RunError(f"{self.records_dir}: no training frames")
@@ -176,6 +177,8 @@ class Trainer:
                 "best_value": float(session.best_value.numpy()),
                 "seconds_this_session": round(time.monotonic() - session.started, 1),
             }
+            if status == "stopped":  # by a signal here, or (None) on another worker
+                state["stop_signal"] = self.stop_signal
             if self.chief:
                 write_state(self.paths, state)
                 self.log(f"{status} at step {current}; best {train.best_metric} = {state['best_value']:.4f}")
@@ -377,6 +380,7 @@ class Trainer:
                 if current % train.checkpoint_every_steps == 0 or current == epoch_end:
                     session.manager.save(checkpoint_number=current)
                 if signal_votes:
+                    self.stop_signal = stops.requested
                     return self._stop(session, current, stops.requested), current
                 if time_votes:
                     status = "time budget reached"

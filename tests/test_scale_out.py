@@ -22,7 +22,7 @@ import tensorflow as tf
 from helpers import free_port, kunet_fit_command, write_tiny_toml
 
 from kunet.model import UNet  # noqa: F401  (registers the class that load_model finds)
-from kunet.stopping import EXIT_STOPPED, StopRequests
+from kunet.stopping import StopRequests, stop_exit_code
 
 # A worker: trains the pipeline's 2 epochs x 4 steps (validation after each, on the chief) and saves its
 # weights. With KILL_AT set, it SIGKILLs itself right after its checkpoint at that step is written, so both
@@ -171,7 +171,7 @@ def test_sigterm_during_fit_checkpoints_the_step_it_stopped_at_and_resume_loses_
     _wait_for_checkpoint(run, 5, [process])
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == EXIT_STOPPED, err[-3000:]
+    assert process.returncode == 143, err[-3000:]  # 128 + SIGTERM: what schedulers retry
     stopped = json.loads((run / "state.json").read_text())["step"]
     assert 5 <= stopped < 60
     assert f"stopping at step {stopped} (SIGTERM received)" in out
@@ -215,3 +215,8 @@ def test_outside_the_main_thread_signals_keep_their_default_effect():
     thread.start()
     thread.join()
     assert seen == {"handler": signal.getsignal(signal.SIGTERM), "requested": None}
+
+
+def test_stop_exit_codes_are_the_ones_schedulers_retry():
+    # Kubeflow's training operator (restartPolicy ExitCode) retries 130, 137, 138 and 143 only.
+    assert (stop_exit_code("SIGTERM"), stop_exit_code("SIGINT"), stop_exit_code(None)) == (143, 130, 143)
