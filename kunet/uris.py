@@ -171,6 +171,8 @@ def write_bytes(path: Location, data: bytes) -> None:
         path.write_bytes(data)
         return
     makedirs(parent(path))  # ram:// lists only files whose folder was made; gs:// does not mind
+    if exists(path):  # TF 2.21's ram:// appends to an existing file opened with "wb" instead of truncating it
+        _gfile().remove(path)
     with _checked(path, lambda: _gfile().GFile(path, "wb")) as stream:
         stream.write(data)
 
