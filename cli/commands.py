@@ -15,7 +15,7 @@ def build_records(
     pipeline: Path = typer.Argument(None, help="Pipeline TOML (pipelines/<name>.toml). Optional with --images."),
     images: Path = typer.Option(None, help="Flag form: folder of images (or a multi-page TIFF)."),
     labels: Path = typer.Option(None, help="Flag form: folder of labels matched by file stem (or a TIFF)."),
-    out: Path = typer.Option(None, help="Output folder (default: records.out of the pipeline)."),
+    out: str = typer.Option(None, help="Output folder or URI, e.g. gs://bucket/records/x (default: records.out)."),
     label_kind: str = typer.Option(None, help="Flag form: binary, instance or multiclass."),
     foreground_value: int = typer.Option(None, help="Flag form: label value of the foreground class."),
     shards: int = typer.Option(None, help="Shards per split."),
@@ -65,19 +65,24 @@ def build_records(
 
 @app.command("inspect-records")
 def inspect_records(
-    records: Path = typer.Argument(..., help="A records folder written by build-records."),
+    records: str = typer.Argument(..., help="A records folder (or gs://... URI) written by build-records."),
     preview: Path = typer.Option(None, help="PNG to write (default: <records>-preview.png beside the folder)."),
     count: int = typer.Option(3, help="Frames in the preview."),
     verify: bool = typer.Option(False, "--verify", help="Also check every shard's sha256 against the manifest."),
 ):
     """Print a records manifest and write a PNG of frames with label outlines and weight maps."""
+    from kunet import uris
     from kunet.inspect_records import inspect
     from kunet.records import verify_checksums
 
     with user_errors():
         if verify:
             verify_checksums(records)
-        default_preview = records.parent / f"{records.name}-preview.png"
+        # A remote folder's preview is written locally, in the working directory.
+        folder = uris.location(records)
+        default_preview = Path(f"{uris.name(folder)}-preview.png")
+        if isinstance(folder, Path):
+            default_preview = folder.parent / default_preview
         for line in inspect(records, preview or default_preview, count):
             typer.echo(line)
         if verify:
@@ -89,7 +94,7 @@ def fit(
     pipeline: Path = typer.Argument(None, help="Pipeline TOML. Omit with --resume."),
     run_dir: Path = typer.Option(None, help="Run directory (default: runs/<pipeline name>)."),
     resume: Path = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
-    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
     epochs: int = typer.Option(None, help="Epochs in total (each train.steps_per_epoch steps)."),
     steps: int = typer.Option(None, help="Steps in total (overrides --epochs)."),
     max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpointed, resumable)."),
@@ -142,7 +147,7 @@ def fit(
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder."),
+    model: str = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder (or URI)."),
     inputs: list[Path] = typer.Argument(..., help="Images, folders or multi-page TIFFs."),
     out: Path = typer.Option(Path("predictions"), help="Output folder."),
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 (about 2x faster on bf16 CPUs)."),
@@ -158,14 +163,13 @@ def predict(
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
     from kunet.predict_files import plan_predictions, predict_planned
-    from kunet.runs import resolve_model_path
-    from kunet.segmenter import Segmenter, check_prediction_options
+    from kunet.segmenter import Segmenter, check_prediction_options, resolve_model
     from kunet.tiling import TilingOptions
 
     with user_errors():
         # Everything that needs no model is checked first: a bad option or output folder costs no model load.
         check_prediction_options(precision, tile_size, threshold)
-        resolve_model_path(model)
+        resolve_model(model)
         plan = plan_predictions(inputs, out, mask_format, probabilities, overlays)
         for path in plan.skipped:
             typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
@@ -177,10 +181,10 @@ def predict(
 
 @app.command()
 def evaluate(
-    model: Path = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder."),
+    model: str = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder (or URI)."),
     pipeline: Path = typer.Argument(..., help="Pipeline TOML whose records to score."),
     split: str = typer.Option("val", help="Records split: val or train."),
-    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
     out: Path = typer.Option(
         None, help="Folder for scores.json, scores.csv and overlays (default: <model>/eval-<split>)."
     ),
@@ -196,6 +200,7 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
+    from kunet import uris
     from kunet.evaluate import evaluate as run_evaluation
     from kunet.records import check_shards
     from kunet.segmenter import Segmenter
@@ -205,8 +210,10 @@ def evaluate(
         records = records or config.records_dir()
         if verify_records:
             check_shards(records, [split], checksums=True)
+        if out is None and uris.is_remote(model):
+            fail(f"{model}: give --out for a remote model (evaluation outputs are written to a local folder)")
         segmenter = Segmenter(model, precision, None, mirror, threshold)
-        default_out = (model if model.is_dir() else model.parent) / f"eval-{split}"
+        default_out = (Path(model) if Path(model).is_dir() else Path(model).parent) / f"eval-{split}"
         with progress_bars() as factory:
             from kunet.records import read_manifest
 
@@ -238,7 +245,7 @@ def tune(
     objective: str = typer.Option(
         "rand", help="rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou or seg."
     ),
-    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
     mirror: bool = typer.Option(False, "--mirror", help="Tune with (and store) test-time mirroring."),
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 for the sweep's predictions."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the sweep; leave the model unchanged."),
@@ -280,13 +287,13 @@ def tune(
 def export(
     model: Path = typer.Argument(None, help="Run directory or .keras file to export."),
     name: str = typer.Option("unet", help="Model name (the serving URL's /v1/models/<name>)."),
-    base_dir: Path = typer.Option(Path("saved_models"), help="Export root."),
+    base_dir: str = typer.Option("saved_models", help="Export root: a folder or a URI such as gs://bucket/models."),
     version: int = typer.Option(None, help="Integer version (default: the next free one; never overwritten)."),
     tile_size: int = typer.Option(0, help="Input tile inside the graph (0: cheapest for the training frame size)."),
     precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
     max_pixels: int = typer.Option(4096 * 4096, help="Serving bound: most pixels (H x W) of one image."),
     max_batch: int = typer.Option(8, help="Serving bound: most images in one request."),
-    check: Path = typer.Option(None, "--check", help="Validate an existing export version folder instead."),
+    check: str = typer.Option(None, "--check", help="Validate an existing export version folder (or URI) instead."),
 ):
     """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one."""
     from kunet import export as export_lib
@@ -332,7 +339,7 @@ def synth(
 @app.command("show-augment")
 def show_augment(
     pipeline: Path = typer.Argument(..., help="Pipeline TOML (its augment, model and train sections are used)."),
-    records: Path = typer.Option(None, help="Records folder (default: records.out of the pipeline)."),
+    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
     out: Path = typer.Option(None, help="PNG to write (default: augment-<name>.png)."),
     frame: int = typer.Option(0, help="Which training frame to show."),
     count: int = typer.Option(8, help="Augmented tiles beside the original."),

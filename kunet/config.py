@@ -274,8 +274,12 @@ class PipelineConfig:
         expanded = Path(os.path.expandvars(os.path.expanduser(value)))
         return expanded if expanded.is_absolute() else Path(self.base_dir) / expanded
 
-    def records_dir(self) -> Path:
-        return self.path(self.records.out or f"records/{self.name}")
+    def records_dir(self) -> Path | str:
+        """``records.out`` resolved like other paths; a URI (``gs://bucket/x``) stays a string as written."""
+        from kunet import uris
+
+        out = self.records.out or f"records/{self.name}"
+        return uris.location(out) if uris.is_remote(out) else self.path(out)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the TOML-visible settings (for manifests, run directories and exports)."""

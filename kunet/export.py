@@ -28,6 +28,14 @@ merged or padded) and one batch thread, which bounds memory under a burst of req
 
 A version is written to a temporary folder and renamed into place only when complete; an existing version is
 never overwritten, and two exports racing for one version number end up in two versions.
+
+``base_dir`` may be a remote URI (``gs://bucket/models``; any ``tf.io.gfile`` scheme). The version is then
+built in a local temporary folder and uploaded file by file with ``saved_model.pb`` last, under a
+``.kunet-incomplete`` marker (object stores cannot rename a folder atomically): TensorFlow Serving, which
+loads a version through its ``saved_model.pb``, never loads a partial one, but it does see the version folder
+during the upload (it fails to load it and keeps serving the previous version until the upload completes).
+Version numbers come from listing the model folder and there is no lock, so two exports racing to one remote
+model folder may pick the same number; the second then fails before uploading (one exporter at a time).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +52,15 @@ import numpy as np
 import tensorflow as tf
 
 import kunet
-from kunet._fs import atomic_write_json, atomic_write_text, building_directory, remove_paths, sweep_temporaries
+from kunet import uris
+from kunet._fs import (
+    atomic_write_json,
+    atomic_write_text,
+    building_directory,
+    commit_remote_directory,
+    remove_paths,
+    sweep_temporaries,
+)
 from kunet.errors import KunetError
 from kunet.inference import InferenceSettings
 from kunet.preprocess import dtype_max
@@ -66,9 +83,9 @@ class ExportError(KunetError):
     """An export that cannot be written or does not check out; the message names the path."""
 
 
-def next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.iterdir() if p.name.isdigit()] if model_root.is_dir() else []
-    return max(versions, default=0) + 1
+def next_version(model_root: Path | str) -> int:
+    """One more than the highest integer version folder in ``model_root`` (local or remote), or 1."""
+    return max((int(entry) for entry in uris.listdir(model_root) if entry.isdigit()), default=0) + 1
 
 
 def build_serving_functions(
@@ -243,6 +260,34 @@ def _remove_stale_exports(model_root: Path, log) -> None:
         log(f"removed {path} (left by an interrupted export)")
 
 
+def _partial_remote_versions(model_root: str) -> list[str]:
+    """Version folders without ``saved_model.pb``: uploads that were cut short (or are running now)."""
+    versions = [uris.join(model_root, entry) for entry in uris.listdir(model_root) if entry.isdigit()]
+    return [version for version in versions if not uris.exists(uris.join(version, "saved_model.pb"))]
+
+
+def _export_remote(model_root: str, version: int | None, write, readme, log) -> tuple[str, dict]:
+    """Builds a version in a local temporary folder with ``write(folder) -> info`` and uploads it to the next
+    free version of the remote ``model_root`` (``version`` if given), ``saved_model.pb`` last."""
+    uris.makedirs(model_root)
+    for partial in _partial_remote_versions(model_root):
+        log(f"{partial}: no saved_model.pb (an upload that was cut short, or one running now); "
+            "TensorFlow Serving cannot load it: delete it once no export is running")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="kunet-export-") as scratch:
+        folder = Path(scratch) / "version"
+        folder.mkdir()
+        info = write(folder)
+        number = version if version is not None else next_version(model_root)
+        destination = uris.join(model_root, str(number))
+        if uris.exists(destination):
+            raise ExportError(f"{destination}: version {number} already exists (another export wrote it meanwhile; "
+                              "versions are never overwritten)")  # fmt: skip
+        atomic_write_text(folder / "assets.extra" / "README.md", readme(number, info))
+        log(f"uploading to {destination} (saved_model.pb last)")
+        commit_remote_directory(folder, destination, markers=["saved_model.pb"])
+    return destination, info
+
+
 def _write_version(folder: Path, model, source: Path, name: str, settings, tile_hw, batch_size, limits, log):
     """Writes the SavedModel and ``assets.extra`` into ``folder``; returns the client info."""
     log("tracing the serving graph and writing the SavedModel")
@@ -262,6 +307,21 @@ def _write_version(folder: Path, model, source: Path, name: str, settings, tile_
     return info
 
 
+def _export_local(model_root: Path, version: int | None, write, name: str, log) -> tuple[Path, dict]:
+    """Builds a version in a locked temporary folder beside the versions and renames it into place."""
+    model_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_exports(model_root, log)
+    with building_directory(model_root / EXPORT_FOLDER) as temporary:
+        info = write(temporary)
+        readme = temporary / "assets.extra" / "README.md"
+        first_version = version if version is not None else next_version(model_root)
+        destination = _version_folder_for(
+            model_root, temporary, first_version, version is not None,
+            lambda v: atomic_write_text(readme, serving_readme(name, v, info)),
+        )  # fmt: skip
+    return destination, info
+
+
 def export(
     model_path,
     name: str,
@@ -271,13 +331,15 @@ def export(
     precision: str = "float32",
     log=print,
     limits: ServingLimits | None = None,
-) -> Path:
-    """Exports a trained model as ``<base_dir>/<name>/<version>``; returns the version folder.
+) -> Path | str:
+    """Exports a trained model as ``<base_dir>/<name>/<version>``; returns the version folder (a string for a
+    remote ``base_dir``).
 
     Args:
         model_path: Run directory or ``.keras`` file.
         name: Model name (the serving URL's ``/v1/models/<name>``).
-        base_dir: Export root (default ``saved_models``).
+        base_dir: Export root (default ``saved_models``), or a remote URI such as ``gs://bucket/models``
+            (see the module docstring for what is atomic there).
         version: Integer version; default the next free one. An existing version is an error.
         tiling: The tile inside the graph (``tile_size``, or chosen by ``rule`` for the frame size the
             model was trained on) and tiles per model call.
@@ -292,29 +354,29 @@ def export(
     source = resolve_model_path(model_path)
     if source.suffix != ".keras":
         raise ExportError(f"{model_path}: export needs a run directory or a .keras file, not a SavedModel")
-    model_root = Path(base_dir) / name
-    if version is not None and (model_root / str(version)).exists():
-        raise ExportError(f"{model_root / str(version)}: version {version} already exists (versions are never "
-                          "overwritten)")  # fmt: skip
+    model_root = uris.join(base_dir, name)
+    if version is not None and uris.exists(uris.join(model_root, str(version))):
+        raise ExportError(f"{uris.join(model_root, str(version))}: version {version} already exists (versions are "
+                          "never overwritten)")  # fmt: skip
     log(f"loading {source}")
     loaded = keras.models.load_model(source)
     model = with_precision(loaded, precision)
     settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
     tiling = tiling or TilingOptions()
     tile_hw = plan_tiles(settings.typical_size, model, tiling).input_hw
-    model_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_exports(model_root, log)
-    with building_directory(model_root / EXPORT_FOLDER) as temporary:
-        info = _write_version(temporary, model, source, name, settings, tile_hw, tiling.batch_size, limits, log)
-        readme = temporary / "assets.extra" / "README.md"
-        first_version = version if version is not None else next_version(model_root)
-        destination = _version_folder_for(
-            model_root, temporary, first_version, version is not None,
-            lambda v: atomic_write_text(readme, serving_readme(name, v, info)),
-        )  # fmt: skip
-    atomic_write_text(model_root / "models.config", models_config(name, f"/models/{name}"))
-    atomic_write_text(model_root / "batching_parameters.txt", batching_parameters(limits))
-    atomic_write_text(model_root / "README.md", serving_readme(name, int(destination.name), info))
+
+    def write(folder: Path) -> dict:
+        return _write_version(folder, model, source, name, settings, tile_hw, tiling.batch_size, limits, log)
+
+    if uris.is_remote(model_root):
+        destination, info = _export_remote(
+            model_root, version, write, lambda v, info: serving_readme(name, v, info), log
+        )
+    else:
+        destination, info = _export_local(model_root, version, write, name, log)
+    atomic_write_text(uris.join(model_root, "models.config"), models_config(name, f"/models/{name}"))
+    atomic_write_text(uris.join(model_root, "batching_parameters.txt"), batching_parameters(limits))
+    atomic_write_text(uris.join(model_root, "README.md"), serving_readme(name, int(uris.name(destination)), info))
     tile = info["tiling"]["input_tile"]
     log(f"exported {source} -> {destination} (tile {tile[0]}x{tile[1]})")
     return destination

@@ -2,12 +2,16 @@
 
 ``MODEL`` may be a run directory (its ``best.keras``, else ``last.keras``), a ``.keras`` file, or an
 exported SavedModel version folder (``saved_models/<name>/<version>``), which carries the tiling in
-its graph and needs no kunet code. All three give the same :class:`Segmenter` interface.
+its graph and needs no kunet code. All three give the same :class:`Segmenter` interface, and each may be a
+remote URI (``gs://bucket/models/isbi/3``; any ``tf.io.gfile`` scheme): a SavedModel is loaded from there, a
+``.keras`` file is copied to a local temporary file first (Keras opens it as a zip archive).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +19,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kunet import metrics
+from kunet import metrics, uris
 from kunet.decision import DecisionRule
 from kunet.errors import KunetError
 from kunet.inference import InferenceSettings, Predictor
 from kunet.model import UNet, output_size
 from kunet.precision import PRECISIONS, resolve_precision
-from kunet.runs import ModelLoadError, resolve_model_path
+from kunet.runs import MODEL_FILES, ModelLoadError, resolve_model_path
 from kunet.tiling import TilingOptions
 
 
@@ -86,13 +90,44 @@ def load_unet(path: Path) -> UNet:
     return model
 
 
-def read_export_info(path: Path) -> tuple[InferenceSettings, int, int]:
+def resolve_model(path: str | os.PathLike) -> Path | str:
+    """:func:`kunet.runs.resolve_model_path` for local paths; the same rules through ``tf.io.gfile`` for a
+    remote URI (a SavedModel version folder, a run directory's best/last ``.keras``, a ``.keras`` file),
+    which stays a string."""
+    if not uris.is_remote(path):
+        return resolve_model_path(path)
+    path = uris.location(path)
+    if uris.exists(uris.join(path, "saved_model.pb")):
+        return path
+    if uris.isdir(path):
+        for model_file in MODEL_FILES:
+            if uris.exists(uris.join(path, model_file)):
+                return uris.join(path, model_file)
+        raise ModelLoadError(f"{path}: neither a run directory with best.keras/last.keras nor a SavedModel")
+    if uris.exists(path):
+        if path.endswith(".keras"):
+            return path
+        raise ModelLoadError(f"{path}: not a model kunet reads (a run directory, a .keras file or a SavedModel folder)")
+    raise ModelLoadError(f"{path}: not found (expected a run directory, a .keras file or a SavedModel folder)")
+
+
+def _load_remote_unet(uri: str) -> UNet:
+    with tempfile.TemporaryDirectory(prefix="kunet-model-") as scratch:
+        local = Path(scratch) / uris.name(uri)
+        uris.copy(uri, local)
+        try:
+            return load_unet(local)
+        except ModelLoadError as error:
+            raise ModelLoadError(str(error).replace(str(local), uri)) from None
+
+
+def read_export_info(path: Path | str) -> tuple[InferenceSettings, int, int]:
     """The decision rule, input channels and net depth from an export's ``assets.extra/kunet.json``."""
-    info_path = path / "assets.extra" / "kunet.json"
-    if not info_path.is_file():
+    info_path = uris.join(path, "assets.extra", "kunet.json")
+    if not uris.isfile(info_path):
         raise ModelLoadError(f"{path}: a SavedModel but not a kunet export (no assets.extra/kunet.json)")
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = json.loads(uris.read_text(info_path))
         return (
             InferenceSettings.from_metadata(info["inference"]),
             int(info["input"]["channels"]),
@@ -103,7 +138,7 @@ def read_export_info(path: Path) -> tuple[InferenceSettings, int, int]:
         raise ModelLoadError(f"{info_path}: damaged export description ({detail})") from None
 
 
-def load_saved_model(path: Path):
+def load_saved_model(path: Path | str):
     """The serving SavedModel, with an error naming the folder when TensorFlow cannot load it."""
     import tensorflow as tf
 
@@ -135,7 +170,7 @@ class Segmenter:
     """Predicts masks for raw images with a loaded model.
 
     Args:
-        model_path: Run directory, ``.keras`` file or SavedModel folder.
+        model_path: Run directory, ``.keras`` file or SavedModel folder, local or a remote URI.
         precision: ``float32`` or ``mixed_bfloat16`` (Keras models only).
         tiling: Tile size or rule, tiles per call, memory budgets (Keras models; an export tiles in its graph).
         test_time_mirroring: Average the four flips (default: as stored with the model).
@@ -157,10 +192,10 @@ class Segmenter:
     ):
         tiling = tiling or TilingOptions()
         check_prediction_options(precision, tiling.tile_size, threshold)
-        self.path = resolve_model_path(model_path)
+        self.path = resolve_model(model_path)
         self.saved_model = None
-        if self.path.suffix == ".keras":
-            model = load_unet(self.path)
+        if str(self.path).endswith(".keras"):
+            model = _load_remote_unet(self.path) if uris.is_remote(self.path) else load_unet(self.path)
             if tiling.tile_size:
                 _check_tile_size(tiling.tile_size, model)
             self.model = with_precision(model, precision)

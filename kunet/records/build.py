@@ -8,6 +8,11 @@ directory (locked while it is written) that is renamed into place only when comp
 replaces only a records folder (one with a ``manifest.json``, or an empty one) that holds no source file,
 and is checked before the passes and again at the end. The temporaries of builds that were killed are
 removed by the next build of the same folder.
+
+``out`` may be a remote URI (``gs://bucket/records/x``; any ``tf.io.gfile`` scheme): the shards are written
+to a hidden sibling folder there and moved into ``out`` file by file with ``manifest.json`` last (object
+stores cannot rename a folder atomically; a folder without its manifest is refused by every reader), and
+nothing is locked, so one build per output at a time (see :mod:`kunet._fs`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import kunet
+from kunet import uris
 from kunet._fs import building_directory, check_output, commit_directory, sweep_temporaries
 from kunet.config import PipelineConfig
 from kunet.records.schema import MANIFEST, SCHEMA_VERSION, SPLITS, RecordsError, _sha256, encode_example
@@ -142,7 +149,7 @@ def source_paths(config: PipelineConfig) -> list[Path]:
 
 
 def _write_shards(
-    folder: Path, encoded_frames: Iterator[EncodedFrame], split_sizes: dict[str, int], shards: int, advance
+    folder: Path | str, encoded_frames: Iterator[EncodedFrame], split_sizes: dict[str, int], shards: int, advance
 ) -> tuple[list[dict], list[dict]]:
     """Pass 2: writes the encoded frames round-robin into each split's shards; returns the shard and source lists."""
     import tensorflow as tf
@@ -151,7 +158,7 @@ def _write_shards(
     names = {(split, index): _shard_name(split, index, count) for split, count in shard_counts.items()
              for index in range(count)}  # fmt: skip
     options = tf.io.TFRecordOptions(compression_type="GZIP")
-    writers = {key: tf.io.TFRecordWriter(str(folder / name), options) for key, name in names.items()}
+    writers = {key: tf.io.TFRecordWriter(str(uris.join(folder, name)), options) for key, name in names.items()}
     written = {key: 0 for key in writers}
     position = {split: 0 for split in SPLITS}
     sources = []
@@ -171,8 +178,8 @@ def _write_shards(
         for writer in writers.values():
             writer.close()
     shard_list = [
-        {"file": name, "split": key[0], "count": written[key], "sha256": _sha256(folder / name),
-         "bytes": (folder / name).stat().st_size}
+        {"file": name, "split": key[0], "count": written[key], "sha256": _sha256(uris.join(folder, name)),
+         "bytes": uris.size(uris.join(folder, name))}
         for key, name in names.items()
     ]  # fmt: skip
     return shard_list, sources
@@ -234,7 +241,7 @@ def _manifest(
 
 def build_records(
     config: PipelineConfig,
-    out: Path | None = None,
+    out: str | os.PathLike | None = None,
     shards: int | None = None,
     workers: int | None = None,
     overwrite: bool = False,
@@ -245,7 +252,7 @@ def build_records(
 
     Args:
         config: The pipeline (source, labels, weights, records sections are used).
-        out: Output folder; defaults to ``config.records_dir()``.
+        out: Output folder or remote URI (``gs://...``, kept as a string); defaults to ``config.records_dir()``.
         shards: Shards per split (a split never gets more shards than frames).
         workers: Threads encoding frames in parallel.
         overwrite: Replace an existing output folder (only once the new one is complete), if kunet made it
@@ -258,7 +265,7 @@ def build_records(
         FileExistsError: ``out`` exists and ``overwrite`` is False, or (UnsafeOverwriteError) ``out`` is not
             a kunet records folder or holds the source; checked before any work, and again at the end.
     """
-    out = Path(out) if out is not None else config.records_dir()
+    out = uris.location(out if out is not None else config.records_dir())
     shards = shards or config.records.shards
     workers = workers or config.records.workers
     protected = source_paths(config)
@@ -278,6 +285,6 @@ def build_records(
             progress_factory("writing records", len(frames)),
         )  # fmt: skip
         manifest = _manifest(config, summary, params, class_weights, split_sizes, shard_list, source_list)
-        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        uris.write_bytes(uris.join(temporary, MANIFEST), json.dumps(manifest, indent=2).encode("utf-8"))
         commit_directory(temporary, out, overwrite, [MANIFEST], protected)
     return manifest

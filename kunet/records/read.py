@@ -3,6 +3,10 @@
 Reading checks the shards against the manifest first (each exists and has its recorded size; sha256 on
 request, :func:`check_shards`), checks that every example belongs to the split being read, and reports a
 shard that cannot be read as a :class:`RecordsError` naming it.
+
+Every read goes through ``tf.io.gfile``, so a records folder may be local or a remote URI (``gs://``;
+``ram://`` in the tests). A remote folder whose ``manifest.json`` is missing is refused like a local one:
+the manifest is written last (see :mod:`kunet.records.build`).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import json
 import os
 from collections.abc import Iterator
 
+from kunet import uris
 from kunet.records.schema import MANIFEST, MANIFEST_KEYS, SCHEMA_VERSION, SPLITS, RecordsError, _sha256, parse_example
 
 
 def _join(records_dir: str | os.PathLike, name: str) -> str:
-    """A path inside a records folder, kept as a string so gs://, s3:// and hdfs:// folders work."""
-    return f"{str(records_dir).rstrip('/')}/{name}"
+    """A path inside a records folder, as the string TensorFlow takes (a URI's ``//`` kept)."""
+    return str(uris.join(records_dir, name))
 
 
 def read_manifest(records_dir: str | os.PathLike) -> dict:

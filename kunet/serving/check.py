@@ -5,6 +5,10 @@ requests and sends a sample image through both signatures as REST and gRPC reque
 Serving's rules (:mod:`kunet.serving.rules`). This process compares the answers with ``kunet predict`` on the
 exported ``unet.keras``, checks that string outputs carry the ``_bytes`` suffix, and parses ``models.config``
 and ``batching_parameters.txt`` with TensorFlow Serving's own messages.
+
+A remote version folder (``gs://...``; any ``tf.io.gfile`` scheme) is first copied to a local temporary
+folder with its model folder's ``models.config`` and ``batching_parameters.txt``, and checked there: the
+fresh process cannot see an in-memory ``ram://`` folder, and the bytes checked are the bytes served.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kunet import uris
 from kunet.export import ExportError, sample_image
 from kunet.inference import InferenceSettings
 from kunet.serving import signatures as names
@@ -35,6 +40,8 @@ def check(export_dir, log=print) -> dict:
     """
     from kunet.segmenter import Segmenter
 
+    if uris.is_remote(export_dir):
+        return _check_remote(uris.location(export_dir), log)
     export_dir = Path(export_dir)
     if not (export_dir / "saved_model.pb").is_file():
         raise ExportError(f"{export_dir}: not a SavedModel version folder (no saved_model.pb)")
@@ -64,6 +71,27 @@ def check(export_dir, log=print) -> dict:
     if problems:
         raise ExportError(f"{export_dir}: " + "; ".join(problems))
     return report
+
+
+def _check_remote(export_dir: str, log) -> dict:
+    """Copies the remote version folder and its model folder's server files to a local folder and checks that."""
+    if not uris.exists(uris.join(export_dir, "saved_model.pb")):
+        raise ExportError(f"{export_dir}: not a SavedModel version folder (no saved_model.pb)")
+    with tempfile.TemporaryDirectory(prefix="kunet-check-remote-") as scratch:
+        model_root = uris.parent(export_dir)
+        local = Path(scratch) / uris.name(model_root) / uris.name(export_dir)
+        log(f"copying {export_dir} to {local}")
+        for relative in uris.walk_files(export_dir):
+            (local / relative).parent.mkdir(parents=True, exist_ok=True)
+            uris.copy(uris.join(export_dir, relative), local / relative)
+        for server_file in ("models.config", "batching_parameters.txt"):
+            if uris.exists(uris.join(model_root, server_file)):
+                uris.copy(uris.join(model_root, server_file), local.parent / server_file)
+        try:
+            return check(local, log)
+        except ExportError as error:
+            message = str(error).replace(str(local), export_dir).replace(str(local.parent), model_root)
+            raise ExportError(message) from None
 
 
 def _replay_in_fresh_process(export_dir: Path) -> tuple[dict, np.ndarray, np.ndarray | None]:
