@@ -92,8 +92,14 @@ def inspect_records(
 @app.command()
 def fit(
     pipeline: Path = typer.Argument(None, help="Pipeline TOML. Omit with --resume."),
-    run_dir: Path = typer.Option(None, help="Run directory (default: runs/<pipeline name>)."),
-    resume: Path = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
+    run_dir: str = typer.Option(None, help="Run directory or URI (default: runs/<pipeline name>)."),
+    resume: str = typer.Option(None, help="Continue the run in this directory (or URI) from its last checkpoint."),
+    auto_resume: bool = typer.Option(
+        False,
+        "--auto-resume",
+        help="Resume --run-dir if it holds a run, else start it: one command for a job a "
+        "scheduler restarts after preemption.",
+    ),
     records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
     epochs: int = typer.Option(None, help="Epochs in total (each train.steps_per_epoch steps)."),
     steps: int = typer.Option(None, help="Steps in total (overrides --epochs)."),
@@ -119,6 +125,8 @@ def fit(
     if jit_compile is not None:
         overrides.append(f"train.jit_compile={str(jit_compile).lower()}")
     with user_errors():
+        if auto_resume and resume is None:
+            resume = _existing_run(run_dir, pipeline, overrides)
         if resume is not None:
             config, saved_records = load_run_config(resume)
             if overrides:
@@ -143,6 +151,18 @@ def fit(
         from kunet.stopping import stop_exit_code
 
         raise typer.Exit(stop_exit_code(state.get("stop_signal")))
+
+
+def _existing_run(run_dir: str | None, pipeline: Path | None, overrides: list[str]) -> str | None:
+    """``--auto-resume``: the run directory to resume, or None when there is no run there to resume yet."""
+    from kunet import uris
+    from kunet.runs import RunPaths
+
+    if run_dir is None:
+        if pipeline is None:
+            fail("--auto-resume needs --run-dir or a pipeline TOML")
+        run_dir = str(Path("runs") / load_config(pipeline, overrides).name)
+    return run_dir if uris.isfile(RunPaths(run_dir).config) else None
 
 
 @app.command()

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kunet import tiff
+from kunet import tiff, uris
 from kunet._fs import atomic_write_bytes
 from kunet.errors import KunetError
 
@@ -213,11 +213,12 @@ def write_image(path: str | os.PathLike, image: np.ndarray, reuse: bool = False)
         reuse: The caller is done with ``image``: its channels may be reordered in place instead of copied
             (saves 3 bytes per pixel for a large RGB overlay).
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
+    path = uris.location(path)  # a URI (a remote run's training.png) stays a string
+    suffix = Path(uris.name(path)).suffix.lower()
     if suffix not in (".png", ".tif", ".tiff"):
         raise ValueError(f"{path}: unsupported output format (use .png, .tif or .tiff)")
     encoded = _encode(image, ".png" if suffix == ".png" else ".tif", str(path), reuse)
     with naming_errors(path):
-        atomic_write_bytes(path, memoryview(encoded))  # no bytes copy of a large encoded image
+        # Locally a memoryview: no bytes copy of a large encoded image; gfile writers want bytes.
+        atomic_write_bytes(path, memoryview(encoded) if isinstance(path, Path) else encoded.tobytes())
     return path

@@ -21,6 +21,12 @@ Layout::
 Protection: a fresh fit refuses a directory that already holds a run; a second fit (or tune) of a run being
 written fails at once naming the holder's pid (:func:`locked_run`); temporaries a killed run left are
 removed under the lock (:func:`remove_run_temporaries`).
+
+A run directory may be a URI (``gs://bucket/runs/x``, any ``tf.io.gfile`` scheme; :mod:`kunet.uris`): every
+file is then read and written through ``tf.io.gfile`` and still replaced through a temporary and a rename.
+An object store has no locks, so a remote run is not locked: one fit per remote run is the user's rule (a
+multi-worker job's workers count as one fit: only the chief writes), and a killed fit's temporaries there
+are left in place (nothing can tell them from a running fit's).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kunet import uris
 from kunet._fs import (
     LockHeldError,
     atomic_write_json,
@@ -60,57 +67,38 @@ class RunError(KunetError):
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The files of the run directory ``root``."""
+    """The files of the run directory ``root``: :class:`~pathlib.Path` objects, or URI strings for a remote run."""
 
-    root: Path
+    root: Path | str
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", uris.location(self.root))
 
     @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+    def remote(self) -> bool:
+        return uris.is_remote(self.root)
 
-    @property
-    def last_model(self) -> Path:
-        return self.root / "last.keras"
+    def _file(self, name: str) -> Path | str:
+        return uris.join(self.root, name)
 
-    @property
-    def best_model(self) -> Path:
-        return self.root / "best.keras"
+    config = property(lambda self: self._file("config.json"))
+    state = property(lambda self: self._file("state.json"))
+    checkpoints = property(lambda self: self._file("checkpoints"))
+    last_model = property(lambda self: self._file("last.keras"))
+    best_model = property(lambda self: self._file("best.keras"))
+    history = property(lambda self: self._file("history.csv"))
+    plot = property(lambda self: self._file("training.png"))
+    tensorboard = property(lambda self: self._file("tensorboard"))
+    tune_report = property(lambda self: self._file("tune.json"))
+    lock = property(lambda self: self._file("run.lock"))
 
-    @property
-    def history(self) -> Path:
-        return self.root / "history.csv"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "training.png"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def tune_report(self) -> Path:
-        return self.root / "tune.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "run.lock"
-
-    def models(self) -> list[Path]:
+    def models(self) -> list[Path | str]:
         """The run's ``.keras`` files that exist, best first."""
-        return [self.root / name for name in MODEL_FILES if (self.root / name).is_file()]
+        return [self._file(name) for name in MODEL_FILES if uris.isfile(self._file(name))]
 
     def existing_run_files(self) -> list[str]:
         """Which of a run's files this directory already holds (none for a fresh run)."""
-        return [name for name in RUN_FILES if (self.root / name).exists()]
+        return [name for name in RUN_FILES if uris.exists(self._file(name))]
 
 
 # --- the run's settings and state ----------------------------------------------------------------
@@ -135,11 +123,11 @@ def write_run_config(paths: RunPaths, config, records_dir, records_weight_map: d
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
     """A run's ``config.json`` as written by :func:`write_run_config`, checked for the entries readers use."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.config.is_file():
+    paths = RunPaths(run_dir)
+    if not uris.isfile(paths.config):
         raise RunError(f"{run_dir}: not a kunet run (no config.json)")
     try:
-        saved = json.loads(paths.config.read_text())
+        saved = json.loads(uris.read_text(paths.config))
         saved["pipeline"], saved["records"]  # noqa: B018 - the entries every reader needs
     except (ValueError, KeyError, TypeError) as error:  # not JSON, or an entry missing
         raise RunError(f"{paths.config}: damaged or not a kunet run configuration ({error!r})") from None
@@ -151,13 +139,16 @@ def load_run_config(run_dir: str | os.PathLike):
     from kunet.config import pipeline_from_dict
 
     saved = read_run_config(run_dir)
-    where = str(RunPaths(Path(run_dir)).config)
-    return pipeline_from_dict(saved["pipeline"], saved.get("base_dir", "."), where=where), Path(saved["records"])
+    where = str(RunPaths(run_dir).config)
+    # uris.location keeps a remote records URI a string (Path would fold gs:// into gs:/).
+    return pipeline_from_dict(saved["pipeline"], saved.get("base_dir", "."), where=where), uris.location(
+        saved["records"]
+    )
 
 
 def read_state(paths: RunPaths) -> dict:
     """``state.json`` (step, epoch, status, best metric), or ``{}`` for a run that has none yet."""
-    return json.loads(paths.state.read_text()) if paths.state.is_file() else {}
+    return json.loads(uris.read_text(paths.state)) if uris.isfile(paths.state) else {}
 
 
 def write_state(paths: RunPaths, state: dict) -> None:
@@ -168,10 +159,9 @@ def write_state(paths: RunPaths, state: dict) -> None:
 
 
 def read_history(paths: RunPaths) -> list[dict]:
-    if not paths.history.exists():
+    if not uris.exists(paths.history):
         return []
-    with open(paths.history, newline="") as stream:
-        return list(csv.DictReader(stream))
+    return list(csv.DictReader(io.StringIO(uris.read_text(paths.history), newline="")))
 
 
 def write_history(paths: RunPaths, rows: list[dict]) -> None:
@@ -208,7 +198,7 @@ def refuse_existing_run(paths: RunPaths) -> None:
         )
 
 
-def _busy(root: Path, error: LockHeldError) -> RunError:
+def _busy(root: Path | str, error: LockHeldError) -> RunError:
     holder = f"pid {error.holder}" if error.holder else "pid unknown"
     return RunError(
         f"{root}: in use by another kunet process ({holder}); wait for it to end, or use another run directory"
@@ -217,21 +207,26 @@ def _busy(root: Path, error: LockHeldError) -> RunError:
 
 def check_run_free(root: str | os.PathLike) -> None:
     """Raises :class:`RunError` naming the holder if a fit (or tune) is working in ``root`` now."""
+    paths = RunPaths(root)
+    if paths.remote:  # no locks on an object store (see the module's docstring)
+        return
     try:
-        check_unlocked(RunPaths(Path(root)).lock)
+        check_unlocked(paths.lock)
     except LockHeldError as error:
-        raise _busy(Path(root), error) from None
+        raise _busy(paths.root, error) from None
 
 
 @contextlib.contextmanager
 def locked_run(root: str | os.PathLike) -> Iterator[None]:
     """Holds the run directory's lock for the ``with`` block: every command that writes a run (fit, tune)
     takes it, so a second one fails at once instead of mixing its files into the first one's."""
+    paths = RunPaths(root)
     stack = contextlib.ExitStack()
     try:
-        stack.enter_context(exclusive_lock(RunPaths(Path(root)).lock))
+        if not paths.remote:  # no locks on an object store (see the module's docstring)
+            stack.enter_context(exclusive_lock(paths.lock))
     except LockHeldError as error:
-        raise _busy(Path(root), error) from None
+        raise _busy(paths.root, error) from None
     with stack:
         yield
 
@@ -241,8 +236,10 @@ def remove_run_temporaries(paths: RunPaths) -> list[Path]:
     fixed names older versions used) and TensorFlow's unfinished checkpoint folders and index files.
 
     Call it only while holding :func:`locked_run`: every process that writes a run holds that lock, so
-    nothing found here can still be in use.
+    nothing found here can still be in use. A remote run has no lock, so nothing is removed there.
     """
+    if paths.remote:
+        return []
     stale = set(stale_temporaries(paths.root))
     stale.update(path for pattern in _LEGACY_TEMPORARIES for path in paths.root.glob(pattern))
     stale.update(paths.checkpoints.glob("*_temp"))  # tf.train.Checkpoint writes <prefix>_temp/ first
@@ -257,28 +254,28 @@ class ModelLoadError(KunetError):
     """A path that is not a usable model; the message names it and says what was expected."""
 
 
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """The model file or folder a user's ``MODEL`` argument names.
+def resolve_model_path(path: str | os.PathLike) -> Path | str:
+    """The model file or folder a user's ``MODEL`` argument names (a URI stays a string).
 
     A SavedModel version folder as it is; a run directory's ``best.keras``, else its ``last.keras``; a
     ``.keras`` file as it is.
     """
-    path = Path(path)
-    if path.is_dir() and (path / "saved_model.pb").is_file():
+    path = uris.location(path)
+    if uris.isdir(path) and uris.isfile(uris.join(path, "saved_model.pb")):
         return path
-    if path.is_dir():
+    if uris.isdir(path):
         models = RunPaths(path).models()
         if models:
             return models[0]
         raise ModelLoadError(f"{path}: neither a run directory with best.keras/last.keras nor a SavedModel")
-    if path.is_file():
-        if path.suffix == ".keras":
+    if uris.isfile(path):
+        if uris.name(path).endswith(".keras"):
             return path
         raise ModelLoadError(f"{path}: not a model kunet reads (a run directory, a .keras file or a SavedModel folder)")
     raise ModelLoadError(f"{path}: not found (expected a run directory, a .keras file or a SavedModel folder)")
 
 
-def run_of(model_file: Path) -> RunPaths | None:
+def run_of(model_file: Path | str) -> RunPaths | None:
     """The run directory a ``.keras`` file sits in, or None for a file outside any run."""
-    paths = RunPaths(Path(model_file).parent)
-    return paths if paths.config.is_file() else None
+    paths = RunPaths(uris.parent(model_file))
+    return paths if uris.isfile(paths.config) else None

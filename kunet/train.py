@@ -27,7 +27,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from kunet import visualize
+from kunet import uris, visualize
 from kunet._fs import atomic_save
 from kunet.builders import build_model, build_optimizer, initialise_from, is_chief
 from kunet.config import PipelineConfig
@@ -107,10 +107,10 @@ class Trainer:
         verify_records: bool = False,
     ):
         self.config = config
-        self.paths = RunPaths(Path(run_dir))
+        self.paths = RunPaths(run_dir)  # a local folder or a URI (gs://, ram://)
         records_dir = records_dir or config.records_dir()
         # Remote folders (gs://, s3://) stay strings: pathlib would fold their "//".
-        self.records_dir = records_dir if "://" in str(records_dir) else Path(records_dir).resolve()
+        self.records_dir = records_dir if uris.is_remote(records_dir) else Path(records_dir).resolve()
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = is_chief(self.strategy)
         self.log = log if self.chief else (lambda *args, **kwargs: None)
@@ -143,12 +143,12 @@ class Trainer:
         session = self._new_session(total_steps)
         if not self.resume:
             self._initialise(session)
-        creating = self.chief and not self.paths.root.exists()
+        creating = self.chief and not uris.exists(self.paths.root)
         with contextlib.ExitStack() as stack:
             if self.chief:
                 # Only now, once the model exists and its starting weights are in place: a run that cannot
                 # start (a bad init_from, a model that does not build) leaves no half-made run directory.
-                self.paths.root.mkdir(parents=True, exist_ok=True)
+                uris.makedirs(self.paths.root)
                 stack.enter_context(locked_run(self.paths.root))
                 if creating:
                     stack.callback(self._discard_if_unstarted, session)
@@ -189,8 +189,8 @@ class Trainer:
         """Deletes the run directory this fit created if it ends without a checkpoint (failed at its first
         steps, e.g. on damaged records), so that no half-made run is left to refuse or confuse the next fit.
         Runs before the lock is released."""
-        if (session.manager is None or session.manager.latest_checkpoint is None) and self.paths.root.is_dir():
-            shutil.rmtree(self.paths.root, ignore_errors=True)
+        if (session.manager is None or session.manager.latest_checkpoint is None) and uris.isdir(self.paths.root):
+            uris.remove(self.paths.root)
             self.log(f"removed {self.paths.root}: the run ended before its first checkpoint")
 
     def _new_session(self, total_steps: int) -> _Session:
@@ -227,7 +227,7 @@ class Trainer:
         removed = remove_run_temporaries(self.paths)
         if removed:
             self.log(f"removed {len(removed)} temporary file(s) left by a killed run: "
-                     + ", ".join(str(path.relative_to(self.paths.root)) for path in removed))  # fmt: skip
+                     + ", ".join(str(path).removeprefix(f"{self.paths.root}/") for path in removed))  # fmt: skip
 
     def _restore(self, session: _Session) -> None:
         """Restores the latest intact checkpoint; a damaged one is reported and the one before it used.
@@ -239,7 +239,7 @@ class Trainer:
         saved = tf.train.get_checkpoint_state(str(self.paths.checkpoints))
         candidates = list(reversed(saved.all_model_checkpoint_paths)) if saved else []
         if not candidates:
-            if self.paths.config.is_file():
+            if uris.isfile(self.paths.config):
                 self.log(f"{self.paths.root}: killed before its first checkpoint; starting it from step 0")
                 self._initialise(session)
                 return
@@ -343,7 +343,7 @@ class Trainer:
             epoch = (start_step - 1) // train.steps_per_epoch
             self.log(f"finishing epoch {epoch + 1}: its validation and history row were cut short")
             self._end_of_epoch(session, epoch, start_step, True, force_validation=start_step >= total_steps)
-            session.manager.save(checkpoint_number=start_step)
+            self._save(session, start_step)
         try:
             with StopRequests() as stops:
                 return self._run_epochs(session, train_step, iterator, start_step, total_steps, max_minutes, stops)
@@ -378,7 +378,7 @@ class Trainer:
                 # The checkpoint at the epoch's end comes before its validation, which may take long; a run
                 # killed during it finishes that epoch's end when resumed (see _epoch_end_pending).
                 if current % train.checkpoint_every_steps == 0 or current == epoch_end:
-                    session.manager.save(checkpoint_number=current)
+                    self._save(session, current)
                 if signal_votes:
                     self.stop_signal = stops.requested
                     return self._stop(session, current, stops.requested), current
@@ -389,17 +389,28 @@ class Trainer:
             if epoch_complete or status != "completed":
                 force = status != "completed" or current >= total_steps
                 self._end_of_epoch(session, epoch, current, epoch_complete, force_validation=force)
-                session.manager.save(checkpoint_number=current)
+                self._save(session, current)
             if status != "completed":
                 break
         return status, current
+
+    @staticmethod
+    def _save(session: _Session, step: int) -> None:
+        """Saves the checkpoint ``ckpt-<step>``. The one taken at an epoch's end is saved again after its
+        validation (with the epoch's loss sums reset): a remote one is deleted first, because some gfile file
+        systems (TF 2.21's ram://) append to an existing file instead of replacing it, which corrupts it."""
+        latest = session.manager.latest_checkpoint
+        if latest and latest.endswith(f"-{step}") and uris.is_remote(latest):
+            for part in uris.glob(f"{latest}.*"):
+                uris.remove(part)
+        session.manager.save(checkpoint_number=step)
 
     def _stop(self, session: _Session, current: int, signal_name: str | None) -> str:
         """A stop asked for by SIGTERM/SIGINT (here or on another worker): the step's checkpoint, no validation
         (a grace period is short); resuming finishes the epoch with the loss over all its steps."""
         latest = session.manager.latest_checkpoint
         if latest is None or not latest.endswith(f"-{current}"):
-            session.manager.save(checkpoint_number=current)
+            self._save(session, current)
         if self.chief:
             print()  # end the progress bar's line
         where = f"{signal_name} received" if signal_name else "another worker was signalled"
@@ -434,7 +445,7 @@ class Trainer:
                 with session.writer.as_default(step=current):
                     triptych = visualize.validation_triptych(example)
                     tf.summary.image("validation/input_prediction_label", triptych, max_outputs=3)
-        elif self.chief and validate_now and not self.paths.best_model.exists():
+        elif self.chief and validate_now and not uris.exists(self.paths.best_model):
             atomic_save(self.paths.best_model, model.save)
         if not self.chief:
             return
