@@ -286,7 +286,7 @@ def commit_remote_directory(
     return out
 
 
-def stale_temporaries(folder: str | os.PathLike, older_than_seconds: float = 0.0) -> list[Path]:
+def stale_temporaries(folder: str | os.PathLike, older_than_seconds: float = 0.0) -> list[Path | str]:
     """Hidden temporaries (``.<name>.tmp|part|old-<hex>``) in ``folder`` not modified for ``older_than_seconds``
     (remote: every one, since an object store's folders have no modification time)."""
     if uris.is_remote(folder):

@@ -176,6 +176,19 @@ def test_evaluate_reads_remote_records(trained_tiny_run, tiny_records, tmp_path)
     assert remote_report["frames"] == local_report["frames"] and remote_report["records"] == remote
 
 
+def test_fit_trains_from_remote_records(blobs, tmp_path):
+    records = fresh_uri("records/tiny")
+    assert build_cli(blobs, records).exit_code == 0
+    toml = tmp_path / "tiny.toml"
+    toml.write_text('name = "tiny"\n[model]\nbase_filters = 4\ndepth = 2\n[train]\ntile_size = 124\n'
+                    'batch_size = 2\nsteps_per_epoch = 2\nepochs = 1\nprecision = "float32"\n')  # fmt: skip
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["fit", str(toml), "--records", records, "--run-dir", str(run), "--verify-records"])
+    assert result.exit_code == 0, result.output
+    assert "step 2/2" in result.output and (run / "last.keras").is_file()
+    assert json.loads((run / "config.json").read_text())["records"] == records
+
+
 # --- exports ------------------------------------------------------------------------------------------------
 
 
