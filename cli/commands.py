@@ -183,13 +183,14 @@ def predict(
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
     from kunet.predict_files import plan_predictions, predict_planned
-    from kunet.segmenter import Segmenter, check_prediction_options, resolve_model
+    from kunet.runs import resolve_model_path
+    from kunet.segmenter import Segmenter, check_prediction_options
     from kunet.tiling import TilingOptions
 
     with user_errors():
         # Everything that needs no model is checked first: a bad option or output folder costs no model load.
         check_prediction_options(precision, tile_size, threshold)
-        resolve_model(model)
+        resolve_model_path(model)
         plan = plan_predictions(inputs, out, mask_format, probabilities, overlays)
         for path in plan.skipped:
             typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
@@ -305,7 +306,7 @@ def tune(
 
 @app.command()
 def export(
-    model: Path = typer.Argument(None, help="Run directory or .keras file to export."),
+    model: str = typer.Argument(None, help="Run directory or .keras file to export (a path or a URI)."),
     name: str = typer.Option("unet", help="Model name (the serving URL's /v1/models/<name>)."),
     base_dir: str = typer.Option("saved_models", help="Export root: a folder or a URI such as gs://bucket/models."),
     version: int = typer.Option(None, help="Integer version (default: the next free one; never overwritten)."),

@@ -97,7 +97,17 @@ def build_serving_functions(
     return {signature.name: signature.build(graph) for signature in SIGNATURES.values()}, plan
 
 
-def training_provenance(model_file: Path) -> dict | None:
+def _load_keras(source: Path | str) -> keras.Model:
+    """The ``.keras`` model; one at a URI is copied to a local temporary file first (as the segmenter does)."""
+    if not uris.is_remote(source):
+        return keras.models.load_model(source)
+    with tempfile.TemporaryDirectory(prefix="kunet-export-") as scratch:
+        local = Path(scratch) / uris.name(source)
+        uris.copy(source, local)
+        return keras.models.load_model(local)
+
+
+def training_provenance(model_file: Path | str) -> dict | None:
     """How the exported weights were trained, from the kunet run the ``.keras`` file sits in (None if not in one).
 
     The decision rule already travels in the model's metadata; this adds what produced the weights (weight
@@ -117,8 +127,8 @@ def training_provenance(model_file: Path) -> dict | None:
         except RecordsError:
             pass  # records gone or unreadable: fall back to the configured weights below
     return {
-        "run": paths.root.name,
-        "model_file": model_file.name,
+        "run": uris.name(paths.root),
+        "model_file": uris.name(model_file),
         "run_status": state.get("status"),
         "run_steps": state.get("step"),
         "pipeline": pipeline.get("name"),
@@ -288,7 +298,7 @@ def _export_remote(model_root: str, version: int | None, write, readme, log) -> 
     return destination, info
 
 
-def _write_version(folder: Path, model, source: Path, name: str, settings, tile_hw, batch_size, limits, log):
+def _write_version(folder: Path, model, source: Path | str, name: str, settings, tile_hw, batch_size, limits, log):
     """Writes the SavedModel and ``assets.extra`` into ``folder``; returns the client info."""
     log("tracing the serving graph and writing the SavedModel")
     functions, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
@@ -303,7 +313,10 @@ def _write_version(folder: Path, model, source: Path, name: str, settings, tile_
     atomic_write_json(extra / "kunet.json", info)
     log("writing warm-up requests")
     write_warmup_requests(extra / WARMUP_FILE, name, settings, model.input_channels)
-    shutil.copyfile(source, extra / "unet.keras")
+    if uris.is_remote(source):
+        uris.copy(source, extra / "unet.keras", overwrite=True)
+    else:
+        shutil.copyfile(source, extra / "unet.keras")
     return info
 
 
@@ -352,14 +365,14 @@ def export(
     """
     limits = limits or ServingLimits()
     source = resolve_model_path(model_path)
-    if source.suffix != ".keras":
+    if not uris.name(source).endswith(".keras"):
         raise ExportError(f"{model_path}: export needs a run directory or a .keras file, not a SavedModel")
     model_root = uris.join(base_dir, name)
     if version is not None and uris.exists(uris.join(model_root, str(version))):
         raise ExportError(f"{uris.join(model_root, str(version))}: version {version} already exists (versions are "
                           "never overwritten)")  # fmt: skip
     log(f"loading {source}")
-    loaded = keras.models.load_model(source)
+    loaded = _load_keras(source)
     model = with_precision(loaded, precision)
     settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
     tiling = tiling or TilingOptions()

@@ -10,7 +10,6 @@ remote URI (``gs://bucket/models/isbi/3``; any ``tf.io.gfile`` scheme): a SavedM
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from kunet.errors import KunetError
 from kunet.inference import InferenceSettings, Predictor
 from kunet.model import UNet, output_size
 from kunet.precision import PRECISIONS, resolve_precision
-from kunet.runs import MODEL_FILES, ModelLoadError, resolve_model_path
+from kunet.runs import ModelLoadError, resolve_model_path
 from kunet.tiling import TilingOptions
 
 
@@ -88,27 +87,6 @@ def load_unet(path: Path) -> UNet:
             f"{path}: a Keras {type(model).__name__}, not a kunet U-Net; predict needs a model made by kunet fit"
         )
     return model
-
-
-def resolve_model(path: str | os.PathLike) -> Path | str:
-    """:func:`kunet.runs.resolve_model_path` for local paths; the same rules through ``tf.io.gfile`` for a
-    remote URI (a SavedModel version folder, a run directory's best/last ``.keras``, a ``.keras`` file),
-    which stays a string."""
-    if not uris.is_remote(path):
-        return resolve_model_path(path)
-    path = uris.location(path)
-    if uris.exists(uris.join(path, "saved_model.pb")):
-        return path
-    if uris.isdir(path):
-        for model_file in MODEL_FILES:
-            if uris.exists(uris.join(path, model_file)):
-                return uris.join(path, model_file)
-        raise ModelLoadError(f"{path}: neither a run directory with best.keras/last.keras nor a SavedModel")
-    if uris.exists(path):
-        if path.endswith(".keras"):
-            return path
-        raise ModelLoadError(f"{path}: not a model kunet reads (a run directory, a .keras file or a SavedModel folder)")
-    raise ModelLoadError(f"{path}: not found (expected a run directory, a .keras file or a SavedModel folder)")
 
 
 def _load_remote_unet(uri: str) -> UNet:
@@ -192,7 +170,7 @@ class Segmenter:
     ):
         tiling = tiling or TilingOptions()
         check_prediction_options(precision, tiling.tile_size, threshold)
-        self.path = resolve_model(model_path)
+        self.path = resolve_model_path(model_path)
         self.saved_model = None
         if str(self.path).endswith(".keras"):
             model = _load_remote_unet(self.path) if uris.is_remote(self.path) else load_unet(self.path)

@@ -61,7 +61,7 @@ def test_records_run_and_export_on_ram_through_the_cli_with_a_resume(tmp_path, m
     _invoke("export", run, "--name", "tiny", "--base-dir", models)
     version = f"{models}/tiny/1"
     info = json.loads(uris.read_text(f"{version}/assets.extra/kunet.json"))
-    assert info["training"]["steps"] == 6
+    assert info["training"]["run_steps"] == 6 and info["training"]["run"] == "tiny"
     _invoke("predict", version, "images/b0.png", "--out", "from-remote", "--no-overlays")
     _invoke("predict", run, "images/b0.png", "--out", "from-run", "--no-overlays")
     served = cv2.imread("from-remote/b0_mask.png", cv2.IMREAD_UNCHANGED)
