@@ -30,12 +30,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import kunet
 from kunet._fs import atomic_write_json, exclusive_lock
 from kunet.errors import KunetError
-from kunet.predict_files import PlannedImage, PredictionPlan, predict_planned
 from kunet.sharding import Shard, shard_members
+
+if TYPE_CHECKING:  # kunet.predict_files imports TensorFlow, which a status check does not need
+    from kunet.predict_files import PlannedImage, PredictionPlan
 
 SHARDS_FOLDER = "_shards"
 _CHUNK = 1 << 20
@@ -200,6 +203,8 @@ class ShardJob:
         return self._write_summary("failed" if self.failed else "complete")
 
     def _predict(self, segmenter, source: Source, channels: int | None, progress: Callable[[], None] | None) -> None:
+        from kunet.predict_files import predict_planned
+
         started, done = time.monotonic(), 0
 
         def advance() -> None:
