@@ -179,25 +179,62 @@ def predict(
     probabilities: str = typer.Option(None, help="Also write probabilities: tif (foreground) or npy (all classes)."),
     mask_format: str = typer.Option("png", help="Mask file format: png or tif."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
+    shard: str = typer.Option(
+        None,
+        help="Predict shard I of N (0-based, e.g. 2/8) of the inputs, skipping complete outputs; 'auto' or "
+        "'auto/N' reads it from a Slurm array, Kubernetes indexed Job or TF_CONFIG (docs/SCALING.md).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --shard: predict again inputs already complete."),
 ):
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
     from kunet.predict_files import plan_predictions, predict_planned
     from kunet.runs import resolve_model_path
     from kunet.segmenter import Segmenter, check_prediction_options
+    from kunet.sharding import parse_shard
     from kunet.tiling import TilingOptions
 
     with user_errors():
         # Everything that needs no model is checked first: a bad option or output folder costs no model load.
         check_prediction_options(precision, tile_size, threshold)
-        resolve_model_path(model)
+        if overwrite and shard is None:
+            fail("--overwrite goes with --shard (without it, predict always writes every output anew)")
+        shard_spec = None if shard is None else parse_shard(shard)
+        model_path = resolve_model_path(model)
         plan = plan_predictions(inputs, out, mask_format, probabilities, overlays)
         for path in plan.skipped:
             typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
+        if shard_spec is not None:
+            options = {"precision": precision, "tile_size": tile_size, "mirror": mirror, "threshold": threshold}
+            _predict_shard(model, model_path, plan, shard_spec, options, overwrite)
+            return
         segmenter = Segmenter(model, precision, TilingOptions(tile_size=tile_size), mirror, threshold)
         with progress_bars() as factory:
             written = predict_planned(segmenter, plan, progress=factory("predicting", len(plan.images)))
     typer.echo(f"wrote outputs for {len(written)} image(s) to {out}")
+
+
+def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, overwrite: bool) -> None:
+    """``predict --shard``: the shard's share of ``plan``, resumable; the model is loaded only if work is left."""
+    from kunet.predict_shards import ShardJob
+    from kunet.segmenter import Segmenter
+    from kunet.tiling import TilingOptions
+
+    with ShardJob(plan, shard, model_path, options, overwrite) as job:
+        typer.echo(f"shard {shard} ({shard.origin}): {len(job.sources)} of {job.collection['inputs']} input(s); "
+                   f"{len(job.skipped)} already complete, skipped")  # fmt: skip
+        segmenter = None
+        if job.todo:
+            tiling = TilingOptions(tile_size=options["tile_size"])
+            segmenter = Segmenter(model, options["precision"], tiling, options["mirror"], options["threshold"])
+        with progress_bars() as factory:
+            summary = job.run(segmenter, progress=factory(f"predicting shard {shard}", job.image_count))
+    typer.echo(f"shard {shard}: predicted {len(summary['predicted'])}, skipped {len(summary['skipped'])}, "
+               f"failed {len(summary['failed'])} input(s); summary {job.summary_path}")  # fmt: skip
+    for failure in summary["failed"]:
+        typer.echo(f"failed {failure['source']}: {failure['error']}", err=True)
+    if summary["failed"]:
+        fail(f"{len(summary['failed'])} input(s) of shard {shard} failed; see {job.summary_path}")
 
 
 @app.command()
