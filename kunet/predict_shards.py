@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import kunet
+from kunet import uris
 from kunet._fs import atomic_write_json, exclusive_lock
 from kunet.errors import KunetError
 from kunet.sharding import Shard, shard_members
@@ -73,6 +74,14 @@ def model_digest(model_path: str | os.PathLike) -> str:
 
     Its bytes, not its path or time stamp: a job array often copies the model to each node's local disk.
     """
+    if uris.is_remote(model_path):  # a model at a URI (gs://): read through tf.io.gfile
+        digest = hashlib.sha256()
+        folder = uris.isdir(model_path)
+        for relative in sorted(uris.walk_files(model_path)) if folder else [""]:
+            if folder:
+                digest.update(relative.encode() + b"\0")
+            digest.update(uris.read_bytes(uris.join(model_path, relative) if folder else model_path))
+        return digest.hexdigest()
     model_path = Path(model_path)
     folder = model_path.is_dir()
     files = sorted(p for p in model_path.rglob("*") if p.is_file()) if folder else [model_path]

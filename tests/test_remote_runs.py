@@ -66,3 +66,5 @@ def test_records_run_and_export_on_ram_through_the_cli_with_a_resume(tmp_path, m
     _invoke("predict", run, "images/b0.png", "--out", "from-run", "--no-overlays")
     served = cv2.imread("from-remote/b0_mask.png", cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(served, cv2.imread("from-run/b0_mask.png", cv2.IMREAD_UNCHANGED))
+    _invoke("predict", version, "images/b0.png", "--out", "sharded", "--no-overlays", "--shard", "0/1")
+    np.testing.assert_array_equal(served, cv2.imread("sharded/b0_mask.png", cv2.IMREAD_UNCHANGED))
