@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from helpers import SHARED_DATA, blob_image, tiny_pipeline_dict
+from helpers import SHARED_DATA, tiny_pipeline_dict, write_blob_folders
 
 
 def _require(path: Path) -> Path:
@@ -31,20 +31,10 @@ def hela_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_records(tmp_path_factory):
     """Records of 8 small blob images (6 train, 2 val) and the pipeline config that built them."""
-    import cv2
-    import numpy as np
-
     from kunet.config import pipeline_from_dict
     from kunet.records import build_records
 
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        image, label = blob_image(rng)
-        cv2.imwrite(str(root / "images" / f"b{index}.png"), image)
-        cv2.imwrite(str(root / "labels" / f"b{index}.png"), label)
+    root = write_blob_folders(tmp_path_factory.mktemp("tiny"))
     config = pipeline_from_dict(tiny_pipeline_dict(str(root / "records")), base_dir=root)
     build_records(config)
     return config, root / "records"

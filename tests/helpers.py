@@ -25,6 +25,21 @@ def blob_image(rng, size: int = 96):
     return image, label
 
 
+def write_blob_folders(root: Path, count: int = 8) -> Path:
+    """``root/images`` and ``root/labels``: ``count`` blob images (seed 0) and their labels, as PNG."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image, label = blob_image(rng)
+        cv2.imwrite(str(root / "images" / f"b{index}.png"), image)
+        cv2.imwrite(str(root / "labels" / f"b{index}.png"), label)
+    return root
+
+
 def tiny_pipeline_dict(records_dir: str | None = None) -> dict:
     """A pipeline small enough to train in seconds: depth-2 net, 124 -> 84 tiles."""
     return {

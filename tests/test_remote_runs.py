@@ -12,7 +12,7 @@ import uuid
 import cv2
 import numpy as np
 import tensorflow as tf
-from helpers import blob_image, write_tiny_toml
+from helpers import write_blob_folders, write_tiny_toml
 from kunet_cli.main import app
 from typer.testing import CliRunner
 
@@ -30,13 +30,7 @@ def _invoke(*arguments: str):
 
 def test_records_run_and_export_on_ram_through_the_cli_with_a_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    for folder in ("images", "labels"):
-        (tmp_path / folder).mkdir()
-    for index in range(8):
-        image, label = blob_image(rng)
-        cv2.imwrite(str(tmp_path / "images" / f"b{index}.png"), image)
-        cv2.imwrite(str(tmp_path / "labels" / f"b{index}.png"), label)
+    write_blob_folders(tmp_path)
     bucket = f"ram://bucket-{uuid.uuid4().hex[:8]}"
     records, run, models = f"{bucket}/records/tiny", f"{bucket}/runs/tiny", f"{bucket}/saved_models"
     _invoke("build-records", "--images", "images", "--labels", "labels", "--out", records, "--shards", "2",

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import blob_image
+from helpers import blob_image, write_blob_folders
 from kunet_cli.main import app
 from typer.testing import CliRunner
 
@@ -34,15 +34,7 @@ def fresh_uri(what: str) -> str:
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     """A local folder of 8 labelled blob images (the tiny_records source), for building remote records."""
-    root = tmp_path_factory.mktemp("blobs")
-    rng = np.random.default_rng(0)
-    for folder in ("images", "labels"):
-        (root / folder).mkdir()
-    for index in range(8):
-        image, label = blob_image(rng)
-        cv2.imwrite(str(root / "images" / f"b{index}.png"), image)
-        cv2.imwrite(str(root / "labels" / f"b{index}.png"), label)
-    return root
+    return write_blob_folders(tmp_path_factory.mktemp("blobs"))
 
 
 def build_cli(blobs, out: str, *extra: str):
