@@ -20,9 +20,11 @@ a few milliseconds.
 One module per family of scores, re-exported here: :mod:`~kunet.metrics.pixels` (pixel error, IoU,
 Dice), :mod:`~kunet.metrics.rand` (Rand errors), :mod:`~kunet.metrics.warping` (warping error),
 :mod:`~kunet.metrics.instances` (components, label boundaries, SEG) and :mod:`~kunet.metrics.scores` (all
-of them for one binary prediction); ``_common`` holds the input checks and the contingency table. A new
-family (such as the ISBI 2012 leaderboard's scores) is a new module here whose public names this package
-re-exports.
+of them for one binary prediction); ``_common`` holds the input checks and the contingency table. The ISBI
+2012 leaderboard's five scores, exactly as the challenge's Fiji code sweeps thresholds, aggregates stacks and
+thins borders, are in :mod:`~kunet.metrics.leaderboard` (they differ from the per-image scores above: see
+its docstring and the README's Metrics section). A new family is a new module here whose public names this
+package re-exports.
 """
 
 from kunet.metrics.instances import (
@@ -32,6 +34,21 @@ from kunet.metrics.instances import (
     seg_measure,
     seg_per_object,
     segments_from_foreground,
+)
+from kunet.metrics.leaderboard import (
+    BINARY_THRESHOLDS,
+    THRESHOLDS,
+    WARPING_THRESHOLDS,
+    LeaderboardInputError,
+    SweepResult,
+    fiji_thresholds,
+    leaderboard_pixel_error,
+    leaderboard_rand_error,
+    leaderboard_thinned_scores,
+    leaderboard_v_info,
+    leaderboard_v_rand,
+    leaderboard_warping_error,
+    thin_borders,
 )
 from kunet.metrics.pixels import dice_per_class, iou_per_class, pixel_error
 from kunet.metrics.rand import adapted_rand_error, rand_error
@@ -58,4 +75,17 @@ __all__ = [
     "seg_per_object",
     "seg_measure",
     "binary_segmentation_scores",
+    "THRESHOLDS",
+    "WARPING_THRESHOLDS",
+    "BINARY_THRESHOLDS",
+    "LeaderboardInputError",
+    "SweepResult",
+    "fiji_thresholds",
+    "leaderboard_pixel_error",
+    "leaderboard_rand_error",
+    "leaderboard_warping_error",
+    "leaderboard_v_rand",
+    "leaderboard_v_info",
+    "leaderboard_thinned_scores",
+    "thin_borders",
 ]
