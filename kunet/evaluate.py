@@ -6,11 +6,13 @@ import csv
 import os
 from pathlib import Path
 
+import numpy as np
+
 from kunet import visualize
 from kunet._fs import atomic_write_json, building_directory, check_output, commit_directory, sweep_temporaries
 from kunet.errors import KunetError
 from kunet.records import iterate_frames, read_manifest
-from kunet.scoring import mean_scores, score_frame
+from kunet.scoring import LeaderboardLabelError, leaderboard_scores, mean_scores, score_frame
 from kunet.segmenter import Segmenter
 
 SCORES = "scores.json"  # also the mark of an evaluation folder, which a new evaluation may replace
@@ -22,6 +24,7 @@ def evaluate(
     split: str = "val",
     out_dir: str | os.PathLike | None = None,
     progress=None,
+    leaderboard: bool = False,
 ) -> dict:
     """Scores every frame of ``split``; writes ``scores.json``, ``scores.csv`` and overlay PNGs to ``out_dir``.
 
@@ -29,20 +32,25 @@ def evaluate(
     scored, so a damaged shard or a crash leaves the previous evaluation whole. An existing ``out_dir`` is
     replaced only if it is an evaluation (it holds ``scores.json``) or empty; this is checked first.
 
+    With ``leaderboard`` the report also holds ``"leaderboard"``: the ISBI 2012 leaderboard's five scores of
+    the whole split as one stack, in the challenge's definitions (:func:`kunet.scoring.leaderboard_scores`),
+    on the probability map and on the stored decision rule.
+
     Returns:
         ``{"frames": {frame_id: scores}, "mean": {metric: mean}, "split": split, "model": path}``.
 
     Raises:
+        LeaderboardLabelError: ``leaderboard`` for labels that are not binary (or frames of unequal size).
         RecordsError: a shard of ``split`` is missing, damaged or holds another split (the shard named).
         UnsafeOverwriteError: ``out_dir`` exists and is not an evaluation.
     """
     if not out_dir:
-        return _score_split(segmenter, records_dir, split, None, progress)
+        return _score_split(segmenter, records_dir, split, None, progress, leaderboard)
     out = Path(out_dir)
     check_output(out, True, [SCORES])
     sweep_temporaries(out)
     with building_directory(out) as folder:
-        report = _score_split(segmenter, records_dir, split, folder, progress)
+        report = _score_split(segmenter, records_dir, split, folder, progress, leaderboard)
         atomic_write_json(folder / SCORES, report)
         keys = list(report["mean"])
         with open(folder / "scores.csv", "w", newline="") as stream:
@@ -55,12 +63,27 @@ def evaluate(
     return report
 
 
-def _score_split(segmenter: Segmenter, records_dir, split: str, overlays: Path | None, progress) -> dict:
+def _check_leaderboard_labels(label_kind: str, num_classes: int) -> None:
+    if label_kind != "binary" or num_classes != 2:
+        raise LeaderboardLabelError(
+            f"--leaderboard scores binary labels (ISBI 2012: 0 = membrane, 255 = cell) with a two-class net; "
+            f"these records hold {label_kind} labels for a {num_classes}-class net"
+        )
+
+
+def _score_split(
+    segmenter: Segmenter, records_dir, split: str, overlays: Path | None, progress, leaderboard: bool = False
+) -> dict:
     """The report of :func:`evaluate`; overlay PNGs go to ``overlays`` if given."""
     label_kind = read_manifest(records_dir)["labels"]["kind"]
-    per_frame = {}
+    if leaderboard:
+        _check_leaderboard_labels(label_kind, segmenter.num_classes)
+    per_frame, stacks = {}, {}
     for frame in iterate_frames(records_dir, split):
-        classes = segmenter.segment(frame["image"]).classes
+        segmentation = segmenter.segment(frame["image"])
+        classes = segmentation.classes
+        if leaderboard:
+            stacks[frame["frame_id"]] = (segmentation.probabilities[..., 1], classes, frame["classes"])
         per_frame[frame["frame_id"]] = score_frame(classes, frame, segmenter.num_classes, label_kind,
                                                    segmenter.settings.min_object_size, warping=True)  # fmt: skip
         if overlays:
@@ -72,7 +95,7 @@ def _score_split(segmenter: Segmenter, records_dir, split: str, overlays: Path |
         raise KunetError(f"{records_dir}: the {split} split has no frames")
     per_frame = dict(sorted(per_frame.items()))
     mean = mean_scores(list(per_frame.values()))
-    return {
+    report = {
         "model": str(segmenter.path),
         "records": str(records_dir),
         "split": split,
@@ -80,3 +103,15 @@ def _score_split(segmenter: Segmenter, records_dir, split: str, overlays: Path |
         "frames": per_frame,
         "mean": mean,
     }
+    if leaderboard:
+        report["leaderboard"] = _leaderboard(stacks)
+    return report
+
+
+def _leaderboard(stacks: dict) -> dict:
+    """The leaderboard scores of the split's frames, stacked in frame order (Fiji scores one stack)."""
+    frames = [stacks[frame_id] for frame_id in sorted(stacks)]
+    if len({truth.shape for _, _, truth in frames}) != 1:
+        raise LeaderboardLabelError("--leaderboard needs frames of one size (the challenge scores one stack)")
+    probabilities, decided, truth = (np.stack(parts) for parts in zip(*frames, strict=True))
+    return {"frames": sorted(stacks), **leaderboard_scores(probabilities, decided, truth)}

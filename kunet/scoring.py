@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from kunet import metrics
+from kunet.errors import KunetError
 
 # Validation during fit logs these scores under the names history.csv, TensorBoard and train.best_metric
 # have always used.
@@ -135,3 +136,53 @@ def validate(model, records_dir, tiling=None) -> tuple[dict[str, float], dict]:
         per_frame.append({"val_loss": weighted_loss(probabilities, frame)} | validation_scores(scores))
         example = example or {"image": frame["image"], "probabilities": probabilities, "classes": frame["classes"]}
     return (mean_scores(per_frame) if per_frame else {}), example
+
+
+# The ISBI 2012 leaderboard's scores, in the challenge's definitions (kunet.metrics.leaderboard), and the
+# definition each one uses, for the report's caption.
+LEADERBOARD_DEFINITIONS = {
+    "pixel_error": "1 - max F of pixel similarity over thresholds, whole-stack counts (PixelError)",
+    "rand_error": "1 - max F of the foreground-restricted Rand index, N^2 pairs, whole-stack (RandError)",
+    "warping_error": "min over thresholds of split + merger pixels / all pixels (WarpingError, by type)",
+    "v_rand": "max foreground-restricted Rand F after border thinning, mean of slices (higher is better)",
+    "v_info": "max information-theoretic F after border thinning, mean of slices (higher is better)",
+}
+
+
+class LeaderboardLabelError(KunetError):
+    """Labels or predictions the ISBI 2012 leaderboard metrics cannot score (they need binary labels)."""
+
+
+def leaderboard_scores(cell_probabilities: np.ndarray, decided: np.ndarray, truth: np.ndarray) -> dict[str, dict]:
+    """The five leaderboard scores of a stack, on the probability map and on the model's decision.
+
+    Args:
+        cell_probabilities: p(cell) [S, H, W] (class 1 of a two-class net), swept over Fiji's thresholds
+            0.0 ... 1.0 (warping 0.0 ... 0.9).
+        decided: The stored decision rule's classes [S, H, W] (nonzero = cell), scored at the single
+            threshold 0.0, as the challenge's script scores binary proposals.
+        truth: True classes [S, H, W] (nonzero = cell, 0 = membrane).
+
+    Returns:
+        ``{"probabilities": {...}, "decision": {...}}``, each with the five values and ``<name>_threshold``
+        (the first threshold reaching it).
+    """
+    report = {}
+    for name, proposal, sweep, warping_sweep in (
+        ("probabilities", cell_probabilities, metrics.THRESHOLDS, metrics.WARPING_THRESHOLDS),
+        ("decision", (decided > 0).astype(np.float32), metrics.BINARY_THRESHOLDS, metrics.BINARY_THRESHOLDS),
+    ):
+        v_rand, v_info = metrics.leaderboard_thinned_scores(proposal, truth, sweep)
+        results = {
+            "pixel_error": metrics.leaderboard_pixel_error(proposal, truth, sweep),
+            "rand_error": metrics.leaderboard_rand_error(proposal, truth, sweep),
+            "warping_error": metrics.leaderboard_warping_error(proposal, truth, warping_sweep),
+            "v_rand": v_rand,
+            "v_info": v_info,
+        }
+        row = {}
+        for key, result in results.items():
+            row[key] = float(result.value)
+            row[f"{key}_threshold"] = float(result.threshold)
+        report[name] = row
+    return report

@@ -225,3 +225,44 @@ def test_warping_sweep_takes_the_minimum_over_thresholds():
 def test_stacks_of_different_shapes_are_a_user_error():
     with pytest.raises(LeaderboardInputError, match="differ in shape"):
         leaderboard_pixel_error(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
+
+
+# --- kunet evaluate --leaderboard ---------------------------------------------------------------------------
+
+
+def test_evaluate_leaderboard_reports_both_rows_and_leaves_the_plain_report_alone(
+    trained_tiny_run, tiny_records, tmp_path
+):
+    import json
+
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
+    _, records = tiny_records
+    toml = tmp_path / "tiny.toml"
+    toml.write_text('name = "tiny"\n[model]\nbase_filters = 4\ndepth = 2\n[train]\ntile_size = 124\n')
+    common = ["evaluate", str(trained_tiny_run), str(toml), "--records", str(records)]
+    plain = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    assert "leaderboard" not in json.loads((tmp_path / "plain" / "scores.json").read_text())
+    assert "ISBI" not in plain.output
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "board"), "--leaderboard"])
+    assert result.exit_code == 0, result.output
+    board = json.loads((tmp_path / "board" / "scores.json").read_text())["leaderboard"]
+    for row in ("probabilities", "decision"):
+        assert set(board[row]) >= {"pixel_error", "rand_error", "warping_error", "v_rand", "v_info"}
+        assert all(0.0 <= board[row][k] <= 1.0 for k in ("pixel_error", "rand_error", "v_rand", "v_info"))
+    assert board["decision"]["pixel_error_threshold"] == 0.0
+    # Both ISBI rows and kunet's own row are printed, with the definition each uses.
+    assert "ISBI, probs" in result.output and "ISBI, decision" in result.output
+    assert "kunet, decision" in result.output and "1 - max F of pixel similarity" in result.output
+
+
+def test_leaderboard_refuses_labels_that_are_not_binary():
+    from kunet.evaluate import _check_leaderboard_labels
+    from kunet.scoring import LeaderboardLabelError
+
+    with pytest.raises(LeaderboardLabelError, match="binary labels"):
+        _check_leaderboard_labels("instance", 2)
+    with pytest.raises(LeaderboardLabelError, match="3-class"):
+        _check_leaderboard_labels("binary", 3)
