@@ -22,12 +22,14 @@ from kunet.metrics.leaderboard import (
     fiji_thresholds,
     leaderboard_pixel_error,
     leaderboard_rand_error,
+)
+from kunet.metrics.leaderboard_thinning import (
     leaderboard_thinned_scores,
     leaderboard_v_info,
     leaderboard_v_rand,
-    leaderboard_warping_error,
     thin_borders,
 )
+from kunet.metrics.leaderboard_warping import leaderboard_warping_error
 
 
 def _image(rows: str) -> np.ndarray:

@@ -44,12 +44,14 @@ from kunet.metrics.leaderboard import (
     fiji_thresholds,
     leaderboard_pixel_error,
     leaderboard_rand_error,
+)
+from kunet.metrics.leaderboard_thinning import (
     leaderboard_thinned_scores,
     leaderboard_v_info,
     leaderboard_v_rand,
-    leaderboard_warping_error,
     thin_borders,
 )
+from kunet.metrics.leaderboard_warping import leaderboard_warping_error
 from kunet.metrics.pixels import dice_per_class, iou_per_class, pixel_error
 from kunet.metrics.rand import adapted_rand_error, rand_error
 from kunet.metrics.scores import binary_segmentation_scores
