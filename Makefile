@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Two workers (pytest-xdist): the suite is dominated by process start-up, TensorFlow tracing and I/O,
-# so two processes on two cores finish in about 60 % of the time of one.
+# so two processes on two cores finish in about 60 % of the time of one. worksteal: an idle worker takes
+# tests queued on the other, so the minute-long multi-process tests do not pile up on one worker at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/kunet demo --workdir $(DEMO_DIR)
