@@ -1,4 +1,7 @@
-"""The ``kunet`` subcommands; each is a thin wrapper that loads configuration and calls the library."""
+"""The ``kunet`` subcommands for data and training: records, fit, synth, show-augment, demo.
+
+Each is a thin wrapper that loads configuration and calls the library (model commands: ``model_commands``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import fail, load_config, progress_bars, user_errors
+from .common import RECORDS_OPTION, SET_OPTION, VERIFY_RECORDS_OPTION, fail, load_config, progress_bars, user_errors
 
 
 @app.command("build-records")
@@ -23,7 +26,7 @@ def build_records(
     val_ids: str = typer.Option(None, help="Comma-separated frame ids for validation (overrides the fraction)."),
     workers: int = typer.Option(None, help="Threads encoding frames."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
+    set_: list[str] = SET_OPTION,
 ):
     """Turn a labelled dataset into sharded, GZIP-compressed TFRecords with the paper's weight maps."""
     from kunet.records import build_records as build
@@ -100,7 +103,7 @@ def fit(
         help="Resume --run-dir if it holds a run, else start it: one command for a job a "
         "scheduler restarts after preemption.",
     ),
-    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
+    records: str = RECORDS_OPTION,
     epochs: int = typer.Option(None, help="Epochs in total (each train.steps_per_epoch steps)."),
     steps: int = typer.Option(None, help="Steps in total (overrides --epochs)."),
     max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpointed, resumable)."),
@@ -108,10 +111,8 @@ def fit(
     jit_compile: bool = typer.Option(None, "--jit-compile/--no-jit-compile", help="XLA-compile the train step."),
     strategy: str = typer.Option("default", help="default, mirrored (local devices) or multiworker (TF_CONFIG)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the pipeline without data and exit."),
-    verify_records: bool = typer.Option(
-        False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
-    ),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
+    verify_records: bool = VERIFY_RECORDS_OPTION,
+    set_: list[str] = SET_OPTION,
 ):
     """Train a U-Net with the paper's weighted loss (checkpointed, resumable)."""
     from kunet.builders import dry_run as check_pipeline
@@ -119,9 +120,7 @@ def fit(
     from kunet.runs import load_run_config
     from kunet.train import Trainer
 
-    overrides = list(set_)
-    if precision:
-        overrides.append(f"train.precision={precision}")
+    overrides = list(set_) + [f"train.precision={precision}"] * bool(precision)
     if jit_compile is not None:
         overrides.append(f"train.jit_compile={str(jit_compile).lower()}")
     with user_errors():
@@ -166,259 +165,6 @@ def _existing_run(run_dir: str | None, pipeline: Path | None, overrides: list[st
 
 
 @app.command()
-def predict(
-    model: str = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder (or URI)."),
-    inputs: list[Path] = typer.Argument(..., help="Images, folders or multi-page TIFFs."),
-    out: Path = typer.Option(Path("predictions"), help="Output folder."),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 (about 2x faster on bf16 CPUs)."),
-    tile_size: int = typer.Option(0, help="Input tile side; 0 chooses the cheapest tiling per image."),
-    mirror: bool = typer.Option(
-        None, "--mirror/--no-mirror", help="Test-time mirroring: average the four flips (default: as stored)."
-    ),
-    threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
-    probabilities: str = typer.Option(None, help="Also write probabilities: tif (foreground) or npy (all classes)."),
-    mask_format: str = typer.Option("png", help="Mask file format: png or tif."),
-    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
-    shard: str = typer.Option(
-        None,
-        help="Predict shard I of N (0-based, e.g. 2/8) of the inputs, skipping complete outputs; 'auto' or "
-        "'auto/N' reads it from a Slurm array, Kubernetes indexed Job or TF_CONFIG (docs/SCALING.md).",
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="With --shard: predict again inputs already complete."),
-):
-    """Segment images of any size with overlap-tile prediction."""
-    from kunet.imageio import READABLE_SUFFIXES
-    from kunet.predict_files import plan_predictions, predict_planned
-    from kunet.runs import resolve_model_path
-    from kunet.segmenter import Segmenter, check_prediction_options
-    from kunet.sharding import parse_shard
-    from kunet.tiling import TilingOptions
-
-    with user_errors():
-        # Everything that needs no model is checked first: a bad option or output folder costs no model load.
-        check_prediction_options(precision, tile_size, threshold)
-        if overwrite and shard is None:
-            fail("--overwrite goes with --shard (without it, predict always writes every output anew)")
-        shard_spec = None if shard is None else parse_shard(shard)
-        model_path = resolve_model_path(model)
-        plan = plan_predictions(inputs, out, mask_format, probabilities, overlays)
-        for path in plan.skipped:
-            typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
-        if shard_spec is not None:
-            options = {"precision": precision, "tile_size": tile_size, "mirror": mirror, "threshold": threshold}
-            _predict_shard(model, model_path, plan, shard_spec, options, overwrite)
-            return
-        segmenter = Segmenter(model, precision, TilingOptions(tile_size=tile_size), mirror, threshold)
-        with progress_bars() as factory:
-            written = predict_planned(segmenter, plan, progress=factory("predicting", len(plan.images)))
-    typer.echo(f"wrote outputs for {len(written)} image(s) to {out}")
-
-
-def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, overwrite: bool) -> None:
-    """``predict --shard``: the shard's share of ``plan``, resumable; the model is loaded only if work is left."""
-    from kunet.predict_shards import ShardJob
-    from kunet.segmenter import Segmenter
-    from kunet.tiling import TilingOptions
-
-    with ShardJob(plan, shard, model_path, options, overwrite) as job:
-        typer.echo(f"shard {shard} ({shard.origin}): {len(job.sources)} of {job.collection['inputs']} input(s); "
-                   f"{len(job.skipped)} already complete, skipped")  # fmt: skip
-        segmenter = None
-        if job.todo:
-            tiling = TilingOptions(tile_size=options["tile_size"])
-            segmenter = Segmenter(model, options["precision"], tiling, options["mirror"], options["threshold"])
-        with progress_bars() as factory:
-            summary = job.run(segmenter, progress=factory(f"predicting shard {shard}", job.image_count))
-    typer.echo(f"shard {shard}: predicted {len(summary['predicted'])}, skipped {len(summary['skipped'])}, "
-               f"failed {len(summary['failed'])} input(s); summary {job.summary_path}")  # fmt: skip
-    for failure in summary["failed"]:
-        typer.echo(f"failed {failure['source']}: {failure['error']}", err=True)
-    if summary["failed"]:
-        fail(f"{len(summary['failed'])} input(s) of shard {shard} failed; see {job.summary_path}")
-
-
-@app.command()
-def evaluate(
-    model: str = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder (or URI)."),
-    pipeline: Path = typer.Argument(..., help="Pipeline TOML whose records to score."),
-    split: str = typer.Option("val", help="Records split: val or train."),
-    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
-    out: Path = typer.Option(
-        None, help="Folder for scores.json, scores.csv and overlays (default: <model>/eval-<split>)."
-    ),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
-    mirror: bool = typer.Option(None, "--mirror/--no-mirror", help="Test-time mirroring (default: as stored)."),
-    threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
-    verify_records: bool = typer.Option(
-        False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
-    ),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
-    leaderboard: bool = typer.Option(
-        False,
-        "--leaderboard",
-        help="Also score the split as one stack with the ISBI 2012 leaderboard's metrics (Fiji's definitions), "
-        "on the probability map and on the stored decision rule. Binary labels only.",
-    ),
-):
-    """Score a model on a records split: pixel, Rand and warping errors, IoU/Dice, SEG."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from kunet import uris
-    from kunet.evaluate import evaluate as run_evaluation
-    from kunet.records import check_shards
-    from kunet.segmenter import Segmenter
-
-    with user_errors():
-        config = load_config(pipeline, list(set_))
-        records = records or config.records_dir()
-        if verify_records:
-            check_shards(records, [split], checksums=True)
-        if out is None and uris.is_remote(model):
-            fail(f"{model}: give --out for a remote model (evaluation outputs are written to a local folder)")
-        segmenter = Segmenter(model, precision, None, mirror, threshold)
-        default_out = (Path(model) if Path(model).is_dir() else Path(model).parent) / f"eval-{split}"
-        with progress_bars() as factory:
-            from kunet.records import read_manifest
-
-            count = read_manifest(records)["counts"][split]
-            report = run_evaluation(
-                segmenter, records, split, out or default_out, factory("scoring", count), leaderboard=leaderboard
-            )
-    table = Table(title=f"{config.name} {split}: {report['model']} (threshold {report['threshold']:g})")
-    keys = list(report["mean"])
-    short = {
-        "pixel_error": "pixel err",
-        "rand_error": "Rand err",
-        "adapted_rand_error": "V_rand",
-        "adapted_rand_error_grown": "V_rand grown",
-        "warping_error": "warping",
-    }
-    table.add_column("frame", no_wrap=True)
-    for key in keys:
-        table.add_column(short.get(key, key), justify="right")
-    for frame_id, scores in report["frames"].items():
-        table.add_row(frame_id, *[f"{scores[k]:.4f}" for k in keys])
-    table.add_row("mean", *[f"{report['mean'][k]:.4f}" for k in keys], style="bold")
-    Console().print(table)
-    if leaderboard:
-        Console().print(_leaderboard_table(report))
-        for line in _LEADERBOARD_NOTES:
-            typer.echo(line)
-    typer.echo(f"scores: {out or default_out}/scores.json")
-
-
-_LEADERBOARD_NOTES = (
-    "ISBI rows: the challenge's Fiji definitions, the whole split as one stack (kunet.metrics.leaderboard);",
-    "  probs = the probability map swept over thresholds, decision = the stored rule's binary mask:",
-    "  pixel err = 1 - max F of pixel similarity over thresholds (whole-stack counts);",
-    "  Rand err = 1 - max F of the foreground-restricted Rand index (N^2 pairs, whole-stack counts);",
-    "  warping = min over thresholds of split + merger pixels / all pixels;",
-    "  V_rand, V_info = max F after border thinning, mean over slices (higher is better; today's ranking).",
-    "  probs sweeps thresholds 0.0..1.0 (warping 0.0..0.9); decision is scored at the one threshold 0.0.",
-    "kunet row: per-frame means at the decision rule: fraction of misclassified pixels, adapted Rand error"
-    " (n(n-1) pairs, predicted boundary one segment) and the classic warping error (all topological pixels).",
-    "Table 1 of the paper (test set: 0.0611 pixel, 0.0382 Rand, 0.000353 warping) uses the ISBI probs"
-    " definitions; held-out training slices are not its test set, and the kunet row is never comparable.",
-)
-
-
-def _leaderboard_table(report: dict):
-    """The ISBI 2012 leaderboard rows beside kunet's own scores of the same frames (fits 80 columns)."""
-    from rich.table import Table
-
-    board, mean = report["leaderboard"], report["mean"]
-    table = Table(title=f"ISBI 2012 leaderboard metrics, {len(board['frames'])} frames as one stack")
-    table.add_column("definition", no_wrap=True)
-    for column in ("pixel", "Rand", "warping", "V_rand", "V_info"):
-        table.add_column(column, justify="right", no_wrap=True)
-    keys = ("pixel_error", "rand_error", "warping_error", "v_rand", "v_info")
-    for name, caption in (("probabilities", "ISBI, probs"), ("decision", "ISBI, decision")):
-        table.add_row(caption, *[f"{board[name][k]:.6f}" for k in keys])
-    own = ("pixel_error", "adapted_rand_error", "warping_error")
-    table.add_row("kunet, decision", *[f"{mean[k]:.6f}" if k in mean else "-" for k in own], "-", "-")
-    best = board["probabilities"]
-    table.caption = "best thresholds (probs): " + ", ".join(f"{best[k + '_threshold']:.1f}" for k in keys)
-    return table
-
-
-@app.command()
-def tune(
-    model: Path = typer.Argument(..., help="Run directory (best.keras and last.keras are updated) or .keras file."),
-    pipeline: Path = typer.Argument(..., help="Pipeline TOML whose validation records to tune on."),
-    objective: str = typer.Option(
-        "rand", help="rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou or seg."
-    ),
-    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
-    mirror: bool = typer.Option(False, "--mirror", help="Tune with (and store) test-time mirroring."),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 for the sweep's predictions."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the sweep; leave the model unchanged."),
-    verify_records: bool = typer.Option(
-        False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
-    ),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
-):
-    """Choose the threshold and post-processing on the validation split and store them with the model."""
-    from kunet.records import check_shards
-    from kunet.tune import OBJECTIVES
-    from kunet.tune import tune as run_tune
-
-    with user_errors():
-        config = load_config(pipeline, list(set_))
-        if verify_records:
-            check_shards(records or config.records_dir(), ["val"], checksums=True)
-        result = run_tune(
-            model, records or config.records_dir(), objective, store=not dry_run, test_time_mirroring=mirror,
-            precision=precision,
-        )  # fmt: skip
-    key = OBJECTIVES[objective][0]
-    for row in result["rows"]:
-        mark = "  <- chosen" if row is result["chosen"] else ""
-        seeds = f" seeds>={row['seed_threshold']}" if row["seed_threshold"] else ""
-        typer.echo(
-            f"threshold {row['threshold']:.2f} {row['postprocess']:>9}{seeds:<12} pixel {row['pixel_error']:.4f} "
-            f"IoU {row['iou']:.4f} V_rand {row['adapted_rand_error']:.4f} grown {row['adapted_rand_error_grown']:.4f}"
-            + (f" SEG {row['seg']:.4f}" if "seg" in row else "")
-            + mark
-        )
-    chosen = result["chosen"]
-    typer.echo(f"best {key}: {chosen[key]:.4f} at threshold {chosen['threshold']:.2f}, {chosen['postprocess']}")
-    for path in result["stored_in"]:
-        typer.echo(f"stored in {path}")
-
-
-@app.command()
-def export(
-    model: str = typer.Argument(None, help="Run directory or .keras file to export (a path or a URI)."),
-    name: str = typer.Option("unet", help="Model name (the serving URL's /v1/models/<name>)."),
-    base_dir: str = typer.Option("saved_models", help="Export root: a folder or a URI such as gs://bucket/models."),
-    version: int = typer.Option(None, help="Integer version (default: the next free one; never overwritten)."),
-    tile_size: int = typer.Option(0, help="Input tile inside the graph (0: cheapest for the training frame size)."),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
-    max_pixels: int = typer.Option(4096 * 4096, help="Serving bound: most pixels (H x W) of one image."),
-    max_batch: int = typer.Option(8, help="Serving bound: most images in one request."),
-    check: str = typer.Option(None, "--check", help="Validate an existing export version folder (or URI) instead."),
-):
-    """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one."""
-    from kunet import export as export_lib
-    from kunet.serving.signatures import ServingLimits
-    from kunet.tiling import TilingOptions
-
-    with user_errors():
-        if check is not None:
-            from kunet.serving.check import check as check_export
-
-            check_export(check, log=typer.echo)
-            typer.echo(f"{check}: OK")
-            return
-        if model is None:
-            fail("give a run directory or .keras file to export, or --check EXPORT_DIR")
-        limits = ServingLimits(max_pixels=max_pixels, max_batch=max_batch)
-        export_lib.export(model, name, base_dir, version, TilingOptions(tile_size=tile_size), precision,
-                          log=typer.echo, limits=limits)  # fmt: skip
-
-
-@app.command()
 def synth(
     kind: str = typer.Argument(..., help="em (ISBI-like membranes) or cells (touching cells, CTC layout)."),
     out: Path = typer.Option(..., help="Output folder (must not exist unless --overwrite)."),
@@ -443,12 +189,12 @@ def synth(
 @app.command("show-augment")
 def show_augment(
     pipeline: Path = typer.Argument(..., help="Pipeline TOML (its augment, model and train sections are used)."),
-    records: str = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline)."),
+    records: str = RECORDS_OPTION,
     out: Path = typer.Option(None, help="PNG to write (default: augment-<name>.png)."),
     frame: int = typer.Option(0, help="Which training frame to show."),
     count: int = typer.Option(8, help="Augmented tiles beside the original."),
     seed: int = typer.Option(0, help="Seed of the first augmented tile."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable)."),
+    set_: list[str] = SET_OPTION,
 ):
     """Write a PNG grid: the original tile and augmented tiles with label outlines and a deformed grid."""
     from itertools import islice
@@ -487,22 +233,3 @@ def demo(
         result = demo_lib.run(workdir, pipeline, export_root=export_root)
     if not result["passed"]:
         raise typer.Exit(code=1)
-
-
-@app.command("serve-request")
-def serve_request(
-    url: str = typer.Argument(
-        ..., help="Model URL: http://HOST:8501/v1/models/NAME[/versions/N] (REST) or grpc://HOST:8500/NAME (gRPC)."
-    ),
-    inputs: list[Path] = typer.Argument(..., help="Images (PNG for segment_png; PNG or TIFF for serving_default)."),
-    out: Path = typer.Option(..., help="Mask file for one input, or a folder for several (<stem>_mask.png)."),
-    signature: str = typer.Option("segment_png", help="segment_png (PNG in, PNG out) or serving_default (pixels)."),
-    timeout: float = typer.Option(600.0, help="Seconds to wait for each answer."),
-):
-    """Send images to a TensorFlow Serving model exported by kunet and write the masks it returns."""
-    from kunet.serving.requests import request_masks
-
-    with user_errors():
-        written = request_masks(url, inputs, out, signature, timeout)
-    for path in written:
-        typer.echo(f"wrote {path}")

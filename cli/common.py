@@ -105,3 +105,11 @@ def progress_bars():
             return lambda: progress.advance(task)
 
         yield factory
+
+
+# Options several commands share (Typer reads an option's settings; one object may serve many commands).
+RECORDS_OPTION = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline).")
+VERIFY_RECORDS_OPTION = typer.Option(
+    False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
+)
+SET_OPTION = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable).")

@@ -6,7 +6,7 @@ import os
 import sys
 import tempfile
 
-from . import commands  # noqa: F401  (registers the subcommands on ``app``)
+from . import commands, model_commands  # noqa: F401  (register the subcommands on ``app``)
 from .app import app
 
 __all__ = ["app", "main"]

@@ -47,6 +47,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from kunet import uris
+from kunet.locks import (  # noqa: F401  (LockHeldError, check_unlocked, exclusive_lock: kunet._fs's names)
+    LockHeldError,
+    check_unlocked,
+    exclusive_lock,
+    try_lock,
+    unlocked_folder,
+)
 
 # ``partial`` is the name older kunet versions gave a synthetic dataset being written.
 TEMPORARY_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|part|partial|old)-[0-9a-f]{8}(\..*)?$")
@@ -320,63 +327,7 @@ def remove_paths(paths: Iterable[Path]) -> list[Path]:
     return removed
 
 
-# --- locks, and the temporaries of processes that were killed ------------------------------------------
-
-
-class LockHeldError(FileExistsError):
-    """Another process holds a lock; ``holder`` is its process id (``None`` until it has written it)."""
-
-    def __init__(self, path: Path, holder: int | None):
-        self.path, self.holder = path, holder
-        super().__init__(f"{path}: locked by process {holder if holder else '(unknown)'}")
-
-
-def _holder(descriptor: int) -> int | None:
-    text = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() else None
-
-
-def _try_lock(descriptor: int) -> bool:
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
-    """Holds an exclusive ``flock`` on the file ``path`` (created if needed, this process's id written in
-    it) for the ``with`` block. The kernel drops the lock when the process ends however it ends, so a lock
-    file left behind never blocks anyone.
-
-    Raises:
-        LockHeldError: another process holds the lock (at once, without waiting).
-    """
-    path = Path(path)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        if not _try_lock(descriptor):
-            raise LockHeldError(path, _holder(descriptor))
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
-        yield path
-    finally:
-        os.close(descriptor)
-
-
-def check_unlocked(path: str | os.PathLike) -> None:
-    """Raises :class:`LockHeldError` if another process holds the lock file ``path``; creates nothing."""
-    path = Path(path)
-    try:
-        descriptor = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return
-    try:
-        if not _try_lock(descriptor):
-            raise LockHeldError(path, _holder(descriptor))
-    finally:
-        os.close(descriptor)  # also releases the probe's lock
+# --- folders being built, and the temporaries of processes that were killed (locks: kunet.locks) --------
 
 
 @contextlib.contextmanager
@@ -410,18 +361,6 @@ def _building_remote_directory(out: str) -> Iterator[str]:
         uris.remove(temporary)  # gone already once committed
 
 
-def _unlocked_folder(path: Path) -> bool:
-    """True if ``path`` is a folder no process holds a lock on (its builder is gone)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return False
-    try:
-        return _try_lock(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def sweep_temporaries(out: str | os.PathLike, log: Callable[[str], None] | None = None) -> tuple[list[Path], list[str]]:
     """Removes the temporaries that killed processes left beside the output folder ``out``.
 
@@ -448,7 +387,7 @@ def sweep_temporaries(out: str | os.PathLike, log: Callable[[str], None] | None 
         if match["tag"] == "old" and not out.exists():
             kept.append(f"{path}: the previous {out.name}, moved aside by a process that was killed; "
                         f"rename it back to {out} to recover it")  # fmt: skip
-        elif match["tag"] == "old" or _unlocked_folder(path):
+        elif match["tag"] == "old" or unlocked_folder(path):
             removable.append(path)
         else:
             kept.append(f"{path}: being written by another running process; left alone")

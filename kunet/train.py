@@ -30,6 +30,7 @@ import tensorflow as tf
 from kunet import uris, visualize
 from kunet._fs import atomic_save
 from kunet.builders import build_model, build_optimizer, initialise_from, is_chief
+from kunet.checkpoints import restore_latest_intact, save_checkpoint
 from kunet.config import PipelineConfig
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
@@ -51,11 +52,6 @@ from kunet.runs import (
 )
 from kunet.scoring import VALIDATION_METRICS, metric_is_better, validate
 from kunet.stopping import StopRequests
-
-
-def _first_line(error: BaseException) -> str:
-    text = (getattr(error, "message", None) or str(error) or type(error).__name__).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass
@@ -230,36 +226,17 @@ class Trainer:
                      + ", ".join(str(path).removeprefix(f"{self.paths.root}/") for path in removed))  # fmt: skip
 
     def _restore(self, session: _Session) -> None:
-        """Restores the latest intact checkpoint; a damaged one is reported and the one before it used.
-
-        Every worker restores from the run's own checkpoints (the chief's; shared storage), while only the
-        chief writes there: the other workers save to throw-away folders, as TensorFlow's multi-worker
-        checkpointing requires every worker to save. All read the same files, so all resume at one step.
-        """
-        saved = tf.train.get_checkpoint_state(str(self.paths.checkpoints))
-        candidates = list(reversed(saved.all_model_checkpoint_paths)) if saved else []
-        if not candidates:
-            if uris.isfile(self.paths.config):
-                self.log(f"{self.paths.root}: killed before its first checkpoint; starting it from step 0")
-                self._initialise(session)
-                return
-            raise RunError(f"{self.paths.root}: nothing to resume (no checkpoint)")
-        failures = []
-        for path in candidates:
-            try:
-                session.checkpoint.restore(path).assert_existing_objects_matched()
-            # A damaged file surfaces as any of OpError, IndexError, ValueError, a protobuf DecodeError...
-            except Exception as error:  # every one of them means: use the one before
-                failures.append(f"{Path(path).name}: {_first_line(error)}")
-                self.log(f"checkpoint {path} cannot be restored ({_first_line(error)}); trying the one before it")
-                continue
-            used = f" from {Path(path).name}, the latest intact checkpoint" if failures else ""
+        """Restores the run's latest intact checkpoint (:mod:`kunet.checkpoints`); a run killed before its first
+        checkpoint starts from step 0."""
+        restored, fell_back = restore_latest_intact(session.checkpoint, self.paths.checkpoints, self.log)
+        if restored is not None:
+            used = f" from {uris.name(restored)}, the latest intact checkpoint" if fell_back else ""
             self.log(f"resumed {self.paths.root} at step {int(session.step.numpy())}{used}")
-            return
-        raise RunError(
-            f"{self.paths.root}: no checkpoint can be restored, all damaged or not of this model "
-            f"({'; '.join(failures)})"
-        )
+        elif uris.isfile(self.paths.config):
+            self.log(f"{self.paths.root}: killed before its first checkpoint; starting it from step 0")
+            self._initialise(session)
+        else:
+            raise RunError(f"{self.paths.root}: nothing to resume (no checkpoint)")
 
     def _epoch_end_pending(self, step: int, loss_count: int, total_steps: int) -> bool:
         """True if the checkpoint was taken at the end of an epoch whose validation and history row were
@@ -343,7 +320,7 @@ class Trainer:
             epoch = (start_step - 1) // train.steps_per_epoch
             self.log(f"finishing epoch {epoch + 1}: its validation and history row were cut short")
             self._end_of_epoch(session, epoch, start_step, True, force_validation=start_step >= total_steps)
-            self._save(session, start_step)
+            save_checkpoint(session.manager, start_step)
         try:
             with StopRequests() as stops:
                 return self._run_epochs(session, train_step, iterator, start_step, total_steps, max_minutes, stops)
@@ -378,7 +355,7 @@ class Trainer:
                 # The checkpoint at the epoch's end comes before its validation, which may take long; a run
                 # killed during it finishes that epoch's end when resumed (see _epoch_end_pending).
                 if current % train.checkpoint_every_steps == 0 or current == epoch_end:
-                    self._save(session, current)
+                    save_checkpoint(session.manager, current)
                 if signal_votes:
                     self.stop_signal = stops.requested
                     return self._stop(session, current, stops.requested), current
@@ -389,28 +366,17 @@ class Trainer:
             if epoch_complete or status != "completed":
                 force = status != "completed" or current >= total_steps
                 self._end_of_epoch(session, epoch, current, epoch_complete, force_validation=force)
-                self._save(session, current)
+                save_checkpoint(session.manager, current)
             if status != "completed":
                 break
         return status, current
-
-    @staticmethod
-    def _save(session: _Session, step: int) -> None:
-        """Saves the checkpoint ``ckpt-<step>``. The one taken at an epoch's end is saved again after its
-        validation (with the epoch's loss sums reset): a remote one is deleted first, because some gfile file
-        systems (TF 2.21's ram://) append to an existing file instead of replacing it, which corrupts it."""
-        latest = session.manager.latest_checkpoint
-        if latest and latest.endswith(f"-{step}") and uris.is_remote(latest):
-            for part in uris.glob(f"{latest}.*"):
-                uris.remove(part)
-        session.manager.save(checkpoint_number=step)
 
     def _stop(self, session: _Session, current: int, signal_name: str | None) -> str:
         """A stop asked for by SIGTERM/SIGINT (here or on another worker): the step's checkpoint, no validation
         (a grace period is short); resuming finishes the epoch with the loss over all its steps."""
         latest = session.manager.latest_checkpoint
         if latest is None or not latest.endswith(f"-{current}"):
-            self._save(session, current)
+            save_checkpoint(session.manager, current)
         if self.chief:
             print()  # end the progress bar's line
         where = f"{signal_name} received" if signal_name else "another worker was signalled"

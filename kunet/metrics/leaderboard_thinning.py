@@ -29,6 +29,51 @@ from kunet.metrics.leaderboard import (
 _MASK, _WSHED, _INIT, _INQUEUE = -2, 0, -1, -3
 
 
+def _neighbours(index: int, height: int, width: int) -> list[int]:
+    """4-neighbours of a column-major flat index in Fiji's order: left, up, right, down."""
+    x, y = divmod(index, height)
+    found = []
+    if x > 0:
+        found.append(index - height)
+    if y > 0:
+        found.append(index - 1)
+    if x < width - 1:
+        found.append(index + height)
+    if y < height - 1:
+        found.append(index + 1)
+    return found
+
+
+def _flood(tab: list[int], membrane: list[int], height: int, width: int) -> None:
+    """Fiji's single-FIFO flood of the membrane pixels from the basins, in place on ``tab``."""
+    fifo: deque[int] = deque()
+    for index in membrane:
+        for other in _neighbours(index, height, width):
+            if tab[other] >= _WSHED:
+                fifo.append(index)
+                tab[index] = _INQUEUE
+                break
+    flag = False
+    while fifo:
+        index = fifo.popleft()
+        for other in _neighbours(index, height, width):
+            value = tab[other]
+            if value > 0:
+                own = tab[index]
+                if own == _INQUEUE or (own == _WSHED and flag):
+                    tab[index] = value
+                elif own > 0 and own != value:
+                    tab[index] = _WSHED
+                    flag = False
+            elif value == _WSHED:
+                if tab[index] == _INQUEUE:
+                    tab[index] = _WSHED
+                    flag = True
+            elif value == _MASK:
+                tab[other] = _INQUEUE
+                fifo.append(other)
+
+
 def thin_borders(cell_mask: ArrayLike) -> np.ndarray:
     """Segments of a binary proposal after border thinning, as ``WatershedTransform2D(binary, 4).apply()``.
 
@@ -58,45 +103,7 @@ def thin_borders(cell_mask: ArrayLike) -> np.ndarray:
     tab = flat.tolist()
     membrane = np.flatnonzero(~cells.T.ravel()).tolist()  # column-major order = Fiji's sorted order
 
-    def neighbours(index: int) -> list[int]:
-        x, y = divmod(index, height)
-        found = []
-        if x > 0:
-            found.append(index - height)
-        if y > 0:
-            found.append(index - 1)
-        if x < width - 1:
-            found.append(index + height)
-        if y < height - 1:
-            found.append(index + 1)
-        return found
-
-    fifo: deque[int] = deque()
-    for index in membrane:
-        for other in neighbours(index):
-            if tab[other] >= _WSHED:
-                fifo.append(index)
-                tab[index] = _INQUEUE
-                break
-    flag = False
-    while fifo:
-        index = fifo.popleft()
-        for other in neighbours(index):
-            value = tab[other]
-            if value > 0:
-                own = tab[index]
-                if own == _INQUEUE or (own == _WSHED and flag):
-                    tab[index] = value
-                elif own > 0 and own != value:
-                    tab[index] = _WSHED
-                    flag = False
-            elif value == _WSHED:
-                if tab[index] == _INQUEUE:
-                    tab[index] = _WSHED
-                    flag = True
-            elif value == _MASK:
-                tab[other] = _INQUEUE
-                fifo.append(other)
+    _flood(tab, membrane, height, width)
     result = np.array(tab, dtype=np.int64).reshape(width, height).T
     unreached = result == _MASK
     if unreached.any():
