@@ -11,7 +11,12 @@ frames with :mod:`kunet.scoring`, as ``tune`` and ``evaluate`` do. Here: the loo
 epoch's end is taken before its validation; a run killed during the validation finishes that epoch's end
 (validation and history row, with that epoch's loss) when resumed. When the latest checkpoint is damaged,
 resuming falls back to the one before it and says so. Records are checked against their manifest before
-training, and a shard that fails to read is named.
+training, and a shard that fails to read is named. SIGTERM/SIGINT stop the loop after a step with a checkpoint
+(:mod:`kunet.stopping`), voted on by all workers inside the step.
+
+About 430 lines: what a step, an epoch's end, a stop and a resume write must agree with one another (the
+step counter, the epoch's loss sums, the checkpoint taken before validation), so the loop stays in one module;
+the run directory, builders, checkpoints and scoring are elsewhere.
 """
 
 from __future__ import annotations
