@@ -23,14 +23,15 @@ def first_line(error: BaseException) -> str:
 
 
 def restore_latest_intact(
-    checkpoint: tf.train.Checkpoint, folder, log: Callable[[str], None]
+    checkpoint: tf.train.Checkpoint, folder, log: Callable[[str], None], where=None
 ) -> tuple[str | None, bool]:
     """Restores the newest checkpoint in ``folder`` that loads; a damaged one is reported and the one before
     it tried. Returns the restored path (None when the folder holds no checkpoint) and whether a newer,
     damaged one was passed over.
 
     Raises:
-        RunError: checkpoints exist but none can be restored (all damaged, or of another model).
+        RunError: checkpoints exist but none can be restored (all damaged, or of another model); the message
+            names ``where`` (the run directory), else ``folder``.
     """
     saved = tf.train.get_checkpoint_state(str(folder))
     candidates = list(reversed(saved.all_model_checkpoint_paths)) if saved else []
@@ -45,7 +46,7 @@ def restore_latest_intact(
             continue
         return path, bool(failures)
     if failures:
-        raise RunError(f"{folder}: no checkpoint can be restored, all damaged or not of this model "
+        raise RunError(f"{where or folder}: no checkpoint can be restored, all damaged or not of this model "
                        f"({'; '.join(failures)})")  # fmt: skip
     return None, False
 

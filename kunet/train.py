@@ -233,7 +233,8 @@ class Trainer:
     def _restore(self, session: _Session) -> None:
         """Restores the run's latest intact checkpoint (:mod:`kunet.checkpoints`); a run killed before its first
         checkpoint starts from step 0."""
-        restored, fell_back = restore_latest_intact(session.checkpoint, self.paths.checkpoints, self.log)
+        paths = self.paths
+        restored, fell_back = restore_latest_intact(session.checkpoint, paths.checkpoints, self.log, paths.root)
         if restored is not None:
             used = f" from {uris.name(restored)}, the latest intact checkpoint" if fell_back else ""
             self.log(f"resumed {self.paths.root} at step {int(session.step.numpy())}{used}")
