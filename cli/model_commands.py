@@ -122,12 +122,13 @@ def evaluate(
         if out is None and uris.is_remote(model):
             fail(f"{model}: give --out for a remote model (evaluation outputs are written to a local folder)")
         segmenter = Segmenter(model, precision, None, mirror, threshold)
+        counts = read_manifest(records)["counts"]
+        if split not in counts:
+            fail(f"{records}: no {split!r} split; these records hold {' and '.join(counts)}")
         default_out = (Path(model) if Path(model).is_dir() else Path(model).parent) / f"eval-{split}"
         with progress_bars() as factory:
-            count = read_manifest(records)["counts"][split]
-            report = run_evaluation(
-                segmenter, records, split, out or default_out, factory("scoring", count), leaderboard=leaderboard
-            )
+            progress = factory("scoring", counts[split])
+            report = run_evaluation(segmenter, records, split, out or default_out, progress, leaderboard=leaderboard)
     Console().print(_scores_table(f"{config.name} {split}", report))
     if leaderboard:
         Console().print(_leaderboard_table(report))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, write_tiny_toml
 from kunet_cli.main import app
 from typer.testing import CliRunner
 
@@ -75,3 +75,12 @@ def test_predict_and_evaluate_leave_mirroring_to_the_model_unless_told(tmp_path,
         assert seen.pop() is expected
         runner.invoke(app, ["evaluate", str(run), str(toml), *flags])
         assert seen.pop() is expected
+
+
+def test_evaluate_names_a_split_the_records_do_not_hold(trained_tiny_run, tiny_records, tmp_path):
+    _, records = tiny_records
+    toml = write_tiny_toml(tmp_path / "tiny.toml", records)
+    result = runner.invoke(app, ["evaluate", str(trained_tiny_run), str(toml), "--split", "test"])
+    assert result.exit_code == 2, result.output  # one line, not a KeyError traceback
+    assert f"{records}: no 'test' split; these records hold train and val" in " ".join(result.output.split())
+    assert not (trained_tiny_run / "eval-test").exists()
