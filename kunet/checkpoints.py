@@ -8,18 +8,12 @@ multi-worker checkpointing requires every worker to save. All read the same file
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import tensorflow as tf
 
 from kunet import uris
+from kunet.errors import first_line
 from kunet.runs import RunError
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (TensorFlow's run to pages)."""
-    text = (getattr(error, "message", None) or str(error) or type(error).__name__).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def restore_latest_intact(
@@ -41,7 +35,7 @@ def restore_latest_intact(
             checkpoint.restore(path).assert_existing_objects_matched()
         # A damaged file surfaces as any of OpError, IndexError, ValueError, a protobuf DecodeError...
         except Exception as error:  # every one of them means: use the one before
-            failures.append(f"{Path(path).name}: {first_line(error)}")
+            failures.append(f"{uris.name(path)}: {first_line(error)}")
             log(f"checkpoint {path} cannot be restored ({first_line(error)}); trying the one before it")
             continue
         return path, bool(failures)

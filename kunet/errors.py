@@ -18,3 +18,10 @@ class KunetError(ValueError):
 
 class ConfigError(KunetError):
     """A pipeline file or override that cannot be used; the message names the file and the key."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, for a one-line report (TensorFlow's run to pages; its
+    ``OpError.message`` leaves out the op and node names that ``str()`` adds)."""
+    text = getattr(error, "message", None) or str(error)
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), type(error).__name__)

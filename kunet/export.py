@@ -66,7 +66,7 @@ from kunet.inference import InferenceSettings
 from kunet.preprocess import dtype_max
 from kunet.records import RecordsError, read_manifest
 from kunet.runs import read_run_config, read_state, resolve_model_path, run_of
-from kunet.segmenter import with_precision
+from kunet.segmenter import load_unet, with_precision
 from kunet.serving.graph import SIGNATURES, ServingGraph
 from kunet.serving.readme import serving_readme
 from kunet.serving.signatures import ServingLimits
@@ -95,16 +95,6 @@ def build_serving_functions(
     plan = plan_for_tile(settings.typical_size, tile_hw, model.depth)
     graph = ServingGraph(model, settings, plan, batch_size, limits or ServingLimits())
     return {signature.name: signature.build(graph) for signature in SIGNATURES.values()}, plan
-
-
-def _load_keras(source: Path | str) -> keras.Model:
-    """The ``.keras`` model; one at a URI is copied to a local temporary file first (as the segmenter does)."""
-    if not uris.is_remote(source):
-        return keras.models.load_model(source)
-    with tempfile.TemporaryDirectory(prefix="kunet-export-") as scratch:
-        local = Path(scratch) / uris.name(source)
-        uris.copy(source, local)
-        return keras.models.load_model(local)
 
 
 def training_provenance(model_file: Path | str) -> dict | None:
@@ -372,7 +362,7 @@ def export(
         raise ExportError(f"{uris.join(model_root, str(version))}: version {version} already exists (versions are "
                           "never overwritten)")  # fmt: skip
     log(f"loading {source}")
-    loaded = _load_keras(source)
+    loaded = load_unet(source)
     model = with_precision(loaded, precision)
     settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
     tiling = tiling or TilingOptions()

@@ -20,7 +20,7 @@ import numpy as np
 
 from kunet import metrics, uris
 from kunet.decision import DecisionRule
-from kunet.errors import KunetError
+from kunet.errors import KunetError, first_line
 from kunet.inference import InferenceSettings, Predictor
 from kunet.model import UNet, output_size
 from kunet.precision import PRECISIONS, resolve_precision
@@ -57,17 +57,16 @@ def _check_tile_size(tile_size: int, model: UNet) -> None:
         raise KunetError(f"--tile-size: {error}") from None
 
 
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-
-
-def load_unet(path: Path) -> UNet:
-    """A kunet U-Net from a ``.keras`` file, with an error naming the file for anything else.
+def load_unet(path: Path | str) -> UNet:
+    """A kunet U-Net from a ``.keras`` file (a local path, or a URI: copied to a local temporary file first,
+    as Keras reads a local archive), with an error naming the file for anything else.
 
     Raises:
         ModelLoadError: a truncated or corrupted file, a zip that is no Keras model, or a Keras model that
             kunet did not make (e.g. a plain ``keras.Sequential``).
     """
+    if uris.is_remote(path):
+        return _load_remote_unet(uris.location(path))
     with open(path, "rb") as stream:  # an unreadable file fails here, naming itself, not as "truncated"
         is_zip = zipfile.is_zipfile(stream)
     if not is_zip:
@@ -81,7 +80,7 @@ def load_unet(path: Path) -> UNet:
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
-        raise ModelLoadError(f"{path}: cannot load the model, the file is damaged ({_first_line(error)})") from None
+        raise ModelLoadError(f"{path}: cannot load the model, the file is damaged ({first_line(error)})") from None
     if not isinstance(model, UNet):
         raise ModelLoadError(
             f"{path}: a Keras {type(model).__name__}, not a kunet U-Net; predict needs a model made by kunet fit"
@@ -90,6 +89,7 @@ def load_unet(path: Path) -> UNet:
 
 
 def _load_remote_unet(uri: str) -> UNet:
+    """:func:`load_unet` of a local copy of ``uri``, its errors naming ``uri``."""
     with tempfile.TemporaryDirectory(prefix="kunet-model-") as scratch:
         local = Path(scratch) / uris.name(uri)
         uris.copy(uri, local)
@@ -112,7 +112,7 @@ def read_export_info(path: Path | str) -> tuple[InferenceSettings, int, int]:
             int(info["model"]["depth"]),
         )
     except (ValueError, KeyError, TypeError) as error:
-        detail = f"no {error} entry" if isinstance(error, KeyError) else _first_line(error)
+        detail = f"no {error} entry" if isinstance(error, KeyError) else first_line(error)
         raise ModelLoadError(f"{info_path}: damaged export description ({detail})") from None
 
 
@@ -125,7 +125,7 @@ def load_saved_model(path: Path | str):
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, ValueError, OSError, ...
-        raise ModelLoadError(f"{path}: cannot load the SavedModel, it is damaged ({_first_line(error)})") from None
+        raise ModelLoadError(f"{path}: cannot load the SavedModel, it is damaged ({first_line(error)})") from None
     if "serving_default" not in saved_model.signatures:
         raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature")
     return saved_model
@@ -173,7 +173,7 @@ class Segmenter:
         self.path = resolve_model_path(model_path)
         self.saved_model = None
         if str(self.path).endswith(".keras"):
-            model = _load_remote_unet(self.path) if uris.is_remote(self.path) else load_unet(self.path)
+            model = load_unet(self.path)
             if tiling.tile_size:
                 _check_tile_size(tiling.tile_size, model)
             self.model = with_precision(model, precision)
