@@ -219,6 +219,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, reuse: bool = False)
         raise ValueError(f"{path}: unsupported output format (use .png, .tif or .tiff)")
     encoded = _encode(image, ".png" if suffix == ".png" else ".tif", str(path), reuse)
     with naming_errors(path):
-        # Locally a memoryview: no bytes copy of a large encoded image; gfile writers want bytes.
-        atomic_write_bytes(path, memoryview(encoded) if isinstance(path, Path) else encoded.tobytes())
+        atomic_write_bytes(path, memoryview(encoded))  # no bytes copy of a large encoded image
     return path

@@ -261,9 +261,9 @@ def resolve_model_path(path: str | os.PathLike) -> Path | str:
     ``.keras`` file as it is.
     """
     path = uris.location(path)
-    if uris.isdir(path) and uris.isfile(uris.join(path, "saved_model.pb")):
-        return path
-    if uris.isdir(path):
+    if uris.isdir(path):  # one round trip for a remote path
+        if uris.isfile(uris.join(path, "saved_model.pb")):
+            return path
         models = RunPaths(path).models()
         if models:
             return models[0]

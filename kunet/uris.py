@@ -174,7 +174,7 @@ def write_bytes(path: Location, data: bytes) -> None:
     if exists(path):  # TF 2.21's ram:// appends to an existing file opened with "wb" instead of truncating it
         _gfile().remove(path)
     with _checked(path, lambda: _gfile().GFile(path, "wb")) as stream:
-        stream.write(data)
+        stream.write(bytes(data))  # a memoryview too (no copy for bytes: bytes(b) is b)
 
 
 def rename(source: Location, destination: Location, overwrite: bool = False) -> None:
