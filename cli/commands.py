@@ -10,7 +10,17 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import RECORDS_OPTION, SET_OPTION, VERIFY_RECORDS_OPTION, fail, load_config, progress_bars, user_errors
+from .common import (
+    LOG_EVERY_OPTION,
+    QUIET_OPTION,
+    RECORDS_OPTION,
+    SET_OPTION,
+    VERIFY_RECORDS_OPTION,
+    fail,
+    load_config,
+    progress_bars,
+    user_errors,
+)
 
 
 @app.command("build-records")
@@ -27,6 +37,8 @@ def build_records(
     workers: int = typer.Option(None, help="Threads encoding frames."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     set_: list[str] = SET_OPTION,
+    quiet: bool = QUIET_OPTION,
+    log_every: int = LOG_EVERY_OPTION,
 ):
     """Turn a labelled dataset into sharded, GZIP-compressed TFRecords with the paper's weight maps."""
     from kunet.records import build_records as build
@@ -55,7 +67,7 @@ def build_records(
         config = load_config(pipeline, overrides)
         if out is None and pipeline is None:
             fail("--out is required without a pipeline TOML")
-        with progress_bars() as factory:
+        with progress_bars(quiet, log_every) as factory:
             manifest = build(
                 config, out=out, shards=shards, workers=workers, overwrite=overwrite, progress_factory=factory
             )
@@ -113,6 +125,8 @@ def fit(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the pipeline without data and exit."),
     verify_records: bool = VERIFY_RECORDS_OPTION,
     set_: list[str] = SET_OPTION,
+    quiet: bool = QUIET_OPTION,
+    log_every: int = LOG_EVERY_OPTION,
 ):
     """Train a U-Net with the paper's weighted loss (checkpointed, resumable)."""
     from kunet.builders import dry_run as check_pipeline
@@ -143,7 +157,8 @@ def fit(
                 return
             run_dir = run_dir or Path("runs") / config.name
         trainer = Trainer(config, run_dir, records, make_strategy(strategy), resume=resume is not None,
-                          verify_records=verify_records)  # fmt: skip
+                          log=typer.echo, verify_records=verify_records, progress="none" if quiet else "auto",
+                          log_every=log_every)  # fmt: skip
         state = trainer.fit(epochs=epochs, steps=steps, max_minutes=max_minutes)
     typer.echo(f"run: {run_dir} ({state['status']}, step {state['step']}/{state['total_steps']})")
     if state["status"] == "stopped":  # by SIGTERM/SIGINT, checkpointed: a scheduler may requeue on this code

@@ -92,18 +92,12 @@ def load_config(pipeline: Path | None, overrides: list[str]):
 
 
 @contextlib.contextmanager
-def progress_bars():
-    """Yields ``(description, total) -> advance()`` creating one rich progress bar per call."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def progress_bars(quiet: bool = False, every: int | None = None):
+    """Yields ``(description, total) -> advance()``: a rich bar per task on a terminal, plain lines every
+    ``every`` items when standard output is a file or a pipe (no ANSI codes, no redraws), nothing if ``quiet``."""
+    from kunet.progress import reporting
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
-    ) as progress:
-
-        def factory(description: str, total: int):
-            task = progress.add_task(description, total=total)
-            return lambda: progress.advance(task)
-
+    with reporting("none" if quiet else "auto", log=typer.echo, every=every) as factory:
         yield factory
 
 
@@ -113,3 +107,7 @@ VERIFY_RECORDS_OPTION = typer.Option(
     False, "--verify-records", help="Check the shards' sha256 first (their sizes are always checked)."
 )
 SET_OPTION = typer.Option([], "--set", help="Override a setting: section.key=value (repeatable).")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines.")
+LOG_EVERY_OPTION = typer.Option(
+    None, "--log-every", min=1, help="When output is not a terminal: a progress line every N items (steps for fit)."
+)

@@ -41,6 +41,7 @@ from kunet.losses import segmentation_loss
 from kunet.model import UNet
 from kunet.pipeline import device_tiles, resolve_placement, tile_shape, training_dataset
 from kunet.precision import resolve_precision
+from kunet.progress import reporting, resolve_mode
 from kunet.records import check_shards, find_damaged_shard, read_manifest
 from kunet.runs import (
     RunError,
@@ -85,9 +86,17 @@ class Trainer:
         records_dir: Records from ``kunet build-records`` (default: the pipeline's records folder).
         strategy: A tf.distribute strategy (default: the default strategy).
         resume: Continue the run in ``run_dir`` from its latest intact checkpoint.
-        log: Prints one-line messages (default: print).
+        log: Receives every line the run writes: messages, epoch headers and (unless ``progress`` is
+            ``bar``) the progress lines (default: print).
         verify_records: Also check every shard's sha256 against the manifest before training (existence
             and byte sizes are always checked).
+        callbacks: ``keras.callbacks.Callback`` objects. They get ``on_train_begin``/``end``,
+            ``on_epoch_begin``/``end`` (logs: ``loss``, ``learning_rate`` and the ``val_*`` scores of the
+            epoch's validation) and ``on_train_batch_begin``/``end`` (logs: ``loss``), on the chief; setting
+            ``model.stop_training`` (as ``EarlyStopping`` does) stops every worker at the epoch's end. Their
+            own state (e.g. EarlyStopping's patience count) is not checkpointed: a resumed run starts it anew.
+        progress: ``auto`` (a bar on a terminal, plain lines otherwise), ``bar``, ``lines`` or ``none``.
+        log_every: Steps between two progress lines in ``lines`` mode (default: about ten per epoch).
 
     Raises:
         RunError: a fresh run into a directory that already holds one, or a directory another fit holds.
@@ -95,6 +104,8 @@ class Trainer:
 
     Example:
         >>> Trainer(load_pipeline("pipelines/isbi2012.toml"), "runs/isbi").fit(max_minutes=60)
+        >>> stop = keras.callbacks.EarlyStopping("val_pixel_error", patience=3)
+        >>> Trainer(config, "runs/early", callbacks=[stop], progress="lines", log_every=50).fit()
     """
 
     def __init__(
@@ -106,6 +117,9 @@ class Trainer:
         resume: bool = False,
         log=print,
         verify_records: bool = False,
+        callbacks: list | None = None,
+        progress: str = "auto",
+        log_every: int | None = None,
     ):
         self.config = config
         self.paths = RunPaths(run_dir)  # a local folder or a URI (gs://, ram://)
@@ -115,6 +129,11 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = is_chief(self.strategy)
         self.log = log if self.chief else (lambda *args, **kwargs: None)
+        self.progress = resolve_mode(progress) if self.chief else "none"
+        self.log_every = log_every
+        self.callbacks = list(callbacks or [])
+        self._agree = None  # the tf.function all-reducing callbacks' stop requests, once traced
+        self._epoch_logs: dict | None = None  # what the callbacks got at the last epoch's end
         self.resume = resume
         self.stop_signal: str | None = None  # set when a signal stopped fit() on this worker
         self.manifest = read_manifest(self.records_dir)
@@ -327,9 +346,14 @@ class Trainer:
             self.log(f"finishing epoch {epoch + 1}: its validation and history row were cut short")
             self._end_of_epoch(session, epoch, start_step, True, force_validation=start_step >= total_steps)
             save_checkpoint(session.manager, start_step)
+        callbacks = self._callback_list(session, total_steps)
         try:
-            with StopRequests() as stops:
-                return self._run_epochs(session, train_step, iterator, start_step, total_steps, max_minutes, stops)
+            with StopRequests() as stops, reporting(self.progress, self.log, self.log_every, transient=True) as bars:
+                callbacks.on_train_begin()
+                result = self._run_epochs(session, train_step, iterator, start_step, total_steps, max_minutes,
+                                          stops, bars, callbacks)  # fmt: skip
+                callbacks.on_train_end(self._epoch_logs)
+                return result
         except tf.errors.OpError:
             # A damaged shard fails deep inside tf.data; read the shards again to name it.
             damaged = find_damaged_shard(self.records_dir, "train")
@@ -337,16 +361,44 @@ class Trainer:
                 raise
             raise damaged from None
 
-    def _run_epochs(self, session, train_step, iterator, current, total_steps, max_minutes, stops) -> tuple[str, int]:
+    def _callback_list(self, session: _Session, total_steps: int) -> keras.callbacks.CallbackList:
+        """The user's callbacks (on the chief only: validation scores exist there) bound to the model."""
+        session.model.stop_training = False
+        steps_per_epoch = self.config.train.steps_per_epoch
+        return keras.callbacks.CallbackList(
+            self.callbacks if self.chief else [], add_history=False, add_progbar=False, model=session.model,
+            verbose=0, epochs=math.ceil(total_steps / steps_per_epoch), steps=steps_per_epoch,
+        )  # fmt: skip
+
+    def _stop_agreed(self, vote: bool) -> bool:
+        """True on every worker if any worker's callbacks asked to stop (an all-reduce at the epoch's end)."""
+        if self._agree is None:
+            strategy = self.strategy
+
+            @tf.function
+            def agree(value):
+                per_replica = strategy.run(tf.identity, args=(value,))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._agree = agree
+        return float(self._agree(tf.constant(1.0 if vote else 0.0))) > 0
+
+    def _run_epochs(
+        self, session, train_step, iterator, current, total_steps, max_minutes, stops, bars, callbacks
+    ) -> tuple[str, int]:
         train = self.config.train
         status = "completed"
+        epochs = math.ceil(total_steps / train.steps_per_epoch)
         while current < total_steps:
             epoch = current // train.steps_per_epoch
-            epoch_end = min((epoch + 1) * train.steps_per_epoch, total_steps)
-            progress = keras.utils.Progbar(epoch_end - epoch * train.steps_per_epoch, stateful_metrics=["loss"])
-            if self.chief:
-                print(f"epoch {epoch + 1}/{math.ceil(total_steps / train.steps_per_epoch)}")
+            epoch_start, epoch_end = (
+                epoch * train.steps_per_epoch,
+                min((epoch + 1) * train.steps_per_epoch, total_steps),
+            )
+            advance = bars(f"epoch {epoch + 1}/{epochs}: step", epoch_end - epoch_start, current - epoch_start)
+            callbacks.on_epoch_begin(epoch)
             while current < epoch_end:
+                callbacks.on_train_batch_begin(current - epoch_start)
                 out_of_time = bool(max_minutes) and (time.monotonic() - session.started) / 60.0 >= max_minutes
                 votes = tf.constant([1.0 if stops.requested else 0.0, 1.0 if out_of_time else 0.0])
                 loss, signal_votes, time_votes = (float(value) for value in train_step(iterator, votes))
@@ -356,8 +408,9 @@ class Trainer:
                 session.step.assign(current)
                 session.loss_sum.assign_add(loss)
                 session.loss_count.assign_add(1)
-                if self.chief:
-                    progress.update(current - epoch * train.steps_per_epoch, [("loss", loss)])
+                # The epoch's mean loss so far: one step's loss jumps with its tile.
+                advance(loss=float(session.loss_sum.numpy()) / int(session.loss_count.numpy()))
+                callbacks.on_train_batch_end(current - 1 - epoch_start, {"loss": loss})
                 # The checkpoint at the epoch's end comes before its validation, which may take long; a run
                 # killed during it finishes that epoch's end when resumed (see _epoch_end_pending).
                 if current % train.checkpoint_every_steps == 0 or current == epoch_end:
@@ -371,8 +424,14 @@ class Trainer:
             epoch_complete = current == epoch_end
             if epoch_complete or status != "completed":
                 force = status != "completed" or current >= total_steps
-                self._end_of_epoch(session, epoch, current, epoch_complete, force_validation=force)
+                row = self._end_of_epoch(session, epoch, current, epoch_complete, force_validation=force)
                 save_checkpoint(session.manager, current)
+                self._epoch_logs = {k: v for k, v in (row or {}).items() if k not in ("epoch", "step", "seconds")}
+                callbacks.on_epoch_end(epoch, self._epoch_logs)
+                if self.callbacks and self._stop_agreed(bool(getattr(session.model, "stop_training", False))):
+                    if status == "completed" and current < total_steps:
+                        status = "stopped by callback"
+                        self.log(f"a callback stopped training at the end of epoch {epoch + 1} (step {current})")
             if status != "completed":
                 break
         return status, current
@@ -383,14 +442,14 @@ class Trainer:
         latest = session.manager.latest_checkpoint
         if latest is None or not latest.endswith(f"-{current}"):
             save_checkpoint(session.manager, current)
-        if self.chief:
-            print()  # end the progress bar's line
         where = f"{signal_name} received" if signal_name else "another worker was signalled"
         self.log(f"stopping at step {current} ({where}): checkpoint saved; continue with kunet fit --resume "
                  f"{self.paths.root}")  # fmt: skip
         return "stopped"
 
-    def _end_of_epoch(self, session: _Session, epoch: int, current: int, epoch_complete: bool, force_validation):
+    def _end_of_epoch(
+        self, session: _Session, epoch: int, current: int, epoch_complete: bool, force_validation
+    ) -> dict:
         """Validation, the history row, models, summaries and state.json of an epoch (or of the part of it a
         time budget allowed). The loss sums are reset only for a complete epoch, so an epoch stopped and
         resumed part-way gets one row with the loss over all its steps."""
@@ -420,7 +479,7 @@ class Trainer:
         elif self.chief and validate_now and not uris.exists(self.paths.best_model):
             atomic_save(self.paths.best_model, model.save)
         if not self.chief:
-            return
+            return row
         atomic_save(self.paths.last_model, model.save)
         append_history(self.paths, row)
         with session.writer.as_default(step=current):
@@ -435,3 +494,4 @@ class Trainer:
         best = float(session.best_value.numpy())
         state = {"status": "running", "step": current, "epoch": epoch + 1, "best_metric": train.best_metric}
         write_state(self.paths, state | {"best_value": best})
+        return row

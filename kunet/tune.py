@@ -18,6 +18,7 @@ import numpy as np
 from kunet._fs import atomic_save, atomic_write_json
 from kunet.decision import DecisionRule
 from kunet.errors import KunetError
+from kunet.progress import ProgressFactory, no_progress
 from kunet.records import iterate_frames
 from kunet.runs import RunPaths, check_run_free, locked_run
 from kunet.scoring import mean_scores, score_frame
@@ -43,20 +44,29 @@ def sweep(
     thresholds=THRESHOLDS,
     watershed_thresholds=WATERSHED_THRESHOLDS,
     seed_thresholds=(0.8, 0.9, 0.95),
+    progress_factory: ProgressFactory | None = None,
 ) -> list[dict]:
-    """Mean scores over ``split`` for every threshold, and the watershed on a coarser threshold grid."""
+    """Mean scores over ``split`` for every threshold, and the watershed on a coarser threshold grid.
+
+    ``progress_factory`` (:mod:`kunet.progress`) reports the predictions (one per frame) and the decision
+    rules scored (one per rule).
+    """
     frames = list(iterate_frames(records_dir, split))
     if not frames:
         raise KunetError(f"{records_dir}: no {split} frames to tune on")
     settings = segmenter.settings
-    foreground = [segmenter.probabilities(frame["image"])[..., -1] for frame in frames]
+    progress_factory = progress_factory or no_progress
+    predicted = progress_factory("predicting", len(frames))
+    foreground = []
+    for frame in frames:
+        foreground.append(segmenter.probabilities(frame["image"])[..., -1])
+        predicted()
     rows = []
     combinations = [(t, "none", None) for t in thresholds] + [
-        (t, "watershed", s) for t in watershed_thresholds for s in seed_thresholds
+        (t, "watershed", s) for t in watershed_thresholds for s in seed_thresholds if s > t
     ]
+    scored = progress_factory("scoring decision rules", len(combinations))
     for threshold, postprocess, seed_threshold in combinations:
-        if seed_threshold is not None and seed_threshold <= threshold:
-            continue
         rule = DecisionRule(float(threshold), postprocess, seed_threshold or 0.9)
         per_frame = [
             score_frame(rule.foreground_classes(p), frame, 2, settings.label_kind, settings.min_object_size)
@@ -67,6 +77,7 @@ def sweep(
         rows.append(
             {"threshold": float(threshold), "postprocess": postprocess, "seed_threshold": seed_threshold, **mean}
         )
+        scored()
     return rows
 
 
@@ -100,6 +111,7 @@ def tune(
     store: bool = True,
     test_time_mirroring: bool = False,
     precision: str = "float32",
+    progress_factory: ProgressFactory | None = None,
 ) -> dict:
     """Sweeps, chooses by ``objective`` and (with ``store``) writes the choice into the model files.
 
@@ -120,7 +132,7 @@ def tune(
     if store and in_run:
         check_run_free(report_dir)  # before the sweep: a fit training this run would overwrite the result
     segmenter = Segmenter(run_or_model, precision=precision, test_time_mirroring=test_time_mirroring)
-    rows = sweep(segmenter, records_dir, split)
+    rows = sweep(segmenter, records_dir, split, progress_factory=progress_factory)
     for row in rows:
         row["test_time_mirroring"] = test_time_mirroring
     chosen = choose(rows, objective)
