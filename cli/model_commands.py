@@ -10,7 +10,17 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import RECORDS_OPTION, SET_OPTION, VERIFY_RECORDS_OPTION, fail, load_config, progress_bars, user_errors
+from .common import (
+    LOG_EVERY_OPTION,
+    QUIET_OPTION,
+    RECORDS_OPTION,
+    SET_OPTION,
+    VERIFY_RECORDS_OPTION,
+    fail,
+    load_config,
+    progress_bars,
+    user_errors,
+)
 
 
 @app.command()
@@ -33,6 +43,8 @@ def predict(
         "'auto/N' reads it from a Slurm array, Kubernetes indexed Job or TF_CONFIG (docs/SCALING.md).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="With --shard: predict again inputs already complete."),
+    quiet: bool = QUIET_OPTION,
+    log_every: int = LOG_EVERY_OPTION,
 ):
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
@@ -54,15 +66,21 @@ def predict(
             typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
         if shard_spec is not None:
             options = {"precision": precision, "tile_size": tile_size, "mirror": mirror, "threshold": threshold}
-            _predict_shard(model, model_path, plan, shard_spec, options, overwrite)
+            _predict_shard(model, model_path, plan, shard_spec, options, overwrite, (quiet, log_every))
             return
         segmenter = Segmenter(model, precision, TilingOptions(tile_size=tile_size), mirror, threshold)
-        with progress_bars() as factory:
-            written = predict_planned(segmenter, plan, progress=factory("predicting", len(plan.images)))
+        with progress_bars(quiet, log_every) as factory:
+            written = predict_planned(segmenter, plan, progress=factory(_predicting(plan), len(plan.images)))
     typer.echo(f"wrote outputs for {len(written)} image(s) to {out}")
 
 
-def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, overwrite: bool) -> None:
+def _predicting(plan) -> str:
+    """The progress description: images are counted by page, so a stack says how many files it came from."""
+    files = len({image.path for image in plan.images})
+    return "predicting" if files == len(plan.images) else f"predicting pages of {files} file(s)"
+
+
+def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, overwrite: bool, reporting) -> None:
     """``predict --shard``: the shard's share of ``plan``, resumable; the model is loaded only if work is left."""
     from kunet.predict_shards import ShardJob
     from kunet.segmenter import Segmenter
@@ -75,7 +93,7 @@ def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, ov
         if job.todo:
             tiling = TilingOptions(tile_size=options["tile_size"])
             segmenter = Segmenter(model, options["precision"], tiling, options["mirror"], options["threshold"])
-        with progress_bars() as factory:
+        with progress_bars(*reporting) as factory:
             summary = job.run(segmenter, progress=factory(f"predicting shard {shard}", job.image_count))
     typer.echo(f"shard {shard}: predicted {len(summary['predicted'])}, skipped {len(summary['skipped'])}, "
                f"failed {len(summary['failed'])} input(s); summary {job.summary_path}")  # fmt: skip
@@ -105,12 +123,14 @@ def evaluate(
         help="Also score the split as one stack with the ISBI 2012 leaderboard's metrics (Fiji's definitions), "
         "on the probability map and on the stored decision rule. Binary labels only.",
     ),
+    quiet: bool = QUIET_OPTION,
+    log_every: int = LOG_EVERY_OPTION,
 ):
     """Score a model on a records split: pixel, Rand and warping errors, IoU/Dice, SEG."""
     from rich.console import Console
 
     from kunet import uris
-    from kunet.evaluate import evaluate as run_evaluation
+    from kunet.evaluation import evaluate as run_evaluation
     from kunet.records import check_shards, read_manifest
     from kunet.segmenter import Segmenter
 
@@ -126,7 +146,7 @@ def evaluate(
         if split not in counts:
             fail(f"{records}: no {split!r} split; these records hold {' and '.join(counts)}")
         default_out = (Path(model) if Path(model).is_dir() else Path(model).parent) / f"eval-{split}"
-        with progress_bars() as factory:
+        with progress_bars(quiet, log_every) as factory:
             progress = factory("scoring", counts[split])
             report = run_evaluation(segmenter, records, split, out or default_out, progress, leaderboard=leaderboard)
     Console().print(_scores_table(f"{config.name} {split}", report))
@@ -208,6 +228,8 @@ def tune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the sweep; leave the model unchanged."),
     verify_records: bool = VERIFY_RECORDS_OPTION,
     set_: list[str] = SET_OPTION,
+    quiet: bool = QUIET_OPTION,
+    log_every: int = LOG_EVERY_OPTION,
 ):
     """Choose the threshold and post-processing on the validation split and store them with the model."""
     from kunet.records import check_shards
@@ -218,10 +240,11 @@ def tune(
         config = load_config(pipeline, list(set_))
         if verify_records:
             check_shards(records or config.records_dir(), ["val"], checksums=True)
-        result = run_tune(
-            model, records or config.records_dir(), objective, store=not dry_run, test_time_mirroring=mirror,
-            precision=precision,
-        )  # fmt: skip
+        with progress_bars(quiet, log_every) as factory:
+            result = run_tune(
+                model, records or config.records_dir(), objective, store=not dry_run, test_time_mirroring=mirror,
+                precision=precision, progress_factory=factory,
+            )  # fmt: skip
     key = OBJECTIVES[objective][0]
     for row in result["rows"]:
         mark = "  <- chosen" if row is result["chosen"] else ""
@@ -249,9 +272,10 @@ def export(
     max_pixels: int = typer.Option(4096 * 4096, help="Serving bound: most pixels (H x W) of one image."),
     max_batch: int = typer.Option(8, help="Serving bound: most images in one request."),
     check: str = typer.Option(None, "--check", help="Validate an existing export version folder (or URI) instead."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the result line, no stage lines."),
 ):
     """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one."""
-    from kunet import export as export_lib
+    from kunet.serving import export as export_lib
     from kunet.serving.signatures import ServingLimits
     from kunet.tiling import TilingOptions
 
@@ -259,14 +283,20 @@ def export(
         if check is not None:
             from kunet.serving.check import check as check_export
 
-            check_export(check, log=typer.echo)
+            check_export(check, log=_silent if quiet else typer.echo)
             typer.echo(f"{check}: OK")
             return
         if model is None:
             fail("give a run directory or .keras file to export, or --check EXPORT_DIR")
         limits = ServingLimits(max_pixels=max_pixels, max_batch=max_batch)
-        export_lib.export(model, name, base_dir, version, TilingOptions(tile_size=tile_size), precision,
-                          log=typer.echo, limits=limits)  # fmt: skip
+        destination = export_lib.export(model, name, base_dir, version, TilingOptions(tile_size=tile_size),
+                                        precision, log=_silent if quiet else typer.echo, limits=limits)  # fmt: skip
+    if quiet:
+        typer.echo(f"exported {destination}")
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 @app.command("serve-request")

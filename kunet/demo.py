@@ -93,7 +93,7 @@ def _check_outputs(workdir: Path, run_dir: Path) -> None:
     """Fails before any work if a folder the demo would reuse or replace exists but kunet did not make it
     (it holds none of kunet's marker files and is not empty): the demo replaces only its own outputs."""
     from kunet._fs import check_replaceable
-    from kunet.evaluate import SCORES
+    from kunet.evaluation import SCORES
     from kunet.records import MANIFEST
     from kunet.synthetic import MARKER
 
@@ -178,7 +178,7 @@ def _train(config, pipeline: Path, paths: RunPaths, records: Path, log) -> None:
 
 
 def _evaluate(pipeline: Path, paths: RunPaths, records: Path, out: Path, log) -> dict:
-    from kunet.evaluate import evaluate
+    from kunet.evaluation import evaluate
     from kunet.segmenter import Segmenter
 
     log(f"$ kunet evaluate {paths.root} {pipeline} --records {records} --out {out}")
@@ -192,7 +192,7 @@ def _evaluate(pipeline: Path, paths: RunPaths, records: Path, out: Path, log) ->
 
 def _export(name: str, paths: RunPaths, export_root: Path, log) -> Path:
     """The latest export if it holds this run's best model, else a new version."""
-    from kunet.export import export
+    from kunet.serving.export import export
 
     model_root = export_root / name
     versions = sorted((p for p in model_root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if (

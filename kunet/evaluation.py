@@ -19,7 +19,7 @@ SCORES = "scores.json"  # also the mark of an evaluation folder, which a new eva
 
 
 def evaluate(
-    segmenter: Segmenter,
+    segmenter: Segmenter | str | os.PathLike,
     records_dir: str | os.PathLike,
     split: str = "val",
     out_dir: str | os.PathLike | None = None,
@@ -27,6 +27,9 @@ def evaluate(
     leaderboard: bool = False,
 ) -> dict:
     """Scores every frame of ``split``; writes ``scores.json``, ``scores.csv`` and overlay PNGs to ``out_dir``.
+
+    ``segmenter`` is a :class:`Segmenter` or what it loads (a run directory, ``.keras`` file or export);
+    ``progress`` is called once per frame (:mod:`kunet.progress`).
 
     The outputs are written to a temporary folder that replaces ``out_dir`` only once every frame is
     scored, so a damaged shard or a crash leaves the previous evaluation whole. An existing ``out_dir`` is
@@ -44,6 +47,8 @@ def evaluate(
         RecordsError: a shard of ``split`` is missing, damaged or holds another split (the shard named).
         UnsafeOverwriteError: ``out_dir`` exists and is not an evaluation.
     """
+    if not isinstance(segmenter, Segmenter):
+        segmenter = Segmenter(segmenter)
     if not out_dir:
         return _score_split(segmenter, records_dir, split, None, progress, leaderboard)
     out = Path(out_dir)

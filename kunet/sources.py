@@ -65,6 +65,57 @@ class Frame:
         return image, label
 
 
+@dataclass(frozen=True, eq=False)
+class ArrayFrame:
+    """One labelled image held in memory (:func:`kunet.fit_arrays`), with :class:`Frame`'s interface.
+
+    ``image_path``/``label_path`` are names such as ``images[3]``: they name the array in errors and in the
+    records' manifest.
+    """
+
+    frame_id: str
+    image: np.ndarray
+    label: np.ndarray
+    image_path: str
+    label_path: str
+    page: int = 0
+
+    def load(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            check_image_dtype(self.image, self.image_path)
+            image = as_channels(self.image, channels, self.image_path)
+            label = as_label_plane(self.label, self.label_path)
+        except ImageReadError as error:
+            raise SourceError(str(error)) from None
+        if image.shape[:2] != label.shape:
+            raise SourceError(f"{self.image_path} is {image.shape[1]}x{image.shape[0]} but {self.label_path} is "
+                              f"{label.shape[1]}x{label.shape[0]} (width x height)")  # fmt: skip
+        return image, label
+
+
+def array_frames(images, labels, prefix: str = "") -> list[ArrayFrame]:
+    """Frames of in-memory images [N, H, W(, C)] (or a list of [H, W(, C)] arrays of any sizes) and labels.
+
+    Args:
+        images: uint8 or uint16 images (float images: convert them first, e.g. to uint16).
+        labels: Integer label images of the same sizes (0/255 masks, instance ids, class ids: as
+            ``labels.kind`` says); booleans are read as 0/1.
+        prefix: Put before the argument names and frame ids (``val_``: the validation arrays).
+    """
+    if len(images) != len(labels):
+        raise SourceError(f"{len(images)} {prefix}images but {len(labels)} {prefix}labels")
+    if len(images) == 0:
+        raise SourceError(f"no {prefix}images")
+    frames = []
+    for index, (image, label) in enumerate(zip(images, labels)):
+        image, label = np.asarray(image), np.asarray(label)
+        if label.dtype == bool:
+            label = label.astype(np.uint8)
+        frames.append(ArrayFrame(f"{prefix}{index:05d}", image, label, f"{prefix}images[{index}]",
+                                 f"{prefix}labels[{index}]"))  # fmt: skip
+    return frames
+
+
 def _image_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise SourceError(f"{folder}: folder not found")

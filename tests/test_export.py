@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kunet.export import ExportError, export, training_provenance
 from kunet.segmenter import Segmenter
 from kunet.serving.check import check
+from kunet.serving.export import ExportError, export, training_provenance
 
 _LOAD_AND_PREDICT = r"""
 import json, sys
@@ -147,7 +148,7 @@ def test_second_export_gets_a_new_version_and_leaves_the_first_untouched(trained
 
 
 def test_an_interrupted_export_leaves_no_half_written_version(trained_run, tmp_path, monkeypatch):
-    import kunet.export as export_module
+    import kunet.serving.export as export_module
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt("interrupted while writing warm-up requests")
@@ -160,9 +161,14 @@ def test_an_interrupted_export_leaves_no_half_written_version(trained_run, tmp_p
 
 @pytest.mark.slow
 def test_check_validates_an_export_in_a_fresh_process(trained_run, tmp_path):
-    version_dir = export(trained_run, "tiny", tmp_path, log=lambda *a: None)
-    report = check(version_dir, log=lambda *a: None)
+    lines = []
+    version_dir = export(trained_run, "tiny", tmp_path, log=lines.append)
+    report = check(version_dir, log=lines.append)
     assert report["warmup_requests"] == 2 and report["masks_identical"]
+    # Progress as numbered, timed stages, each written when it starts (issue 22: export printed nothing until done).
+    stages = [line for line in lines if re.match(r"\[(\d+/\d+|done), \d+s\] ", line)]
+    assert [line.split("]")[0].split(",")[0] for line in stages] == ["[1/3", "[2/3", "[3/3", "[done", "[1/2", "[2/2"]
+    assert "loading" in stages[0] and "exported" in stages[3] and "fresh process" in stages[4]
     assert report["max_probability_difference_vs_predict"] < 1e-4
     broken = tmp_path / "broken"
     shutil.copytree(version_dir, broken)

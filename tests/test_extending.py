@@ -185,9 +185,9 @@ def _probability_png(graph):
 def test_an_export_signature_registered_in_the_serving_graph_is_exported_described_warmed_and_checked(
     trained_tiny_run, tmp_path, monkeypatch
 ):
-    from kunet.export import export
     from kunet.serving import graph
     from kunet.serving.check import check
+    from kunet.serving.export import export
     from kunet.serving.signatures import PNG_INPUT
 
     toy = graph.Signature(

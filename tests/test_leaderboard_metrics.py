@@ -261,7 +261,7 @@ def test_evaluate_leaderboard_reports_both_rows_and_leaves_the_plain_report_alon
 
 
 def test_leaderboard_refuses_labels_that_are_not_binary():
-    from kunet.evaluate import _check_leaderboard_labels
+    from kunet.evaluation import _check_leaderboard_labels
     from kunet.scoring import LeaderboardLabelError
 
     with pytest.raises(LeaderboardLabelError, match="binary labels"):

@@ -392,7 +392,7 @@ def test_a_corrupted_shard_of_unchanged_size_is_named_instead_of_a_data_loss_tra
 
 def test_evaluate_and_tune_name_a_damaged_val_shard_and_keep_what_they_wrote_before(tiny_records, tmp_path):
     from kunet.builders import build_model
-    from kunet.evaluate import evaluate
+    from kunet.evaluation import evaluate
     from kunet.segmenter import Segmenter
     from kunet.tune import tune
 

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from kunet import uris
 from kunet._fs import INCOMPLETE_MARKER, UnsafeOverwriteError, check_output, commit_remote_directory
-from kunet.export import export
 from kunet.records import RecordsError, check_shards, iterate_frames, read_manifest, verify_checksums
 from kunet.segmenter import Segmenter
+from kunet.serving.export import export
 
 runner = CliRunner()
 
@@ -155,7 +155,7 @@ def test_an_interrupted_remote_commit_is_refused_by_readers_and_replaced_by_over
 
 
 def test_evaluate_reads_remote_records(trained_tiny_run, tiny_records, tmp_path):
-    from kunet.evaluate import evaluate
+    from kunet.evaluation import evaluate
 
     _, local = tiny_records
     remote = fresh_uri("records/tiny")

@@ -25,14 +25,14 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
-from kunet import export as export_module
-from kunet.export import ExportError, export
 from kunet.predict_files import predict_files
 from kunet.segmenter import Segmenter
 from kunet.serving import client, rules
+from kunet.serving import export as export_module
 from kunet.serving import signatures as names
 from kunet.serving.batching import Batching, run_batched
 from kunet.serving.check import check
+from kunet.serving.export import ExportError, export
 from kunet.serving.graph import SIGNATURES
 from kunet.serving.signatures import ServingLimits
 from kunet.serving.standin import StandIn

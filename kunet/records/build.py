@@ -30,7 +30,7 @@ import numpy as np
 import kunet
 from kunet import uris
 from kunet._fs import building_directory, check_output, commit_directory, sweep_temporaries
-from kunet.config import PipelineConfig
+from kunet.config import PipelineConfig, load_pipeline
 from kunet.records.schema import MANIFEST, SCHEMA_VERSION, SPLITS, RecordsError, _sha256, encode_example
 from kunet.sources import Frame, interpret_label, list_frames
 from kunet.weightmap import class_weights_for, weight_map
@@ -247,11 +247,12 @@ def build_records(
     overwrite: bool = False,
     progress_factory=None,
     log: Callable[[str], None] | None = print,
+    frames: list | None = None,
 ) -> dict:
     """Builds the records set described by ``config`` and returns its manifest.
 
     Args:
-        config: The pipeline (source, labels, weights, records sections are used).
+        config: The pipeline (source, labels, weights, records sections are used), or its TOML file.
         out: Output folder or remote URI (``gs://...``, kept as a string); defaults to ``config.records_dir()``.
         shards: Shards per split (a split never gets more shards than frames).
         workers: Threads encoding frames in parallel.
@@ -259,19 +260,23 @@ def build_records(
             (it holds a manifest.json, or is empty) and it holds none of the source files.
         progress_factory: ``(description, total) -> callable`` advancing a progress bar by one.
         log: Reports the temporaries of killed builds that were removed (or kept, and why).
+        frames: The labelled frames to write instead of ``config.source``'s, e.g.
+            :func:`kunet.sources.array_frames` of arrays in memory.
 
     Raises:
         SourceError, RecordsError: bad input, with the file named; nothing is left on disk.
         FileExistsError: ``out`` exists and ``overwrite`` is False, or (UnsafeOverwriteError) ``out`` is not
             a kunet records folder or holds the source; checked before any work, and again at the end.
     """
+    if not isinstance(config, PipelineConfig):
+        config = load_pipeline(config)
     out = uris.location(out if out is not None else config.records_dir())
     shards = shards or config.records.shards
     workers = workers or config.records.workers
-    protected = source_paths(config)
+    protected = source_paths(config) if frames is None else []
     check_output(out, overwrite, [MANIFEST], protected)
     sweep_temporaries(out, log)
-    frames = list_frames(config)
+    frames = list_frames(config) if frames is None else list(frames)
     splits = split_frames(frames, config.records.val_fraction, list(config.records.val_ids))
     params = config.weights.resolved()
     progress_factory = progress_factory or (lambda description, total: None)

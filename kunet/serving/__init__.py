@@ -1,5 +1,6 @@
 """Serving kunet exports with TensorFlow Serving: signature names, clients, and TensorFlow Serving's own rules.
 
+* :mod:`kunet.serving.export` — ``kunet export``: versioned SavedModels (tiling and normalisation in the graph).
 * :mod:`kunet.serving.signatures` — the exported signatures (names, tensors, what they mean) and the bounds the
   serving graph enforces; ``kunet export``, the clients and the checks all read this one table.
 * :mod:`kunet.serving.client` — REST (standard library) and gRPC (``tensorflow-serving-api``) clients.

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from kunet import uris
-from kunet.export import ExportError, sample_image
 from kunet.inference import InferenceSettings
+from kunet.progress import Stages
 from kunet.serving import signatures as names
 from kunet.serving.batching import Batching
 from kunet.serving.client import png_array
+from kunet.serving.export import ExportError, sample_image
 
 
 def check(export_dir, log=print) -> dict:
@@ -45,12 +46,13 @@ def check(export_dir, log=print) -> dict:
     export_dir = Path(export_dir)
     if not (export_dir / "saved_model.pb").is_file():
         raise ExportError(f"{export_dir}: not a SavedModel version folder (no saved_model.pb)")
-    log(f"loading {export_dir} in a fresh process and replaying requests")
+    stages = Stages(log, total=2)
+    stages(f"loading {export_dir} in a fresh process and replaying requests")
     report, served, rest_mask = _replay_in_fresh_process(export_dir)
     info = json.loads((export_dir / "assets.extra" / "kunet.json").read_text())
     problems = _signature_problems(report, info)
     settings = InferenceSettings.from_metadata(info["inference"])
-    log("predicting the sample image with kunet predict's code path")
+    stages("predicting the sample image with kunet predict's code path")
     reference = Segmenter(export_dir / "assets.extra" / "unet.keras").segment(
         sample_image(settings, info["input"]["channels"])
     )

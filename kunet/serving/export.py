@@ -64,6 +64,7 @@ from kunet._fs import (
 from kunet.errors import KunetError
 from kunet.inference import InferenceSettings
 from kunet.preprocess import dtype_max
+from kunet.progress import Stages
 from kunet.records import RecordsError, read_manifest
 from kunet.runs import read_run_config, read_state, resolve_model_path, run_of
 from kunet.segmenter import load_unet, with_precision
@@ -266,7 +267,7 @@ def _partial_remote_versions(model_root: str) -> list[str]:
     return [version for version in versions if not uris.exists(uris.join(version, "saved_model.pb"))]
 
 
-def _export_remote(model_root: str, version: int | None, write, readme, log) -> tuple[str, dict]:
+def _export_remote(model_root: str, version: int | None, write, readme, log, stage) -> tuple[str, dict]:
     """Builds a version in a local temporary folder with ``write(folder) -> info`` and uploads it to the next
     free version of the remote ``model_root`` (``version`` if given), ``saved_model.pb`` last."""
     uris.makedirs(model_root)
@@ -283,14 +284,14 @@ def _export_remote(model_root: str, version: int | None, write, readme, log) -> 
             raise ExportError(f"{destination}: version {number} already exists (another export wrote it meanwhile; "
                               "versions are never overwritten)")  # fmt: skip
         atomic_write_text(folder / "assets.extra" / "README.md", readme(number, info))
-        log(f"uploading to {destination} (saved_model.pb last)")
+        stage(f"uploading to {destination} (saved_model.pb last)")
         commit_remote_directory(folder, destination, markers=["saved_model.pb"])
     return destination, info
 
 
-def _write_version(folder: Path, model, source: Path | str, name: str, settings, tile_hw, batch_size, limits, log):
+def _write_version(folder: Path, model, source: Path | str, name: str, settings, tile_hw, batch_size, limits, stage):
     """Writes the SavedModel and ``assets.extra`` into ``folder``; returns the client info."""
-    log("tracing the serving graph and writing the SavedModel")
+    stage("tracing the serving graph and writing the SavedModel")
     functions, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -301,7 +302,7 @@ def _write_version(folder: Path, model, source: Path | str, name: str, settings,
     extra.mkdir(exist_ok=True)
     info = client_info(model, settings, plan, training_provenance(source), limits)
     atomic_write_json(extra / "kunet.json", info)
-    log("writing warm-up requests")
+    stage("writing warm-up requests")
     write_warmup_requests(extra / WARMUP_FILE, name, settings, model.input_channels)
     if uris.is_remote(source):
         uris.copy(source, extra / "unet.keras", overwrite=True)
@@ -347,7 +348,7 @@ def export(
         tiling: The tile inside the graph (``tile_size``, or chosen by ``rule`` for the frame size the
             model was trained on) and tiles per model call.
         precision: ``float32``, ``mixed_bfloat16`` or ``auto``.
-        log: Prints progress lines.
+        log: Receives the progress lines (numbered, timed stages: :class:`kunet.progress.Stages`) and warnings.
         limits: Request bounds the serving graph enforces (default :class:`ServingLimits`).
 
     Example:
@@ -361,7 +362,8 @@ def export(
     if version is not None and uris.exists(uris.join(model_root, str(version))):
         raise ExportError(f"{uris.join(model_root, str(version))}: version {version} already exists (versions are "
                           "never overwritten)")  # fmt: skip
-    log(f"loading {source}")
+    stages = Stages(log, total=4 if uris.is_remote(model_root) else 3)
+    stages(f"loading {source}")
     loaded = load_unet(source)
     model = with_precision(loaded, precision)
     settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
@@ -369,11 +371,11 @@ def export(
     tile_hw = plan_tiles(settings.typical_size, model, tiling).input_hw
 
     def write(folder: Path) -> dict:
-        return _write_version(folder, model, source, name, settings, tile_hw, tiling.batch_size, limits, log)
+        return _write_version(folder, model, source, name, settings, tile_hw, tiling.batch_size, limits, stages)
 
     if uris.is_remote(model_root):
         destination, info = _export_remote(
-            model_root, version, write, lambda v, info: serving_readme(name, v, info), log
+            model_root, version, write, lambda v, info: serving_readme(name, v, info), log, stages
         )
     else:
         destination, info = _export_local(model_root, version, write, name, log)
@@ -381,5 +383,5 @@ def export(
     atomic_write_text(uris.join(model_root, "batching_parameters.txt"), batching_parameters(limits))
     atomic_write_text(uris.join(model_root, "README.md"), serving_readme(name, int(uris.name(destination)), info))
     tile = info["tiling"]["input_tile"]
-    log(f"exported {source} -> {destination} (tile {tile[0]}x{tile[1]})")
+    stages.done(f"exported {source} -> {destination} (tile {tile[0]}x{tile[1]})")
     return destination

@@ -254,8 +254,8 @@ def check(version_dir: Path, out: Path) -> dict:
     """
     import tensorflow as tf
 
-    from kunet.export import sample_image
     from kunet.inference import InferenceSettings
+    from kunet.serving.export import sample_image
 
     standin = StandIn(version_dir)
     info = json.loads((version_dir / "assets.extra" / "kunet.json").read_text())
