@@ -43,11 +43,16 @@ if kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return path
     tf.train.CheckpointManager.save = save_then_die
+import keras
+class StopAfterFirstEpoch(keras.callbacks.Callback):  # as EarlyStopping does, on the chief only
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = "val_loss" in logs
+callbacks = [StopAfterFirstEpoch()] if os.environ.get("STOP_BY_CALLBACK") else []
 config = pipeline_from_dict(json.loads(sys.argv[1]), sys.argv[2])
-trainer = Trainer(config, sys.argv[3], sys.argv[4], strategy=make_strategy("multiworker"))
+trainer = Trainer(config, sys.argv[3], sys.argv[4], strategy=make_strategy("multiworker"), callbacks=callbacks)
 state = trainer.fit()
 np.savez(sys.argv[5], *trainer.model.get_weights())
-print("replicas", trainer.strategy.num_replicas_in_sync, "step", state["step"])
+print("replicas", trainer.strategy.num_replicas_in_sync, "step", state["step"], "status", state["status"])
 """
 
 
@@ -124,6 +129,20 @@ def test_two_workers_killed_mid_epoch_two_resume_to_the_uninterrupted_runs_weigh
     # Bit-identical: the stream replays from step 6 and a two-value all-reduce sum does not depend on order.
     for key, weights in zip(first.files, after_resume):
         np.testing.assert_array_equal(first[key], weights)
+
+
+@pytest.mark.slow
+def test_a_callback_on_the_chief_stops_every_worker_at_the_same_epoch_end(tiny_records, tmp_path):
+    # Callbacks run on the chief, where validation scores exist; its stop request reaches the other worker
+    # through an all-reduce at the epoch's end, so neither waits for the other at the next step's all-reduce.
+    data, base_dir, records = _two_epoch_config(tiny_records)
+    commands = _worker_commands(data, base_dir, tmp_path / "run", records, tmp_path)
+    results = _finish(_start_workers(commands, STOP_BY_CALLBACK="1"))
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        assert "replicas 2 step 4 status stopped by callback" in out
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(rows) == 2  # the header and epoch 1
 
 
 @pytest.mark.slow
