@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 OUTLINE_COLOUR = (255, 64, 32)  # RGB
 PREDICTION_COLOUR = (40, 220, 255)
+LEGEND_BACKGROUND = (32, 32, 32)
+LEGEND_TEXT = (235, 235, 235)
+LEGEND_ROWS = 24
 
 
 DISPLAY_PERCENTILES = (0.5, 99.5)
@@ -74,15 +77,28 @@ def overlay_outlines(image: np.ndarray, labels: np.ndarray, colour=OUTLINE_COLOU
     return canvas
 
 
-def overlay_prediction(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+def overlay_prediction(
+    image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None, legend: bool = False
+) -> np.ndarray:
     """Predicted foreground tinted, its outline in cyan and (if given) the true outline in red.
 
     Drawn a block of rows at a time (with one row of context for the outlines), so the memory beyond the
     uint8 RGB result does not grow with the image.
+
+    Args:
+        image: Gray or RGB, any dtype.
+        predicted: Class indices [H, W] (foreground > 0).
+        truth: True class indices [H, W], outlined if given.
+        legend: Add the :func:`legend_band` naming the colours below the image (for an overlay file); the image
+            keeps its pixel coordinates. Drawn into the result directly: appending it would copy the overlay.
+
+    Returns:
+        uint8 RGB [H, W, 3], or [H + legend_height(W), W, 3] with ``legend``.
     """
     value_range = display_range(image)
     height, rows = image.shape[0], _block_rows(image)
-    canvas = np.empty((height, image.shape[1], 3), np.uint8)
+    band = legend_band(image.shape[1], overlay_legend(truth is not None)) if legend else None
+    canvas = np.empty((height + (0 if band is None else band.shape[0]), image.shape[1], 3), np.uint8)
     for top in range(0, height, rows):
         bottom = min(top + rows, height)
         context = slice(max(top - 1, 0), min(bottom + 1, height))
@@ -90,7 +106,44 @@ def overlay_prediction(image: np.ndarray, predicted: np.ndarray, truth: np.ndarr
             image[context], predicted[context], None if truth is None else truth[context], value_range
         )
         canvas[top:bottom] = block[top - context.start : bottom - context.start]
+    if band is not None:
+        canvas[height:] = band
     return canvas
+
+
+def overlay_legend(truth: bool) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend entries of :func:`overlay_prediction`: the prediction and, if drawn, the truth."""
+    entries = [("prediction", PREDICTION_COLOUR)]
+    return entries + [("truth (label)", OUTLINE_COLOUR)] if truth else entries
+
+
+def _legend_scale(width: int) -> int:
+    # The band grows with wide images, so it stays legible when a large overlay is viewed whole.
+    return max(1, width // 1000)
+
+
+def legend_height(width: int) -> int:
+    """Rows of the :func:`legend_band` of an image ``width`` pixels wide (24, more above 2000 pixels)."""
+    return LEGEND_ROWS * _legend_scale(width)
+
+
+def legend_band(width: int, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """A dark strip ``width`` pixels wide with a colour swatch and a name per entry, uint8 RGB.
+
+    Entries that do not fit in a narrow image are clipped, not an error.
+    """
+    scale = _legend_scale(width)
+    band = np.full((legend_height(width), width, 3), LEGEND_BACKGROUND, np.uint8)
+    font, font_scale, swatch = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 12 * scale
+    top, x = (band.shape[0] - swatch) // 2, 6 * scale
+    for text, colour in entries:
+        cv2.rectangle(band, (x, top), (x + swatch - 1, top + swatch - 1), colour, cv2.FILLED)
+        x += swatch + 5 * scale
+        (text_width, text_height), _ = cv2.getTextSize(text, font, font_scale, scale)
+        baseline = top + (swatch + text_height) // 2
+        cv2.putText(band, text, (x, baseline), font, font_scale, LEGEND_TEXT, scale, cv2.LINE_AA)
+        x += text_width + 14 * scale
+    return band
 
 
 def _overlay_block(image, predicted, truth, value_range) -> np.ndarray:

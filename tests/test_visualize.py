@@ -84,3 +84,72 @@ def test_plot_history_writes_the_figure_as_a_png(tmp_path):
     assert image.shape == (700, 1100, 3)
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # drawn, not a blank canvas
     assert sorted(p.name for p in tmp_path.iterdir()) == ["training.png"]  # no temporary left behind
+
+
+def _overlay_inputs(height: int, width: int, channels: int = 0):
+    rng = np.random.default_rng(height * width)
+    shape = (height, width, channels) if channels else (height, width)
+    image = rng.integers(0, 4000, shape, dtype=np.uint16)
+    truth = np.zeros((height, width), np.uint8)
+    truth[height // 4 : height // 2, width // 4 : width // 2] = 1
+    return image, np.roll(truth, 2, axis=0), truth
+
+
+def _has_colour(rgb: np.ndarray, colour) -> bool:
+    return bool(np.all(rgb == colour, axis=-1).any())
+
+
+def test_an_overlay_file_gets_a_legend_band_below_the_unchanged_overlay():
+    image, predicted, truth = _overlay_inputs(40, 300)
+    plain = visualize.overlay_prediction(image, predicted, truth)
+    assert plain.shape == (40, 300, 3)
+    with_legend = visualize.overlay_prediction(image, predicted, truth, legend=True)
+    assert with_legend.shape == (40 + visualize.legend_height(300), 300, 3) == (64, 300, 3)
+    np.testing.assert_array_equal(with_legend[:40], plain)
+    band = with_legend[40:]
+    assert _has_colour(band, visualize.PREDICTION_COLOUR) and _has_colour(band, visualize.OUTLINE_COLOUR)
+    assert _has_colour(band, visualize.LEGEND_TEXT)
+    without_truth = visualize.overlay_prediction(image, predicted, legend=True)[40:]
+    assert _has_colour(without_truth, visualize.PREDICTION_COLOUR)
+    assert not _has_colour(without_truth, visualize.OUTLINE_COLOUR)
+
+
+def test_legend_band_of_a_one_pixel_wide_and_of_an_rgb_image():
+    image, predicted, truth = _overlay_inputs(30, 1)
+    assert visualize.overlay_prediction(image, predicted, truth, legend=True).shape == (54, 1, 3)
+    image, predicted, truth = _overlay_inputs(30, 64, channels=3)
+    narrow = visualize.overlay_prediction(image, predicted, truth, legend=True)
+    assert narrow.shape == (54, 64, 3)
+    assert _has_colour(narrow[30:], visualize.PREDICTION_COLOUR)  # the truth entry is clipped off
+
+
+def test_legend_band_grows_with_a_wide_image():
+    band = visualize.legend_band(4000, visualize.overlay_legend(truth=True))
+    assert band.shape == (96, 4000, 3)
+    swatch_rows = np.all(band == visualize.PREDICTION_COLOUR, axis=-1).any(axis=1)
+    assert swatch_rows.sum() == 48  # the 12-pixel swatch at 4x
+
+
+def test_predicted_and_evaluated_overlay_files_carry_the_legend(tiny_records, tmp_path):
+    from kunet.builders import build_model
+    from kunet.evaluate import evaluate
+    from kunet.predict_files import predict_files
+    from kunet.records import read_manifest
+    from kunet.segmenter import Segmenter
+
+    config, records = tiny_records
+    model_file = tmp_path / "model.keras"
+    build_model(config, "float32", read_manifest(records)).save(model_file)
+    segmenter = Segmenter(model_file)
+    image = np.random.default_rng(0).integers(0, 255, (48, 400), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "image.png"), image)
+    predict_files(segmenter, [tmp_path / "image.png"], tmp_path / "predicted")
+    predicted = cv2.cvtColor(cv2.imread(str(tmp_path / "predicted" / "image_overlay.png")), cv2.COLOR_BGR2RGB)
+    assert predicted.shape == (48 + 24, 400, 3) and _has_colour(predicted[48:], visualize.PREDICTION_COLOUR)
+    evaluate(segmenter, records, "val", tmp_path / "evaluation")
+    overlays = sorted((tmp_path / "evaluation").glob("*_overlay.png"))
+    assert len(overlays) == 2  # the val frames of tiny_records
+    for path in overlays:
+        evaluated = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        assert evaluated.shape == (96 + 24, 96, 3)  # the blob frames are 96 x 96
+        assert _has_colour(evaluated[96:], visualize.OUTLINE_COLOUR)
