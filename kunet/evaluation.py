@@ -92,7 +92,7 @@ def _score_split(
         per_frame[frame["frame_id"]] = score_frame(classes, frame, segmenter.num_classes, label_kind,
                                                    segmenter.settings.min_object_size, warping=True)  # fmt: skip
         if overlays:
-            overlay = visualize.overlay_prediction(frame["image"], classes, frame["classes"])
+            overlay = visualize.overlay_prediction(frame["image"], classes, frame["classes"], legend=True)
             visualize.save_png(overlays / f"{frame['frame_id']}_overlay.png", overlay)
         if progress:
             progress()

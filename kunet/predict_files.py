@@ -228,7 +228,7 @@ def _write_outputs(image: np.ndarray, result: Segmentation, plan: PredictionPlan
     if result.instances is not None:
         outputs["instances"] = write_image(paths["instances"], result.instances.astype(np.uint16))
     if plan.overlays:
-        overlay = visualize.overlay_prediction(image, result.classes)
+        overlay = visualize.overlay_prediction(image, result.classes, legend=True)
         outputs["overlay"] = write_image(paths["overlay"], overlay, reuse=True)
     return outputs
 
@@ -278,7 +278,7 @@ def predict_files(
         channels: Image channels the model expects (default: the model's).
         mask_format: ``png`` or ``tif`` for label masks (written in the dataset's label values).
         probabilities: ``None``, ``tif`` (foreground probability, float32) or ``npy`` (all classes).
-        overlays: Also write ``<name>_overlay.png``.
+        overlays: Also write ``<name>_overlay.png`` (with a band below the image naming the colours).
 
     Returns:
         One record per image: name, source, outputs written.

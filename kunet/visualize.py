@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -12,8 +13,14 @@ import numpy as np
 from kunet.imageio import write_image
 from kunet.metrics import label_boundaries
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 OUTLINE_COLOUR = (255, 64, 32)  # RGB
 PREDICTION_COLOUR = (40, 220, 255)
+LEGEND_BACKGROUND = (32, 32, 32)
+LEGEND_TEXT = (235, 235, 235)
+LEGEND_ROWS = 24
 
 
 DISPLAY_PERCENTILES = (0.5, 99.5)
@@ -70,15 +77,28 @@ def overlay_outlines(image: np.ndarray, labels: np.ndarray, colour=OUTLINE_COLOU
     return canvas
 
 
-def overlay_prediction(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+def overlay_prediction(
+    image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None, legend: bool = False
+) -> np.ndarray:
     """Predicted foreground tinted, its outline in cyan and (if given) the true outline in red.
 
     Drawn a block of rows at a time (with one row of context for the outlines), so the memory beyond the
     uint8 RGB result does not grow with the image.
+
+    Args:
+        image: Gray or RGB, any dtype.
+        predicted: Class indices [H, W] (foreground > 0).
+        truth: True class indices [H, W], outlined if given.
+        legend: Add the :func:`legend_band` naming the colours below the image (for an overlay file); the image
+            keeps its pixel coordinates. Drawn into the result directly: appending it would copy the overlay.
+
+    Returns:
+        uint8 RGB [H, W, 3], or [H + legend_height(W), W, 3] with ``legend``.
     """
     value_range = display_range(image)
     height, rows = image.shape[0], _block_rows(image)
-    canvas = np.empty((height, image.shape[1], 3), np.uint8)
+    band = legend_band(image.shape[1], overlay_legend(truth is not None)) if legend else None
+    canvas = np.empty((height + (0 if band is None else band.shape[0]), image.shape[1], 3), np.uint8)
     for top in range(0, height, rows):
         bottom = min(top + rows, height)
         context = slice(max(top - 1, 0), min(bottom + 1, height))
@@ -86,7 +106,44 @@ def overlay_prediction(image: np.ndarray, predicted: np.ndarray, truth: np.ndarr
             image[context], predicted[context], None if truth is None else truth[context], value_range
         )
         canvas[top:bottom] = block[top - context.start : bottom - context.start]
+    if band is not None:
+        canvas[height:] = band
     return canvas
+
+
+def overlay_legend(truth: bool) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend entries of :func:`overlay_prediction`: the prediction and, if drawn, the truth."""
+    entries = [("prediction", PREDICTION_COLOUR)]
+    return entries + [("truth (label)", OUTLINE_COLOUR)] if truth else entries
+
+
+def _legend_scale(width: int) -> int:
+    # The band grows with wide images, so it stays legible when a large overlay is viewed whole.
+    return max(1, width // 1000)
+
+
+def legend_height(width: int) -> int:
+    """Rows of the :func:`legend_band` of an image ``width`` pixels wide (24, more above 2000 pixels)."""
+    return LEGEND_ROWS * _legend_scale(width)
+
+
+def legend_band(width: int, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """A dark strip ``width`` pixels wide with a colour swatch and a name per entry, uint8 RGB.
+
+    Entries that do not fit in a narrow image are clipped, not an error.
+    """
+    scale = _legend_scale(width)
+    band = np.full((legend_height(width), width, 3), LEGEND_BACKGROUND, np.uint8)
+    font, font_scale, swatch = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 12 * scale
+    top, x = (band.shape[0] - swatch) // 2, 6 * scale
+    for text, colour in entries:
+        cv2.rectangle(band, (x, top), (x + swatch - 1, top + swatch - 1), colour, cv2.FILLED)
+        x += swatch + 5 * scale
+        (text_width, text_height), _ = cv2.getTextSize(text, font, font_scale, scale)
+        baseline = top + (swatch + text_height) // 2
+        cv2.putText(band, text, (x, baseline), font, font_scale, LEGEND_TEXT, scale, cv2.LINE_AA)
+        x += text_width + 14 * scale
+    return band
 
 
 def _overlay_block(image, predicted, truth, value_range) -> np.ndarray:
@@ -133,52 +190,6 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return write_image(path, rgb)
 
 
-def plot_curves(
-    path: str | os.PathLike, series: dict[str, Sequence[tuple[float, float]]], title: str = "", x_label: str = ""
-) -> Path:
-    """A small line plot of named (x, y) series drawn with OpenCV (no matplotlib dependency).
-
-    The legend sits right of the axes so it never hides a curve.
-    """
-    width, height, margin, legend_width = 900, 400, 50, 190
-    right = width - legend_width
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    font, grey = cv2.FONT_HERSHEY_SIMPLEX, (90, 90, 90)
-    points = [p for values in series.values() for p in values if np.isfinite(p[1])]
-    if points:
-        xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-        x0, x1 = float(xs.min()), float(max(xs.max(), xs.min() + 1e-9))
-        y0, y1 = float(min(ys.min(), 0.0)), float(max(ys.max(), 1e-9))
-        to_px = lambda x, y: (  # noqa: E731
-            int(margin + (x - x0) / (x1 - x0) * (right - margin)),
-            int(height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin)),
-        )
-        cv2.rectangle(canvas, (margin, margin), (right, height - margin), (180, 180, 180), 1)
-        for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
-            value = y0 + fraction * (y1 - y0)
-            _, py = to_px(x0, value)
-            cv2.line(canvas, (margin, py), (right, py), (235, 235, 235), 1)
-            cv2.putText(canvas, f"{value:.3g}", (2, py + 4), font, 0.4, grey, 1)
-        cv2.putText(canvas, f"{x0:g}", (margin, height - margin + 16), font, 0.4, grey, 1)
-        cv2.putText(canvas, f"{x1:g}", (right - 30, height - margin + 16), font, 0.4, grey, 1)
-        if x_label:
-            cv2.putText(canvas, x_label, ((margin + right) // 2 - 20, height - margin + 30), font, 0.45, grey, 1)
-        palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-        for index, (name, values) in enumerate(series.items()):
-            colour = palette[index % len(palette)]
-            finite = [to_px(x, y) for x, y in values if np.isfinite(y)]
-            for a, b in zip(finite, finite[1:]):
-                cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
-            for p in finite if len(finite) < 40 else []:
-                cv2.circle(canvas, p, 3, colour, -1, cv2.LINE_AA)
-            label_y = margin + 16 + 20 * index
-            cv2.line(canvas, (right + 12, label_y - 4), (right + 32, label_y - 4), colour, 2, cv2.LINE_AA)
-            cv2.putText(canvas, name, (right + 38, label_y), font, 0.42, colour, 1, cv2.LINE_AA)
-    if title:
-        cv2.putText(canvas, title, (margin, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    return save_png(path, canvas)
-
-
 def validation_triptych(example: dict) -> np.ndarray:
     """Input, predicted foreground probability and true outlines of a validation frame, uint8 [3, H, W, 3]."""
     image = to_display(example["image"])
@@ -188,10 +199,131 @@ def validation_triptych(example: dict) -> np.ndarray:
     return np.stack([image, prediction, label])
 
 
+def _number(value) -> float:
+    """A history value as a float; missing, empty (an epoch without validation) or unparsable is NaN."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _points(rows: list[dict], values: Sequence[float]) -> list[tuple[float, float]]:
+    """(epoch, value) of each row whose epoch and value are finite numbers."""
+    pairs = ((_number(row.get("epoch")), value) for row, value in zip(rows, values))
+    return [(epoch, value) for epoch, value in pairs if np.isfinite(epoch) and np.isfinite(value)]
+
+
+def _column(rows: list[dict], key: str) -> list[tuple[float, float]]:
+    return _points(rows, [_number(row.get(key)) for row in rows])
+
+
+def _epoch_seconds(rows: list[dict]) -> list[tuple[float, float]]:
+    """Seconds of each epoch from the cumulative ``seconds`` of the run (the first epoch's is its own)."""
+    previous, durations = 0.0, []
+    for row in rows:
+        total = _number(row.get("seconds"))
+        durations.append(total - previous)
+        previous = total if np.isfinite(total) else previous
+    return _points(rows, durations)
+
+
+def history_panels(rows: list[dict], metrics: Sequence[str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """The data :func:`plot_history` draws: panel title -> series name -> (epoch, value) points.
+
+    Args:
+        rows: History rows (dicts as ``history.csv`` holds them; values may be strings, empty when an epoch had
+            no validation).
+        metrics: Validation columns to show; ``val_loss`` goes with the training loss, the others (scores in
+            [0, 1]) share a panel. Columns without a single value are left out.
+
+    Returns:
+        Four panels in drawing order: loss, validation metrics, learning rate and seconds per epoch.
+    """
+    loss = {"loss": _column(rows, "loss")}
+    if "val_loss" in metrics:
+        loss["val_loss"] = _column(rows, "val_loss")
+    panels = {
+        "loss": loss,
+        "validation metrics": {key: _column(rows, key) for key in metrics if key != "val_loss"},
+        "learning rate": {"learning_rate": _column(rows, "learning_rate")},
+        "seconds per epoch": {"seconds": _epoch_seconds(rows)},
+    }
+    return {title: {name: points for name, points in series.items() if points} for title, series in panels.items()}
+
+
+def history_figure(rows: list[dict], title: str, metrics: Sequence[str]) -> Figure:
+    """The four panels of :func:`history_panels` as a matplotlib Figure (no pyplot: no global state).
+
+    Args:
+        rows: History rows (see :func:`history_panels`).
+        title: The figure's title.
+        metrics: Validation columns to show.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 7), dpi=100, layout="constrained")
+    figure.suptitle(title)
+    grid_axes = figure.subplots(2, 2, sharex=True)
+    epochs = sorted({epoch for epoch, _ in _column(rows, "epoch")})
+    for axes, (name, series) in zip(grid_axes.ravel(), history_panels(rows, metrics).items()):
+        _draw_panel(axes, name, series)
+    for axes in grid_axes[1]:
+        axes.set_xlabel("epoch")
+    _epoch_ticks(grid_axes[0, 0], epochs)
+    return figure
+
+
+_Y_LABELS = {"loss": "loss", "validation metrics": "score", "learning rate": "learning rate",
+             "seconds per epoch": "seconds"}  # fmt: skip
+# Curves of up to this many points get a marker per epoch (a single epoch would otherwise draw nothing).
+_MARKER_POINTS = 40
+
+
+def _draw_panel(axes, name: str, series: dict[str, list[tuple[float, float]]]) -> None:
+    axes.set_title(name)
+    axes.grid(True, color="0.9")
+    for label, points in series.items():
+        epochs, values = zip(*points)
+        marker = "o" if len(points) <= _MARKER_POINTS else None
+        axes.plot(epochs, values, label=label, marker=marker, markersize=4, linewidth=1.5)
+    if not series:
+        note = "no validation" if name == "validation metrics" else "no data"
+        axes.text(0.5, 0.5, note, transform=axes.transAxes, ha="center", va="center", color="0.5")
+        axes.set_yticks([])
+        return
+    axes.set_ylabel(_Y_LABELS[name])
+    values = [value for points in series.values() for _, value in points]
+    if name == "learning rate" and min(values) > 0 and max(values) > 10 * min(values):
+        axes.set_yscale("log")
+    else:
+        axes.ticklabel_format(axis="y", useOffset=False)  # a constant rate reads 0.001, not 1e-3 + 0
+    if name == "seconds per epoch":
+        axes.set_ylim(0, 1.08 * max(values))  # from 0: a few seconds of jitter should not look like a doubling
+    if name in ("loss", "validation metrics"):
+        # Outside the axes, so it never hides a curve.
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+
+
+def _epoch_ticks(axes, epochs: list[float]) -> None:
+    """Integer epoch ticks on the (shared) x axis; one epoch gets one tick, not an axis from 1 to 1."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(epochs) == 1:
+        axes.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        axes.set_xticks(epochs)
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_history(rows: list[dict], path: str | os.PathLike, title: str, metrics: Sequence[str]) -> Path:
-    """``training.png``: the training loss and every metric of ``metrics`` a run's history holds, per epoch."""
-    series = {"train loss": [(float(r["epoch"]), float(r["loss"])) for r in rows]}
-    for key in metrics:
-        if rows and key in rows[-1]:
-            series[key] = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
-    return plot_curves(path, series, title=title, x_label="epoch")
+    """Writes ``training.png`` (atomically, also to a URI): the four panels of :func:`history_figure`.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(history_figure(rows, title, metrics))
+    canvas.draw()
+    rgb = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    return write_image(path, rgb, reuse=True)
