@@ -13,23 +13,25 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import SHARED_DATA
 
 from kunet.segmenter import Segmenter
 from kunet.serving.check import check
 from kunet.serving.export import ExportError, export, training_provenance
 
+# Loads the export once and predicts each (image.npy, image.png, labels.npy, mask.png) quadruple of argv.
 _LOAD_AND_PREDICT = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
 model = tf.saved_model.load(sys.argv[1])
-image = np.load(sys.argv[2])
-out = model.signatures["serving_default"](images=tf.constant(image[None, ..., None].astype(np.float32)))
-png = model.signatures["segment_png"](png_bytes=tf.constant([open(sys.argv[3], "rb").read()]))
-png = png["mask_png_bytes"].numpy()[0]
-np.save(sys.argv[4], out["labels"].numpy()[0])
-open(sys.argv[5], "wb").write(png)
-print(json.dumps({k: list(v.shape) for k, v in out.items()}))
+for image_npy, image_png, labels_npy, mask_png in zip(*[iter(sys.argv[2:])] * 4):
+    image = np.load(image_npy)
+    out = model.signatures["serving_default"](images=tf.constant(image[None, ..., None].astype(np.float32)))
+    png = model.signatures["segment_png"](png_bytes=tf.constant([open(image_png, "rb").read()]))
+    open(mask_png, "wb").write(png["mask_png_bytes"].numpy()[0])
+    np.save(labels_npy, out["labels"].numpy()[0])
+    print(json.dumps({k: list(v.shape) for k, v in out.items()}))
 """
 
 
@@ -39,39 +41,52 @@ def trained_run(trained_tiny_run):
     return trained_tiny_run
 
 
-@pytest.mark.parametrize("source", ["isbi slice", "300x517", "96x96"])
-def test_export_loads_in_a_separate_process_and_both_signatures_match_predict(trained_run, tmp_path, source, request):
+_QUADRUPLE = (("image", "npy"), ("image", "png"), ("labels", "npy"), ("mask", "png"))
+
+
+def _export_test_images(shared_data_available: bool) -> dict[str, np.ndarray]:
+    images = {}
+    if shared_data_available:
+        images["isbi slice"] = cv2.imread(str(SHARED_DATA / "isbi2012" / "train" / "images" / "slice_17.png"),
+                                          cv2.IMREAD_UNCHANGED)  # fmt: skip
+    for size in ("300x517", "96x96"):
+        image = np.random.default_rng(0).integers(0, 255, tuple(map(int, size.split("x"))), dtype=np.uint8)
+        image[40:70, 30:80] = 220  # something bright to segment
+        images[size] = image
+    return images
+
+
+def test_export_loads_in_a_separate_process_and_both_signatures_match_predict(trained_run, tmp_path):
     root = tmp_path / "saved_models"
     version_dir = export(trained_run, "tiny", root, log=lambda *a: None)
     assert version_dir == root / "tiny" / "1"
-    if source == "isbi slice":
-        isbi = request.getfixturevalue("isbi_dir")
-        image = cv2.imread(str(isbi / "train" / "images" / "slice_17.png"), cv2.IMREAD_UNCHANGED)
-    else:
-        image = np.random.default_rng(0).integers(0, 255, tuple(map(int, source.split("x"))), dtype=np.uint8)
-        image[40:70, 30:80] = 220  # something bright to segment
-    shape = image.shape
-    np.save(tmp_path / "image.npy", image)
-    cv2.imwrite(str(tmp_path / "image.png"), image)
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_PREDICT, str(version_dir), str(tmp_path / "image.npy"),
-         str(tmp_path / "image.png"), str(tmp_path / "labels.npy"), str(tmp_path / "mask.png")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    # One export and one fresh process for every image: each image still gets its own check below.
+    images = _export_test_images((SHARED_DATA / "isbi2012").is_dir())
+    arguments = []
+    for index, image in enumerate(images.values()):
+        np.save(tmp_path / f"image{index}.npy", image)
+        cv2.imwrite(str(tmp_path / f"image{index}.png"), image)
+        arguments += [str(tmp_path / f"{name}{index}.{suffix}") for name, suffix in _QUADRUPLE]
+    result = subprocess.run([sys.executable, "-c", _LOAD_AND_PREDICT, str(version_dir), *arguments],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    shapes = json.loads(result.stdout.strip().splitlines()[-1])
-    assert shapes == {"probabilities": [1, *shape, 2], "labels": [1, *shape], "classes": [1, *shape]}
-    reference = Segmenter(trained_run).segment(image)
-    expected = reference.label_values
-    # Same masks, except pixels whose probability sits within float noise of the threshold (tile sizes
-    # differ between the export and predict, so sums are ordered differently).
-    decided = np.abs(reference.probabilities[..., 1] - 0.5) > 1e-4
-    served_labels = np.load(tmp_path / "labels.npy")
-    served_png = cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal(served_labels[decided], expected[decided])
-    np.testing.assert_array_equal(served_png, served_labels.astype(np.uint8))
-    assert decided.mean() > 0.999
-    assert set(np.unique(expected)) <= {0, 255}
+    printed = [json.loads(line) for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    assert len(printed) == len(images)
+    segmenter = Segmenter(trained_run)
+    for index, (source, image) in enumerate(images.items()):
+        shape = image.shape
+        assert printed[index] == {"probabilities": [1, *shape, 2], "labels": [1, *shape], "classes": [1, *shape]}
+        reference = segmenter.segment(image)
+        expected = reference.label_values
+        # Same masks, except pixels whose probability sits within float noise of the threshold (tile sizes
+        # differ between the export and predict, so sums are ordered differently).
+        decided = np.abs(reference.probabilities[..., 1] - 0.5) > 1e-4
+        served_labels = np.load(tmp_path / f"labels{index}.npy")
+        served_png = cv2.imread(str(tmp_path / f"mask{index}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(served_labels[decided], expected[decided], err_msg=source)
+        np.testing.assert_array_equal(served_png, served_labels.astype(np.uint8), err_msg=source)
+        assert decided.mean() > 0.999, source
+        assert set(np.unique(expected)) <= {0, 255}, source
 
 
 def test_saved_model_cli_lists_the_documented_signatures(trained_run, tmp_path):
