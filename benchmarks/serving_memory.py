@@ -34,9 +34,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
 
-    from kunet.serving.export import export
     from kunet.inference import InferenceSettings
     from kunet.model import UNet
+    from kunet.serving.export import export
     from kunet.system_info import collect
 
     print(f"cpu: {collect()['cpu']}")

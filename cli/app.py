@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import typer
+from typer.core import TyperCommand
 
 import kunet
 
-app = typer.Typer(
+
+class KunetCommand(TyperCommand):
+    """A command that calls :attr:`prepare` once its command line has parsed, before its body runs.
+
+    ``kunet_cli.main`` sets ``prepare`` to its quiet TensorFlow import, so that a wrong option or choice is
+    refused by the parser at once rather than after the seconds that import takes (``--help`` never gets here).
+    """
+
+    prepare: Callable[[], None] | None = None
+
+    def invoke(self, ctx):
+        if KunetCommand.prepare is not None:
+            KunetCommand.prepare()
+        return super().invoke(ctx)
+
+
+class _Typer(typer.Typer):
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", KunetCommand)  # every kunet command parses before anything slow happens
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="kunet",
     help="U-Net (Ronneberger et al. 2015) for microscopy segmentation: records, fit, predict, evaluate, export.",
     no_args_is_help=True,

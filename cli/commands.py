@@ -16,6 +16,10 @@ from .common import (
     RECORDS_OPTION,
     SET_OPTION,
     VERIFY_RECORDS_OPTION,
+    LabelKind,
+    Precision,
+    Strategy,
+    SyntheticKind,
     fail,
     load_config,
     progress_bars,
@@ -29,7 +33,7 @@ def build_records(
     images: Path = typer.Option(None, help="Flag form: folder of images (or a multi-page TIFF)."),
     labels: Path = typer.Option(None, help="Flag form: folder of labels matched by file stem (or a TIFF)."),
     out: str = typer.Option(None, help="Output folder or URI, e.g. gs://bucket/records/x (default: records.out)."),
-    label_kind: str = typer.Option(None, help="Flag form: binary, instance or multiclass."),
+    label_kind: LabelKind = typer.Option(None, help="Flag form: what the label values mean (labels.kind)."),
     foreground_value: int = typer.Option(None, help="Flag form: label value of the foreground class."),
     shards: int = typer.Option(None, help="Shards per split."),
     val_fraction: float = typer.Option(None, help="Fraction of frames for validation (evenly spread)."),
@@ -119,9 +123,11 @@ def fit(
     epochs: int = typer.Option(None, help="Epochs in total (each train.steps_per_epoch steps)."),
     steps: int = typer.Option(None, help="Steps in total (overrides --epochs)."),
     max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpointed, resumable)."),
-    precision: str = typer.Option(None, help="float32, mixed_bfloat16 or mixed_float16."),
+    precision: Precision = typer.Option(
+        None, help="Numeric precision (default: train.precision); auto: what this machine runs fastest."
+    ),
     jit_compile: bool = typer.Option(None, "--jit-compile/--no-jit-compile", help="XLA-compile the train step."),
-    strategy: str = typer.Option("default", help="default, mirrored (local devices) or multiworker (TF_CONFIG)."),
+    strategy: Strategy = typer.Option("default", help="mirrored: all local devices; multiworker: TF_CONFIG's cluster."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the pipeline without data and exit."),
     verify_records: bool = VERIFY_RECORDS_OPTION,
     set_: list[str] = SET_OPTION,
@@ -181,7 +187,7 @@ def _existing_run(run_dir: str | None, pipeline: Path | None, overrides: list[st
 
 @app.command()
 def synth(
-    kind: str = typer.Argument(..., help="em (ISBI-like membranes) or cells (touching cells, CTC layout)."),
+    kind: SyntheticKind = typer.Argument(..., help="em: ISBI-like membranes; cells: touching cells, CTC layout."),
     out: Path = typer.Option(..., help="Output folder (must not exist unless --overwrite)."),
     count: int = typer.Option(20, help="Number of images."),
     size: int = typer.Option(512, help="Image side in pixels."),
@@ -194,10 +200,8 @@ def synth(
     with user_errors():
         if kind == "em":
             path = synthetic.write_em_dataset(out, count, size, seed, overwrite)
-        elif kind == "cells":
+        else:  # cells (the parser refuses any kind outside SYNTHETIC_KINDS)
             path = synthetic.write_cells_dataset(out, count, size, seed, overwrite=overwrite)
-        else:
-            fail(f"unknown kind {kind!r} (em or cells)")
     typer.echo(f"wrote {count} {kind} images to {path}")
 
 

@@ -7,8 +7,14 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
+
+from kunet.choices import MASK_FORMATS, OBJECTIVES, PROBABILITY_FORMATS, SPLITS, STRATEGIES, SYNTHETIC_KINDS
+from kunet.config import LABEL_KINDS
+from kunet.precision import PRECISIONS
+from kunet.serving.signatures import SIGNATURE_NAMES
 
 # Set to 1 to see the traceback of an error the CLI would otherwise report as one line.
 DEBUG_VARIABLE = "KUNET_DEBUG"
@@ -100,6 +106,19 @@ def progress_bars(quiet: bool = False, every: int | None = None):
     with reporting("none" if quiet else "auto", log=typer.echo, every=every) as factory:
         yield factory
 
+
+# Types of the options whose value is one of a fixed set, from the library's own tuples of names (light
+# modules: no TensorFlow or NumPy before a command runs). Typer makes each a choice: --help lists the names,
+# and the parser refuses any other value in one line before the command starts; values stay plain strings.
+Precision = Literal[PRECISIONS]
+Strategy = Literal[STRATEGIES]
+Split = Literal[SPLITS]
+Objective = Literal[tuple(OBJECTIVES)]
+MaskFormat = Literal[MASK_FORMATS]
+ProbabilityFormat = Literal[PROBABILITY_FORMATS]
+Signature = Literal[SIGNATURE_NAMES]
+SyntheticKind = Literal[SYNTHETIC_KINDS]
+LabelKind = Literal[LABEL_KINDS]
 
 # Options several commands share (Typer reads an option's settings; one object may serve many commands).
 RECORDS_OPTION = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline).")

@@ -7,7 +7,7 @@ import sys
 import tempfile
 
 from . import commands, model_commands  # noqa: F401  (register the subcommands on ``app``)
-from .app import app
+from .app import KunetCommand, app
 
 __all__ = ["app", "main"]
 
@@ -38,9 +38,8 @@ def _import_tensorflow_quietly() -> None:
 
 
 def main():
-    args = sys.argv[1:]
-    if args and not {"--help", "-h", "--version"} & set(args):
-        _import_tensorflow_quietly()
+    # After parsing, not before: --help, --version and a wrong option or choice answer at once.
+    KunetCommand.prepare = _import_tensorflow_quietly
     app()
 
 

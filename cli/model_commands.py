@@ -16,6 +16,12 @@ from .common import (
     RECORDS_OPTION,
     SET_OPTION,
     VERIFY_RECORDS_OPTION,
+    MaskFormat,
+    Objective,
+    Precision,
+    ProbabilityFormat,
+    Signature,
+    Split,
     fail,
     load_config,
     progress_bars,
@@ -28,14 +34,18 @@ def predict(
     model: str = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder (or URI)."),
     inputs: list[Path] = typer.Argument(..., help="Images, folders or multi-page TIFFs."),
     out: Path = typer.Option(Path("predictions"), help="Output folder."),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 (about 2x faster on bf16 CPUs)."),
+    precision: Precision = typer.Option(
+        "float32", help="Numeric precision: mixed_bfloat16 is about 2x faster on bf16 CPUs (auto picks)."
+    ),
     tile_size: int = typer.Option(0, help="Input tile side; 0 chooses the cheapest tiling per image."),
     mirror: bool = typer.Option(
         None, "--mirror/--no-mirror", help="Test-time mirroring: average the four flips (default: as stored)."
     ),
     threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
-    probabilities: str = typer.Option(None, help="Also write probabilities: tif (foreground) or npy (all classes)."),
-    mask_format: str = typer.Option("png", help="Mask file format: png or tif."),
+    probabilities: ProbabilityFormat = typer.Option(
+        None, help="Also write probabilities: tif (foreground) or npy (all classes)."
+    ),
+    mask_format: MaskFormat = typer.Option("png", help="Mask file format."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
     shard: str = typer.Option(
         None,
@@ -107,12 +117,12 @@ def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, ov
 def evaluate(
     model: str = typer.Argument(..., help="Run directory, .keras file or exported SavedModel version folder (or URI)."),
     pipeline: Path = typer.Argument(..., help="Pipeline TOML whose records to score."),
-    split: str = typer.Option("val", help="Records split: val or train."),
+    split: Split = typer.Option("val", help="Records split."),
     records: str = RECORDS_OPTION,
     out: Path = typer.Option(
         None, help="Folder for scores.json, scores.csv and overlays (default: <model>/eval-<split>)."
     ),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
+    precision: Precision = typer.Option("float32", help="Numeric precision of the predictions."),
     mirror: bool = typer.Option(None, "--mirror/--no-mirror", help="Test-time mirroring (default: as stored)."),
     threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
     verify_records: bool = VERIFY_RECORDS_OPTION,
@@ -219,12 +229,12 @@ def _leaderboard_table(report: dict):
 def tune(
     model: Path = typer.Argument(..., help="Run directory (best.keras and last.keras are updated) or .keras file."),
     pipeline: Path = typer.Argument(..., help="Pipeline TOML whose validation records to tune on."),
-    objective: str = typer.Option(
-        "rand", help="rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou or seg."
+    objective: Objective = typer.Option(
+        "rand", help="What the sweep optimises: rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou, seg."
     ),
     records: str = RECORDS_OPTION,
     mirror: bool = typer.Option(False, "--mirror", help="Tune with (and store) test-time mirroring."),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 for the sweep's predictions."),
+    precision: Precision = typer.Option("float32", help="Numeric precision of the sweep's predictions."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the sweep; leave the model unchanged."),
     verify_records: bool = VERIFY_RECORDS_OPTION,
     set_: list[str] = SET_OPTION,
@@ -268,7 +278,7 @@ def export(
     base_dir: str = typer.Option("saved_models", help="Export root: a folder or a URI such as gs://bucket/models."),
     version: int = typer.Option(None, help="Integer version (default: the next free one; never overwritten)."),
     tile_size: int = typer.Option(0, help="Input tile inside the graph (0: cheapest for the training frame size)."),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16."),
+    precision: Precision = typer.Option("float32", help="Numeric precision of the exported graph."),
     max_pixels: int = typer.Option(4096 * 4096, help="Serving bound: most pixels (H x W) of one image."),
     max_batch: int = typer.Option(8, help="Serving bound: most images in one request."),
     check: str = typer.Option(None, "--check", help="Validate an existing export version folder (or URI) instead."),
@@ -302,11 +312,14 @@ def _silent(message: str) -> None:
 @app.command("serve-request")
 def serve_request(
     url: str = typer.Argument(
-        ..., help="Model URL: http://HOST:8501/v1/models/NAME[/versions/N] (REST) or grpc://HOST:8500/NAME (gRPC)."
+        ...,
+        help="Model URL: http://HOST:8501/v1/models/NAME (REST; a version: NAME/versions/N) or grpc://HOST:8500/NAME.",
     ),
     inputs: list[Path] = typer.Argument(..., help="Images (PNG for segment_png; PNG or TIFF for serving_default)."),
     out: Path = typer.Option(..., help="Mask file for one input, or a folder for several (<stem>_mask.png)."),
-    signature: str = typer.Option("segment_png", help="segment_png (PNG in, PNG out) or serving_default (pixels)."),
+    signature: Signature = typer.Option(
+        "segment_png", help="segment_png: PNG in, PNG out; serving_default: pixels in, labels out."
+    ),
     timeout: float = typer.Option(600.0, help="Seconds to wait for each answer."),
 ):
     """Send images to a TensorFlow Serving model exported by kunet and write the masks it returns."""

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kunet.choices import STRATEGIES
 from kunet.config import PipelineConfig
 from kunet.inference import InferenceSettings
 from kunet.losses import segmentation_loss
@@ -171,7 +172,7 @@ def make_strategy(name: str):
         if not os.environ.get("TF_CONFIG"):
             raise RunError("--strategy multiworker needs TF_CONFIG describing the cluster")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise RunError(f"unknown strategy {name!r} (default, mirrored, multiworker)")
+    raise RunError(f"unknown strategy {name!r} ({', '.join(STRATEGIES)})")
 
 
 def is_chief(strategy) -> bool:

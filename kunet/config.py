@@ -45,6 +45,10 @@ class SourceConfig:
     sequences: list[str] = field(default_factory=lambda: ["01", "02"])
 
 
+# What labels.kind may name (LabelConfig below says what each means); also `kunet build-records --label-kind`.
+LABEL_KINDS = ("binary", "instance", "multiclass")
+
+
 @dataclass
 class LabelConfig:
     """What the label values mean.

@@ -21,6 +21,7 @@ def validate(config: PipelineConfig, where: str) -> None:
     def fail(message: str):
         raise ConfigError(f"{where}: {message}")
 
+    from kunet.config import LABEL_KINDS
     from kunet.decision import POSTPROCESSING
     from kunet.precision import PRECISIONS
     from kunet.preprocess import NORMALIZATIONS
@@ -31,7 +32,7 @@ def validate(config: PipelineConfig, where: str) -> None:
 
     choices = {  # the registries hold what can be named; fixed vocabularies are spelled here
         "source.kind": (config.source.kind, tuple(SOURCES)),
-        "labels.kind": (config.labels.kind, ("binary", "instance", "multiclass")),
+        "labels.kind": (config.labels.kind, LABEL_KINDS),
         "image.normalize": (config.image.normalize, tuple(NORMALIZATIONS)),
         "augment.on": (config.augment.on, ("auto", "host", "device")),
         "model.variant": (config.model.variant, ("paper", "release2015")),

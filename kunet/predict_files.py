@@ -25,6 +25,7 @@ import numpy as np
 
 from kunet import visualize
 from kunet._fs import atomic_save, temporary_sibling
+from kunet.choices import MASK_FORMATS, PROBABILITY_FORMATS
 from kunet.errors import KunetError
 from kunet.imageio import (
     READABLE_SUFFIXES,
@@ -42,8 +43,6 @@ from kunet.tiff import write_float_strips
 
 # Above this many pixels an image is predicted one row of tiles at a time (bounded memory).
 STREAMING_PIXELS = 4096 * 4096
-MASK_FORMATS = ("png", "tif")
-PROBABILITY_FORMATS = ("tif", "npy")
 
 
 class PredictionInputError(KunetError):

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from kunet._fs import atomic_save, atomic_write_json
+from kunet.choices import OBJECTIVES  # name: (metric key, minimise?)
 from kunet.decision import DecisionRule
 from kunet.errors import KunetError
 from kunet.progress import ProgressFactory, no_progress
@@ -24,15 +25,6 @@ from kunet.runs import RunPaths, check_run_free, locked_run
 from kunet.scoring import mean_scores, score_frame
 from kunet.segmenter import Segmenter
 
-OBJECTIVES = {
-    # name: (metric key, minimise?)
-    "rand+pixel": ("rand_plus_pixel", True),
-    "rand": ("adapted_rand_error_grown", True),
-    "rand_raw": ("adapted_rand_error", True),
-    "pixel": ("pixel_error", True),
-    "iou": ("iou", False),
-    "seg": ("seg", False),
-}
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 WATERSHED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 

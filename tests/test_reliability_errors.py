@@ -374,20 +374,43 @@ def no_model_load(monkeypatch):
 
 @pytest.mark.parametrize(
     "flags, words",
-    [
-        (["--probabilities", "png"], "--probabilities must be tif (foreground probability) or npy"),
-        (["--mask-format", "jpg"], "--mask-format must be png or tif, got 'jpg'"),
-        (["--precision", "fp8"], "--precision must be one of"),
-        (["--threshold", "1.5"], "--threshold must be in (0, 1), got 1.5"),
+    [  # a name outside an option's choices is refused by the parser (tests/test_cli.py checks every such option)
+        (["--probabilities", "png"], "Invalid value for '--probabilities'"),
+        (["--mask-format", "jpg"], "Invalid value for '--mask-format'"),
+        (["--precision", "fp8"], "Invalid value for '--precision'"),
+        (["--threshold", "1.5"], "error: --threshold must be in (0, 1), got 1.5"),
     ],
 )
 def test_predict_refuses_bad_options_before_loading_the_model(tmp_path, tiny_model_file, no_model_load, flags, words):
     image = tmp_path / "img.png"
     _write_png(image, (40, 40))
-    line = _one_red_line(
-        runner.invoke(app, ["predict", str(tiny_model_file), str(image), "--out", str(tmp_path / "o"), *flags])
-    )
-    assert words in line and not (tmp_path / "o").exists()
+    command = ["predict", str(tiny_model_file), str(image), "--out", str(tmp_path / "o"), *flags]
+    result = runner.invoke(app, command, env={"COLUMNS": "400"})  # rich wraps the parser's message at 80
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len([line for line in result.output.splitlines() if words in line]) == 1, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_library_functions_refuse_a_name_outside_their_choices(tmp_path):
+    # Library callers do not pass through the CLI's parser: each function still names the bad value.
+    from kunet.builders import make_strategy
+    from kunet.predict_files import check_output_options
+    from kunet.segmenter import check_prediction_options
+    from kunet.serving.requests import request_masks
+    from kunet.tune import tune
+
+    cases = [
+        (lambda: check_output_options("jpg", None), "--mask-format must be png or tif, got 'jpg'"),
+        (lambda: check_output_options("png", "png"), "--probabilities must be tif (foreground probability) or npy"),
+        (lambda: check_prediction_options("fp8", 0, None), "--precision must be one of"),
+        (lambda: make_strategy("tpu"), "unknown strategy 'tpu' (default, mirrored, multiworker)"),
+        (lambda: tune(tmp_path, tmp_path, "dice"), "objective must be one of"),
+        (lambda: request_masks("http://h/v1/models/m", [], tmp_path, "x"), "--signature must be segment_png or"),
+    ]
+    for call, words in cases:
+        with pytest.raises(KunetError) as error:
+            call()
+        assert words in str(error.value)
 
 
 def test_an_output_folder_under_a_regular_file_is_named_before_the_model_loads(

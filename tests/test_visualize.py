@@ -132,7 +132,7 @@ def test_legend_band_grows_with_a_wide_image():
 
 def test_predicted_and_evaluated_overlay_files_carry_the_legend(tiny_records, tmp_path):
     from kunet.builders import build_model
-    from kunet.evaluate import evaluate
+    from kunet.evaluation import evaluate
     from kunet.predict_files import predict_files
     from kunet.records import read_manifest
     from kunet.segmenter import Segmenter

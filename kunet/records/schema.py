@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from kunet.choices import SPLITS as SPLITS  # re-exported: kunet.records.SPLITS
 from kunet.errors import KunetError
 from kunet.imageio import encode_png
 from kunet.sources import Frame
@@ -34,7 +35,6 @@ from kunet.sources import Frame
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("counts", "image", "labels", "shards", "sources")  # what readers look up
-SPLITS = ("train", "val")
 
 
 class RecordsError(KunetError):

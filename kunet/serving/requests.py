@@ -45,8 +45,8 @@ def request_masks(
             the ``labels`` output written as PNG).
         timeout: Seconds to wait for each answer.
     """
-    if signature not in (names.PNG_SIGNATURE, names.PIXELS_SIGNATURE):
-        raise ServingRequestError(f"--signature must be {names.PNG_SIGNATURE} or {names.PIXELS_SIGNATURE}")
+    if signature not in names.SIGNATURE_NAMES:
+        raise ServingRequestError(f"--signature must be {' or '.join(names.SIGNATURE_NAMES)}")
     paths = [Path(path) for path in inputs]
     for path in paths:
         if not path.is_file():

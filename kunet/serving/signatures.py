@@ -15,10 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from kunet.errors import KunetError
-from kunet.serving.rules import BYTES_SUFFIX
 
 PIXELS_SIGNATURE = "serving_default"
 PNG_SIGNATURE = "segment_png"
+# Every signature an export serves (kunet.serving.graph.SIGNATURES registers what each computes); the choices
+# of ``kunet serve-request --signature``, the default first.
+SIGNATURE_NAMES = (PNG_SIGNATURE, PIXELS_SIGNATURE)
 
 IMAGES = "images"
 PROBABILITIES = "probabilities"
@@ -59,6 +61,8 @@ def string_outputs_without_bytes_suffix(signatures: dict[str, dict]) -> list[str
     Args:
         signatures: ``{signature: {"outputs": {name: dtype_name}}}``, e.g. read from a loaded SavedModel.
     """
+    from kunet.serving.rules import BYTES_SUFFIX  # here, not at the top: rules imports NumPy, the CLI reads this
+
     return [
         f"{signature}/{name}"
         for signature, parts in signatures.items()
