@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from kunet.sizes import (  # noqa: F401  (re-exported: the size arithmetic is part of the model's interface)
@@ -28,6 +29,8 @@ from kunet.sizes import (  # noqa: F401  (re-exported: the size arithmetic is pa
     check_depth,
     nearest_valid_sizes,
     output_size,
+    size_error,
+    size_rule,
     skip_crops,
     smallest_valid_input,
     valid_input_size,
@@ -146,6 +149,10 @@ class UNet(keras.Model):
             for dim in (shape[1], shape[2]):
                 if dim is not None:
                     output_size(int(dim), self.depth, self.padding)
+            # A graph traced with unknown sizes (a relaxed predict function, an input signature of None)
+            # checks them when it runs. KerasTensors (functional construction) have no values to check.
+            if (shape[1] is None or shape[2] is None) and isinstance(inputs, tf.Tensor) and not tf.executing_eagerly():
+                inputs = checked_input_sizes(inputs, self.depth, self.padding)
         return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self) -> dict:
@@ -170,6 +177,32 @@ class UNet(keras.Model):
     @classmethod
     def from_config(cls, config: dict) -> UNet:
         return cls(**config)
+
+
+def checked_input_sizes(images: tf.Tensor, depth: int, padding: str) -> tf.Tensor:
+    """``images`` behind an in-graph check of each spatial size unknown at trace time, with the eager message.
+
+    A size that does not fit raises InvalidArgumentError naming the size, the rule and the nearest valid
+    sizes, instead of a ConcatOp shape mismatch deep in the expanding path. Under XLA (``jit_compile``) the
+    Assert op is compiled away, so there the check does nothing and costs nothing.
+    """
+    first, step = size_rule(depth, padding)
+    template = size_error(depth, padding).format(size="{}", below="{}", above="{}")
+    with tf.name_scope("input_size_check"):
+        dynamic_shape = tf.shape(images)
+        checks = []
+        for axis in (1, 2):
+            if images.shape[axis] is not None:
+                continue
+            size = dynamic_shape[axis]
+            below = first + tf.maximum(size - first, 0) // step * step
+            above = tf.where(size <= below, below, below + step)
+            # Height before width, as in the eager check: the first size that does not fit is the one named.
+            with tf.control_dependencies(checks):
+                fits = tf.logical_and(size >= first, (size - first) % step == 0)
+                checks = [tf.debugging.Assert(fits, [tf.strings.format(template, (size, below, above))])]
+        with tf.control_dependencies(checks):
+            return tf.identity(images)
 
 
 @dataclasses.dataclass

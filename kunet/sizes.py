@@ -86,8 +86,7 @@ def smallest_valid_input(depth: int) -> int:
 
 def nearest_valid_sizes(input_size: int, depth: int = 4, padding: str = "valid") -> tuple[int, int]:
     """The closest valid input sizes at or below and at or above ``input_size``."""
-    period = 2**depth
-    first = smallest_valid_input(depth) if padding == "valid" else period
+    first, period = size_rule(depth, padding)
     if input_size <= first:
         return first, first
     below = first + ((input_size - first) // period) * period
@@ -122,14 +121,30 @@ def output_size(input_size: int, depth: int = 4, padding: str = "valid") -> int:
         if result is not None:
             return result
     below, above = nearest_valid_sizes(input_size, depth, padding)
+    raise ValueError(size_error(depth, padding).format(size=input_size, below=below, above=above))
+
+
+def size_rule(depth: int, padding: str) -> tuple[int, int]:
+    """``(first, step)``: the valid input sizes are exactly ``first + step * k`` for k >= 0."""
+    check_choice("padding", padding, PADDINGS)
+    period = 2**depth
+    return (smallest_valid_input(depth) if padding == "valid" else period), period
+
+
+def size_error(depth: int, padding: str) -> str:
+    """The message for an input size that does not fit, with ``{size}``, ``{below}`` and ``{above}`` left open.
+
+    One template for the eager check and the in-graph one (:mod:`kunet.model`), so both say the same.
+    """
+    first, step = size_rule(depth, padding)
     rule = (
-        f"valid inputs are {smallest_valid_input(depth)} + {2**depth}k"
+        f"valid inputs are {first} + {step}k"
         if padding == "valid"
-        else f"same-padding inputs must be positive multiples of {2**depth}"
+        else f"same-padding inputs must be positive multiples of {step}"
     )
-    raise ValueError(
-        f"input size {input_size} does not fit a depth-{depth} U-Net with {padding} padding ({rule}); "
-        f"nearest valid sizes: {below} and {above}"
+    return (
+        f"input size {{size}} does not fit a depth-{depth} U-Net with {padding} padding ({rule}); "
+        "nearest valid sizes: {below} and {above}"
     )
 
 

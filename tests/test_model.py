@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kunet.model import UNet, nearest_valid_sizes, output_size, skip_crops, valid_input_size
 
@@ -65,6 +66,45 @@ def test_invalid_size_error_names_the_nearest_valid_sizes(paper_net):
     assert nearest_valid_sizes(100) == (188, 188)
     with pytest.raises(ValueError, match="nearest valid sizes: 556 and 572"):
         paper_net(np.zeros((1, 572, 570, 1), np.float32))
+
+
+def test_predict_with_a_relaxed_shape_names_the_nearest_valid_sizes():
+    model = UNet(input_channels=1, num_classes=2, base_filters=4, depth=2)
+    model.predict(np.zeros((1, 60, 60, 1), np.float32), verbose=0)
+    model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0)  # reduce_retracing: height and width -> None
+    message = r"input size 61 does not fit a depth-2 U-Net .*valid inputs are 44 \+ 4k.*nearest valid sizes: 60 and 64"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        model.predict(np.zeros((1, 61, 61, 1), np.float32), verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("padding", "valid_hw", "bad_hw", "message"),
+    [
+        ("valid", (60, 64), (60, 61), "input size 61 does not fit .* nearest valid sizes: 60 and 64"),
+        ("valid", (44, 48), (30, 61), "input size 30 does not fit .* nearest valid sizes: 44 and 44"),
+        ("same", (4, 12), (12, 10), "input size 10 does not fit .*multiples of 4.* nearest valid sizes: 8 and 12"),
+    ],
+)
+def test_a_graph_with_unknown_sizes_checks_them_when_it_runs(padding, valid_hw, bad_hw, message):
+    model = UNet(base_filters=4, depth=2, padding=padding, seed=0)
+    spec = tf.TensorSpec([None, None, None, 1], tf.float32)
+    predict = tf.function(lambda images: model(images, training=False), input_signature=[spec])
+    valid = np.random.default_rng(0).random((2, *valid_hw, 1), dtype=np.float32)
+    np.testing.assert_allclose(predict(valid).numpy(), model(valid, training=False).numpy(), atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        predict(np.zeros((1, *bad_hw, 1), np.float32))
+
+
+def test_static_sizes_add_no_check_to_the_graph():
+    model = UNet(base_filters=4, depth=2, seed=0)
+
+    def op_names(shape):
+        spec = tf.TensorSpec(shape, tf.float32)
+        graph = tf.function(lambda images: model(images)).get_concrete_function(spec).graph
+        return [op.name for op in graph.get_operations()]
+
+    assert not any("input_size_check" in name for name in op_names([None, 60, 64, 1]))
+    assert any("input_size_check" in name for name in op_names([None, 60, None, 1]))
 
 
 def test_keras_round_trip_gives_identical_outputs(tmp_path):
