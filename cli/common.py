@@ -11,7 +11,15 @@ from typing import Literal
 
 import typer
 
-from kunet.choices import MASK_FORMATS, OBJECTIVES, PROBABILITY_FORMATS, SPLITS, STRATEGIES, SYNTHETIC_KINDS
+from kunet.choices import (
+    EXPORT_FORMATS,
+    MASK_FORMATS,
+    OBJECTIVES,
+    PROBABILITY_FORMATS,
+    SPLITS,
+    STRATEGIES,
+    SYNTHETIC_KINDS,
+)
 from kunet.config import LABEL_KINDS
 from kunet.precision import PRECISIONS
 from kunet.serving.signatures import SIGNATURE_NAMES
@@ -119,6 +127,7 @@ ProbabilityFormat = Literal[PROBABILITY_FORMATS]
 Signature = Literal[SIGNATURE_NAMES]
 SyntheticKind = Literal[SYNTHETIC_KINDS]
 LabelKind = Literal[LABEL_KINDS]
+ExportFormat = Literal[EXPORT_FORMATS]
 
 # Options several commands share (Typer reads an option's settings; one object may serve many commands).
 RECORDS_OPTION = typer.Option(None, help="Records folder or URI (default: records.out of the pipeline).")

@@ -16,6 +16,7 @@ from .common import (
     RECORDS_OPTION,
     SET_OPTION,
     VERIFY_RECORDS_OPTION,
+    ExportFormat,
     MaskFormat,
     Objective,
     Precision,
@@ -283,8 +284,19 @@ def export(
     max_batch: int = typer.Option(8, help="Serving bound: most images in one request."),
     check: str = typer.Option(None, "--check", help="Validate an existing export version folder (or URI) instead."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the result line, no stage lines."),
+    format_: ExportFormat = typer.Option(
+        "tf-serving", "--format", help="tf-serving: a versioned SavedModel; bioimageio: a BioImage Model Zoo zip."
+    ),
+    out: Path = typer.Option(None, help="bioimageio: the package zip (default: <base-dir>/<name>.bioimageio.zip)."),
+    author: list[str] = typer.Option([], "--author", help="bioimageio: an author's name (repeatable)."),
+    description: str = typer.Option(None, help="bioimageio: one or two sentences about the model."),
+    tag: list[str] = typer.Option([], "--tag", help="bioimageio: a search word (repeatable)."),
+    license_: str = typer.Option(None, "--license", help="bioimageio: SPDX licence of the weights (CC-BY-4.0)."),
 ):
-    """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one."""
+    """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one; or a
+    bioimage.io model package for Fiji (deepImageJ), ilastik and napari (--format bioimageio).
+
+    bioimageio settings not given as flags come from the run's pipeline TOML, section [package]."""
     from kunet.serving import export as export_lib
     from kunet.serving.signatures import ServingLimits
     from kunet.tiling import TilingOptions
@@ -299,6 +311,18 @@ def export(
         if model is None:
             fail("give a run directory or .keras file to export, or --check EXPORT_DIR")
         limits = ServingLimits(max_pixels=max_pixels, max_batch=max_batch)
+        if format_ == "bioimageio":
+            from kunet.serving.bioimageio import package_info, write_package
+
+            flags = {"name": name if name != "unet" else "", "authors": author, "description": description,
+                     "tags": tag, "license": license_}  # fmt: skip
+            info = package_info(model, flags)
+            destination = write_package(model, out or Path(base_dir) / f"{name}.bioimageio.zip", info,
+                                        TilingOptions(tile_size=tile_size), precision,
+                                        log=_silent if quiet else typer.echo, limits=limits)  # fmt: skip
+            if quiet:
+                typer.echo(f"wrote {destination}")
+            return
         destination = export_lib.export(model, name, base_dir, version, TilingOptions(tile_size=tile_size),
                                         precision, log=_silent if quiet else typer.echo, limits=limits)  # fmt: skip
     if quiet:

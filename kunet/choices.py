@@ -32,3 +32,6 @@ PROBABILITY_FORMATS = ("tif", "npy")
 
 # kunet.synthetic: the data sets ``kunet synth`` writes (write_em_dataset, write_cells_dataset).
 SYNTHETIC_KINDS = ("em", "cells")
+
+# kunet export --format: a TensorFlow Serving SavedModel version, or a bioimage.io model package.
+EXPORT_FORMATS = ("tf-serving", "bioimageio")

@@ -255,6 +255,22 @@ class InferenceConfig:
 
 
 @dataclass
+class PackageConfig:
+    """What a bioimage.io package says about the model (``kunet export --format bioimageio``; flags override).
+
+    ``name`` defaults to the pipeline's name; ``license`` is an SPDX identifier; ``documentation`` is Markdown
+    added to the package's README (the data set, its source, how the labels were made).
+    """
+
+    name: str = ""
+    description: str = ""
+    authors: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=lambda: ["segmentation", "unet", "kunet"])
+    license: str = "CC-BY-4.0"
+    documentation: str = ""
+
+
+@dataclass
 class PipelineConfig:
     """One dataset/experiment: the whole TOML file."""
 
@@ -269,6 +285,7 @@ class PipelineConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    package: PackageConfig = field(default_factory=PackageConfig)
     # Where relative paths resolve; set by load_pipeline, not read from TOML.
     base_dir: str = field(default=".", metadata={"internal": True})
     config_path: str = field(default="", metadata={"internal": True})

@@ -122,6 +122,8 @@ def training_provenance(model_file: Path | str) -> dict | None:
         "model_file": uris.name(model_file),
         "run_status": state.get("status"),
         "run_steps": state.get("step"),
+        "best_metric": state.get("best_metric"),
+        "best_value": state.get("best_value"),
         "pipeline": pipeline.get("name"),
         # Without the records, only the configured weights are known (`--records` may have differed).
         "weight_map": weight_map or {"as_configured": pipeline.get("weights")},
