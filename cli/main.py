@@ -6,6 +6,13 @@ import os
 import sys
 import tempfile
 
+import typer
+
+try:  # Typer 0.2x vendors click; older Typer depends on it
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 from . import commands, model_commands  # noqa: F401  (register the subcommands on ``app``)
 from .app import KunetCommand, app
 
@@ -40,7 +47,28 @@ def _import_tensorflow_quietly() -> None:
 def main():
     # After parsing, not before: --help, --version and a wrong option or choice answer at once.
     KunetCommand.prepare = _import_tensorflow_quietly
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except ClickException as error:
+        # A bad option or value: one line, as kunet's own errors are (rich would draw a box of several lines
+        # that a log file keeps as box-drawing characters).
+        sys.exit(_report_usage_error(error))
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report_usage_error(error) -> int:
+    from .common import one_line
+
+    where = error.ctx.command_path if getattr(error, "ctx", None) is not None else "kunet"
+    message = one_line(error.format_message().replace("Value error, ", ""))
+    typer.secho(f"error: {where}: {message} (see {where} --help)", fg=typer.colors.RED, err=True)
+    return error.exit_code
 
 
 if __name__ == "__main__":
