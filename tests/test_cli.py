@@ -218,7 +218,7 @@ def _recorder(seen: dict, read):
          "kunet.records.build_records", lambda config, **_: {"kind": config.labels.kind}, {"kind": "instance"}),
         (["predict", "MODEL", "IMAGE", "--precision", "auto", "--mask-format", "tif", "--probabilities", "npy"],
          "kunet.predict_files.plan_predictions",
-         lambda inputs, out, mask_format, probabilities, overlays: {"formats": (mask_format, probabilities)},
+         lambda inputs, out, mask_format, probabilities, overlays, *_: {"formats": (mask_format, probabilities)},
          {"formats": ("tif", "npy")}),
         (["evaluate", "MODEL", "PIPELINE", "--precision", "mixed_float16", "--split", "train"],
          "kunet.segmenter.Segmenter", lambda model, precision, *_: {"precision": precision},
