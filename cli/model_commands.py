@@ -46,7 +46,9 @@ def predict(
     probabilities: ProbabilityFormat = typer.Option(
         None, help="Also write probabilities: tif (foreground) or npy (all classes)."
     ),
-    mask_format: MaskFormat = typer.Option("png", help="Mask file format."),
+    mask_format: MaskFormat = typer.Option(
+        "png", help="Mask file format (a TIFF stack's masks are always one ImageJ TIFF stack)."
+    ),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
     shard: str = typer.Option(
         None,
@@ -56,6 +58,12 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="With --shard: predict again inputs already complete."),
     quiet: bool = QUIET_OPTION,
     log_every: int = LOG_EVERY_OPTION,
+    axes: str = typer.Option(
+        None,
+        help="The axes of the input TIFFs, overriding what the files say (one letter per axis, e.g. ZCYX or "
+        "TZCYX): Z, T and other letters make planes, C and S channels.",
+    ),
+    channel: int = typer.Option(None, min=0, help="Predict only this channel (0-based) of multi-channel images."),
 ):
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
@@ -72,11 +80,12 @@ def predict(
             fail("--overwrite goes with --shard (without it, predict always writes every output anew)")
         shard_spec = None if shard is None else parse_shard(shard)
         model_path = resolve_model_path(model)
-        plan = plan_predictions(inputs, out, mask_format, probabilities, overlays)
+        plan = plan_predictions(inputs, out, mask_format, probabilities, overlays, axes, channel)
         for path in plan.skipped:
             typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
         if shard_spec is not None:
             options = {"precision": precision, "tile_size": tile_size, "mirror": mirror, "threshold": threshold}
+            options |= {key: value for key, value in (("axes", axes), ("channel", channel)) if value is not None}
             _predict_shard(model, model_path, plan, shard_spec, options, overwrite, (quiet, log_every))
             return
         segmenter = Segmenter(model, precision, TilingOptions(tile_size=tile_size), mirror, threshold)

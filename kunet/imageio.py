@@ -1,21 +1,29 @@
 """Reading and writing image files with errors that name the file and the problem.
 
-OpenCV reads PNG and (multi-page) TIFF at 8 or 16 bit; colour comes back as BGR and is turned into RGB
-here so the rest of kunet never sees channel order surprises. A TIFF's pages are first counted from its
-structure (:mod:`kunet.tiff`), so a stack cut short is an error instead of fewer pages. Writers go through
-a temporary file and a rename (:mod:`kunet._fs`), so an interrupted run or a full disk never leaves a
-half-written image behind, and outputs get the usual permissions of the user's umask.
+OpenCV reads PNG, JPEG and BMP at 8 or 16 bit; colour comes back as BGR and is turned into RGB here so the
+rest of kunet never sees channel order surprises. TIFF goes through ``tifffile``: any dtype (uint8, uint16,
+int16, float32; float64 is read as float32), with the axes of the file kept (ImageJ hyperstacks ``TZCYX``,
+OME-TIFF, or axes declared by the caller): a file yields one image per plane (every combination of its Z,
+T and other non-channel axes), and channels, whether samples of a pixel or separate pages, are the last axis
+of that image. Planes are read one at a time (memory-mapped when the data allow), so a long stack is never
+held whole. A TIFF's pages are first checked against its structure (:mod:`kunet.tiff`), so a stack cut
+short is an error naming the first lost page instead of fewer images. Writers go through a temporary file
+and a rename (:mod:`kunet._fs`), so an interrupted run or a full disk never leaves a half-written image
+behind, and outputs get the usual permissions of the user's umask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 
 from kunet import tiff, uris
 from kunet._fs import atomic_write_bytes
@@ -54,13 +62,155 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
-def iter_pages(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """The pages of an image file one at a time (one for PNG/JPEG/BMP, one or more for TIFF), RGB order,
-    original dtype; a long stack is never held in memory whole.
+# Axes letters that make the channels of one image: C (channels, often separate pages) and S (samples of a
+# pixel, e.g. RGB). Y and X are the image; every other axis (Z, T, and tifffile's Q/I/E/...) makes planes.
+CHANNEL_AXES = "CS"
+# Dtypes a TIFF may give as they are; float64 and float16 are read as float32.
+_FLOAT_AS_FLOAT32 = (np.float64, np.float16)
+
+
+@dataclass(frozen=True)
+class TiffLayout:
+    """The first image series of a TIFF: its axes (as stored or as declared), shape, dtype and resolution.
+
+    ``planes`` images come out of the file, each [Y, X] or [Y, X, C] with ``channels`` channels (C and S
+    together, in file order).
+    """
+
+    axes: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pages: int  # TIFF pages (directories) of the series, in C order over the leading axes
+    memory_mappable: bool
+    resolution: dict  # tifffile.imwrite keywords: resolution, resolutionunit, and ImageJ spacing/unit
+
+    @property
+    def plane_axes(self) -> str:
+        return "".join(axis for axis in self.axes if axis not in "YX" + CHANNEL_AXES)
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        return tuple(size for axis, size in zip(self.axes, self.shape) if axis in self.plane_axes)
+
+    @property
+    def planes(self) -> int:
+        return math.prod(self.plane_shape)
+
+    @property
+    def channels(self) -> int:
+        return math.prod(size for axis, size in zip(self.axes, self.shape) if axis in CHANNEL_AXES)
+
+
+def _resolution(tif: tifffile.TiffFile) -> dict:
+    """The first page's XResolution/YResolution/ResolutionUnit and ImageJ spacing/unit, as imwrite keywords."""
+    page, found = tif.pages.first, {}
+    tags = page.tags
+    if "XResolution" in tags and "YResolution" in tags:
+        found["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
+        if "ResolutionUnit" in tags:
+            found["resolutionunit"] = int(tags["ResolutionUnit"].value)
+    metadata = tif.imagej_metadata or {}
+    found["imagej"] = {key: metadata[key] for key in ("spacing", "unit", "finterval") if key in metadata}
+    return found
+
+
+_EXAMPLE_AXES = {2: "YX", 3: "ZYX", 4: "ZCYX", 5: "TZCYX", 6: "TZCYXS"}
+
+
+def _declared_axes(axes: str, shape: tuple[int, ...], stored: str, where: str) -> str:
+    axes = axes.upper()
+    if len(axes) != len(shape) or len(set(axes)) != len(axes) or "Y" not in axes or "X" not in axes:
+        example = _EXAMPLE_AXES.get(len(shape), "TZCYX")
+        raise ImageReadError(
+            f"{where}: --axes {axes} does not fit the file's {len(shape)} axes {stored} of shape "
+            f"{'x'.join(map(str, shape))}: name each axis once, with Y and X (e.g. {example})"
+        )
+    if axes[-2:] != "YX" and axes[-3:] not in ("YXS", "YXC"):
+        raise ImageReadError(f"{where}: --axes {axes}: Y and X must be the last axes (a channel axis may follow)")
+    return axes
+
+
+def tiff_layout(path: str | os.PathLike, axes: str | None = None) -> TiffLayout:
+    """The layout of a TIFF's first series (see :class:`TiffLayout`); ``axes`` declares its axes instead of
+    the file's own (same number of axes as the file's, e.g. ``ZCYX`` for a 4-D stack tifffile calls ``QQYX``)."""
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, stored = tuple(series.shape), series.axes
+            if len(shape) < 2:
+                raise ImageReadError(f"{path}: not an image (TIFF series of shape {shape})")
+            declared = _declared_axes(axes, shape, stored, str(path)) if axes else stored
+            mappable = series.dataoffset is not None and tif.pages.first.is_memmappable
+            dtype = np.dtype(series.dtype)
+            return TiffLayout(declared, shape, dtype, len(series), mappable, _resolution(tif))
+    except ImageReadError:
+        raise
+    except Exception as error:  # tifffile's errors (TiffFileError, ValueError, struct errors) name no file
+        raise ImageReadError(f"{path}: unreadable TIFF: {error}") from None
+
+
+def _plane(tif: tifffile.TiffFile, layout: TiffLayout, mapped, plane: int, channel: int | None) -> np.ndarray:
+    """Image ``plane`` of the file as [Y, X] or [Y, X, C] (one channel: [Y, X]), read alone."""
+    fixed = dict(zip(layout.plane_axes, np.unravel_index(plane, layout.plane_shape))) if layout.plane_axes else {}
+    channel_axes = [axis for axis in layout.axes if axis in CHANNEL_AXES]
+    if channel is not None and len(channel_axes) == 1:
+        fixed[channel_axes[0]] = channel
+    index = tuple(int(fixed[axis]) if axis in fixed else slice(None) for axis in layout.axes)
+    if mapped is not None:
+        block = np.array(mapped[index])
+    else:
+        block = _read_pages(tif, layout, index)
+    kept = [axis for axis, item in zip(layout.axes, index) if isinstance(item, slice)]
+    order = [kept.index("Y"), kept.index("X")] + [i for i, axis in enumerate(kept) if axis in CHANNEL_AXES]
+    block = block.transpose(order)
+    block = block.reshape(block.shape[:2] + ((math.prod(block.shape[2:]),) if block.ndim > 2 else ()))
+    if channel is not None and block.ndim == 3:
+        block = block[..., channel]
+    if block.dtype in _FLOAT_AS_FLOAT32:
+        block = block.astype(np.float32)
+    return np.ascontiguousarray(block)
+
+
+def _read_pages(tif: tifffile.TiffFile, layout: TiffLayout, index: tuple) -> np.ndarray:
+    """The part of the series at ``index`` (ints and full slices), decoding only the pages it lies in."""
+    leading, count = 0, 1
+    while count < layout.pages and leading < len(layout.shape):
+        count *= layout.shape[leading]
+        leading += 1
+    if count != layout.pages:  # pages that do not split the leading axes: read the series (rare, small files)
+        return np.asarray(tif.asarray(series=0).reshape(layout.shape)[index])
+    if not leading:  # one page holds the whole series
+        return np.asarray(tif.asarray(key=0, series=0).reshape(layout.shape)[index])
+    ranges = [range(size) if isinstance(item, slice) else [item] for item, size in zip(index, layout.shape)]
+    grid = np.stack(np.meshgrid(*ranges[:leading], indexing="ij"), axis=-1).reshape(-1, leading)
+    keys = np.ravel_multi_index(tuple(grid.T), layout.shape[:leading]).tolist()
+    data = tif.asarray(key=keys, series=0).reshape([len(r) for r in ranges[:leading]] + list(layout.shape[leading:]))
+    inner = tuple(0 if isinstance(item, int) else slice(None) for item in index[:leading]) + index[leading:]
+    return data[inner]
+
+
+def _check_channel(layout: TiffLayout, channel: int | None, where: str) -> None:
+    if channel is not None and not 0 <= channel < max(layout.channels, 1):
+        raise ImageReadError(
+            f"{where}: --channel {channel} is not in 0..{layout.channels - 1} (axes {layout.axes}, "
+            f"{layout.channels} channel(s))"
+        )
+
+
+def iter_pages(path: str | os.PathLike, axes: str | None = None, channel: int | None = None) -> Iterator[np.ndarray]:
+    """The images of a file one at a time: one for PNG/JPEG/BMP, one per plane for TIFF (see
+    :class:`TiffLayout`), RGB order, the dtype as stored (float64 as float32); a long stack is never held
+    in memory whole.
+
+    Args:
+        path: The image file.
+        axes: TIFF only: the file's axes declared (e.g. ``ZCYX``), instead of what the file says.
+        channel: Only this channel (0-based) of each image, which then is [Y, X].
 
     Raises:
         ImageReadError: missing, empty, unreadable, or a TIFF with pages cut off (naming the first lost page),
-            checked before the first page is returned.
+            checked before the first image is returned.
     """
     path = Path(path)
     if not path.is_file():
@@ -73,41 +223,77 @@ def iter_pages(path: str | os.PathLike) -> Iterator[np.ndarray]:
             image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ImageReadError(f"{path}: unreadable or truncated image")
-        yield _to_rgb(image)
+        image = _to_rgb(image)
+        if channel is not None:
+            channels = image.shape[2] if image.ndim == 3 else 1
+            if not 0 <= channel < channels:
+                raise ImageReadError(f"{path}: --channel {channel} is not in 0..{channels - 1}")
+            image = image[..., channel] if image.ndim == 3 else image
+        yield image
         return
-    expected = count_pages(path)
-    for page in range(expected):
-        with _quiet_opencv():
-            ok, decoded = cv2.imreadmulti(str(path), page, 1, flags=cv2.IMREAD_UNCHANGED)
-        if not ok or len(decoded) != 1:
-            raise ImageReadError(f"{path}: damaged TIFF: page {page + 1} of {expected} cannot be decoded")
-        yield _to_rgb(decoded[0])
+    count_pages(path)  # the structure check: a truncated stack is named before any image is read
+    layout = tiff_layout(path, axes)
+    _check_channel(layout, channel, str(path))
+    yield from _tiff_planes(path, layout, channel)
 
 
-def read_pages(path: str | os.PathLike) -> list[np.ndarray]:
-    """All pages of an image file as a list (see :func:`iter_pages`)."""
-    return list(iter_pages(path))
+def _tiff_planes(path: Path, layout: TiffLayout, channel: int | None) -> Iterator[np.ndarray]:
+    with tifffile.TiffFile(path) as tif:
+        mapped = None
+        if layout.memory_mappable:
+            with contextlib.suppress(ValueError, OSError):
+                mapped = tifffile.memmap(path, series=0, mode="r").reshape(layout.shape)
+        for plane in range(layout.planes):
+            try:
+                image = _plane(tif, layout, mapped, plane, channel)
+            except Exception as error:
+                raise ImageReadError(
+                    f"{path}: damaged TIFF: image {plane + 1} of {layout.planes} cannot be decoded ({error})"
+                ) from None
+            yield image
 
 
-def read_image(path: str | os.PathLike, page: int = 0) -> np.ndarray:
-    """One page of an image file as stored (uint8/uint16/float), RGB channel order."""
-    pages = read_pages(path)
+def read_pages(path: str | os.PathLike, axes: str | None = None, channel: int | None = None) -> list[np.ndarray]:
+    """All images of a file as a list (see :func:`iter_pages`)."""
+    return list(iter_pages(path, axes, channel))
+
+
+def read_image(
+    path: str | os.PathLike, page: int = 0, axes: str | None = None, channel: int | None = None
+) -> np.ndarray:
+    """One image of a file as stored (uint8/uint16/int16/float32), RGB channel order; ``page`` counts the
+    images :func:`iter_pages` yields (a TIFF's planes)."""
+    path = Path(path)
+    if _is_tiff(path) and path.is_file() and path.stat().st_size:
+        count_pages(path)
+        layout = tiff_layout(path, axes)
+        _check_channel(layout, channel, str(path))
+        if page >= layout.planes:
+            raise ImageReadError(f"{path}: has {layout.planes} image(s), image {page} requested")
+        with tifffile.TiffFile(path) as tif:
+            try:
+                return _plane(tif, layout, None, page, channel)
+            except Exception as error:
+                raise ImageReadError(f"{path}: damaged TIFF: image {page + 1} cannot be decoded ({error})") from None
+    pages = read_pages(path, axes, channel)
     if page >= len(pages):
         raise ImageReadError(f"{path}: has {len(pages)} page(s), page {page} requested")
     return pages[page]
 
 
-def count_pages(path: str | os.PathLike) -> int:
-    """Pages in an image file: 1, or a TIFF's pages, each checked to lie whole inside the file."""
+def count_pages(path: str | os.PathLike, axes: str | None = None) -> int:
+    """Images in a file: 1, or a TIFF's planes (its pages, each checked to lie whole inside the file, unless
+    pages are channels or the file's axes say otherwise)."""
     path = Path(path)
     if not _is_tiff(path):
         return 1
     try:
-        return tiff.page_count(path)
+        tiff.page_count(path)
     except tiff.TiffStructureError as error:
         raise ImageReadError(f"{path}: truncated TIFF: {error}") from None
     except ValueError as error:
         raise ImageReadError(f"{path}: unreadable TIFF: {error}") from None
+    return tiff_layout(path, axes).planes
 
 
 def as_channels(image: np.ndarray, channels: int, where: str) -> np.ndarray:
@@ -130,9 +316,31 @@ def as_channels(image: np.ndarray, channels: int, where: str) -> np.ndarray:
     )
 
 
+# What prediction takes (kunet.preprocess.raw_to_unit says how each reaches the net's [0, 1] range).
+PREDICTABLE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
+# What records store losslessly (PNG): the images a model is trained and evaluated on.
+RECORD_DTYPES = (np.uint8, np.uint16)
+
+
 def check_image_dtype(image: np.ndarray, where: str) -> None:
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(f"{where}: images must be 8- or 16-bit unsigned integers, got {image.dtype}")
+    """Refuses an image prediction cannot take: other dtypes, and float images with NaN or infinite values."""
+    if image.dtype not in PREDICTABLE_DTYPES:
+        raise ImageReadError(
+            f"{where}: images must be uint8, uint16, int16 or float32 (float64 is read as float32), got {image.dtype}"
+        )
+    if image.dtype == np.float32 and not np.isfinite(image).all():
+        raise ImageReadError(f"{where}: float image with NaN or infinite values")
+
+
+def check_record_dtype(image: np.ndarray, where: str) -> None:
+    """Refuses an image records cannot store losslessly (they hold 8- or 16-bit unsigned PNG)."""
+    if image.dtype in RECORD_DTYPES:
+        return
+    check_image_dtype(image, where)
+    raise ImageReadError(
+        f"{where}: {image.dtype} image; records store images as 8- or 16-bit unsigned PNG: convert it to uint16 "
+        "(e.g. rescaled to 0..65535) or uint8 for training (prediction takes it as it is)"
+    )
 
 
 def as_label_plane(label: np.ndarray, where: str) -> np.ndarray:

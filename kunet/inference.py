@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kunet.decision import DecisionRule
-from kunet.preprocess import dtype_max, normalization, normalize
+from kunet.preprocess import dtype_max, normalization, normalize, raw_to_unit
 from kunet.tiling import TilePlan, TilingOptions, plan_tiles
 
 
@@ -212,10 +212,11 @@ class Predictor:
         return normalize(self._unit(image), self.settings.normalize)
 
     def _unit(self, image: np.ndarray) -> np.ndarray:
-        """Raw values -> [0, 1] by the maximum of the dtype the model was trained on (float inputs too)."""
+        """Raw values -> [0, 1]: integers by the maximum of the dtype the model was trained on (int16 shifted
+        into uint16's range first), float images as they are (:func:`kunet.preprocess.raw_to_unit`)."""
         if image.ndim == 2:
             image = image[:, :, None]
-        return image.astype(np.float32) / np.float32(dtype_max(self.settings.image_dtype))
+        return raw_to_unit(image, dtype_max(self.settings.image_dtype))
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities [H, W, K] of a raw image of any size."""

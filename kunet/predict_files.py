@@ -6,6 +6,12 @@ TIFF stack is complete, and that no two inputs, and no input and output, share a
 written to a temporary sibling and renamed when complete (:mod:`kunet._fs`), so a full disk or a kill
 leaves whole files or none.
 
+A TIFF stack's masks, instances and ``--probabilities tif`` are written as one ImageJ stack per input
+(axes ``ZYX``, or ``TZYX``/``TYX`` as the input's planes were, with the input's resolution and ImageJ
+spacing/unit); its pages are gathered in a memory-mapped temporary beside the output (1 byte per mask pixel,
+4 per probability) and the stack is written from it once the input's last plane is predicted. Overlays and
+``npy`` probabilities stay one file per plane (``<stem>_p0000_overlay.png``).
+
 Images above :data:`STREAMING_PIXELS` are predicted one row of tiles at a time
 (:meth:`kunet.segmenter.Segmenter.segment_streaming`): probabilities go straight to their file strip by
 strip, threshold rules decide each strip as it comes, and the working memory stays within the predictor's
@@ -16,12 +22,14 @@ for the watershed rule the float32 foreground map plus the watershed's own worki
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from kunet import visualize
 from kunet._fs import atomic_save, temporary_sibling
@@ -30,11 +38,13 @@ from kunet.errors import KunetError
 from kunet.imageio import (
     READABLE_SUFFIXES,
     ImageReadError,
+    TiffLayout,
     as_channels,
     check_image_dtype,
     count_pages,
     iter_pages,
     naming_errors,
+    tiff_layout,
     write_image,
     write_npy_strips,
 )
@@ -54,6 +64,7 @@ class PlannedImage:
     path: Path
     page: int
     name: str  # output stem, unique per run
+    stack: str | None = None  # a TIFF stack's plane: the stem of the stack outputs it is one page of
 
 
 @dataclass
@@ -66,12 +77,18 @@ class PredictionPlan:
     mask_format: str = "png"
     probabilities: str | None = None
     overlays: bool = True
+    axes: str | None = None  # --axes: the axes of every input TIFF, declared
+    channel: int | None = None  # --channel: the one channel of each image to predict
+    stacks: dict[Path, TiffLayout] = field(default_factory=dict)  # inputs with several planes
 
-    def output_paths(self, name: str) -> dict[str, Path]:
-        """Every file an image's prediction may write (instances only for instance pipelines)."""
-        paths = {"mask": self.out / f"{name}_mask.{self.mask_format}", "instances": self.out / f"{name}_instances.tif"}
+    def output_paths(self, name: str, stack: str | None = None) -> dict[str, Path]:
+        """Every file an image's prediction may write (instances only for instance pipelines); a stack's plane
+        (``stack``: the stack's stem) shares one mask, instances and probability TIFF with its other planes."""
+        whole = stack or name
+        mask_format = "tif" if stack else self.mask_format
+        paths = {"mask": self.out / f"{whole}_mask.{mask_format}", "instances": self.out / f"{whole}_instances.tif"}
         if self.probabilities == "tif":
-            paths["probability"] = self.out / f"{name}_probability.tif"
+            paths["probability"] = self.out / f"{whole}_probability.tif"
         elif self.probabilities == "npy":
             paths["probabilities"] = self.out / f"{name}_probabilities.npy"
         if self.overlays:
@@ -137,8 +154,13 @@ def plan_predictions(
     mask_format: str = "png",
     probabilities: str | None = None,
     overlays: bool = True,
+    axes: str | None = None,
+    channel: int | None = None,
 ) -> PredictionPlan:
     """Checks options, output folder and inputs, and names every output, before any model is loaded.
+
+    ``axes`` declares the axes of every input TIFF (see :func:`kunet.imageio.tiff_layout`); ``channel`` picks
+    one channel of each image (checked against every TIFF here, against other images when read).
 
     Raises:
         PredictionInputError: a bad option, an unwritable output folder, two inputs with the same output
@@ -150,18 +172,31 @@ def plan_predictions(
     check_output_folder(out_dir)
     skipped: list[Path] = []
     files = expand_inputs(inputs, skipped)
-    images, owners = [], {}
+    if channel is not None and channel < 0:
+        raise PredictionInputError(f"--channel must be 0 or more (the first channel is 0), got {channel}")
+    images, owners, stacks = [], {}, {}
     for path in files:
-        pages = count_pages(path)
-        for page in range(pages):
-            name = path.stem if pages == 1 else f"{path.stem}_p{page:04d}"
-            if name in owners:
+        pages = count_pages(path, axes)
+        if pages > 1 or (axes or channel is not None) and path.suffix.lower() in (".tif", ".tiff"):
+            layout = tiff_layout(path, axes)
+            if channel is not None and channel >= max(layout.channels, 1):
+                raise PredictionInputError(
+                    f"{path}: --channel {channel} is not in 0..{layout.channels - 1} (axes {layout.axes}, "
+                    f"{layout.channels} channel(s))"
+                )
+            if pages > 1:
+                stacks[path] = layout
+        names = [path.stem] if pages == 1 else [path.stem] + [f"{path.stem}_p{page:04d}" for page in range(pages)]
+        for name in names:
+            if owners.get(name, path) != path:
                 raise PredictionInputError(
                     f"{path}: would write outputs named {name!r}, as {owners[name]} does; predict them separately"
                 )
             owners[name] = path
-            images.append(PlannedImage(path, page, name))
-    plan = PredictionPlan(Path(out_dir), images, skipped, mask_format, probabilities, overlays)
+        for page in range(pages):
+            stack = path.stem if pages > 1 else None
+            images.append(PlannedImage(path, page, names[-pages:][page], stack))
+    plan = PredictionPlan(Path(out_dir), images, skipped, mask_format, probabilities, overlays, axes, channel, stacks)
     _check_inputs_survive(plan, files)
     return plan
 
@@ -170,7 +205,7 @@ def _check_inputs_survive(plan: PredictionPlan, files: list[Path]) -> None:
     """Refuses a run whose outputs would replace one of its inputs (e.g. ``a_mask.png`` beside ``a.png``)."""
     inputs = {path.resolve(): path for path in files}
     for image in plan.images:
-        for kind, output in plan.output_paths(image.name).items():
+        for kind, output in plan.output_paths(image.name, image.stack).items():
             if output.resolve() in inputs:
                 raise PredictionInputError(
                     f"{inputs[output.resolve()]}: the {kind} of {image.path} would overwrite this input; "
@@ -210,9 +245,9 @@ def _probability_writer(plan: PredictionPlan, paths: dict[str, Path], shape: tup
     return write
 
 
-def _segment(segmenter: Segmenter, image: np.ndarray, plan: PredictionPlan, paths: dict[str, Path]) -> Segmentation:
-    """Predicts one image and writes its probabilities (streamed strip by strip for large images)."""
-    write_probabilities = _probability_writer(plan, paths, image.shape[:2], segmenter.num_classes)
+def _segment(segmenter: Segmenter, image: np.ndarray, write_probabilities) -> Segmentation:
+    """Predicts one image and hands its probabilities to ``write_probabilities`` (streamed strip by strip for
+    large images)."""
     if segmenter.streams and image.shape[0] * image.shape[1] > STREAMING_PIXELS:
         return segmenter.segment_streaming(image, write_probabilities)
     result = segmenter.segment(image)
@@ -232,29 +267,129 @@ def _write_outputs(image: np.ndarray, result: Segmentation, plan: PredictionPlan
     return outputs
 
 
+class _StackFile:
+    """One output TIFF stack of an input stack: planes go into a memory-mapped temporary beside it, and
+    :meth:`commit` writes the ImageJ stack from that (atomically) with the input's resolution."""
+
+    def __init__(self, path: Path, layout: TiffLayout, planes: int, height_width: tuple[int, int], dtype):
+        self.path, self.layout = path, layout
+        self.raw = temporary_sibling(path, "part")  # swept like any partial output
+        self.pages = np.memmap(self.raw, np.dtype(dtype), "w+", shape=(planes, *height_width))
+
+    def put(self, plane: int, image: np.ndarray) -> None:
+        self.pages[plane] = image
+
+    def put_strips(self, plane: int, strips) -> None:
+        """Foreground probability strips [rows, W, K] of one plane, top to bottom."""
+        top = 0
+        for strip in strips:
+            self.pages[plane, top : top + len(strip)] = strip[..., -1]
+            top += len(strip)
+
+    def _axes(self) -> tuple[str, tuple[int, ...]]:
+        """ImageJ's axes for the planes: the input's T/Z axes when they are all there is, else one Z axis."""
+        planes, axes = len(self.pages), self.layout.plane_axes
+        if planes == self.layout.planes and axes in ("T", "Z", "TZ"):
+            return axes + "YX", self.layout.plane_shape
+        return "ZYX", (planes,)
+
+    def commit(self) -> Path:
+        axes, plane_shape = self._axes()
+        options = {key: value for key, value in self.layout.resolution.items() if key != "imagej"}
+        metadata = {"axes": axes, **self.layout.resolution.get("imagej", {})}
+        shape = plane_shape + self.pages.shape[1:]
+
+        def save(temporary: Path) -> None:
+            tifffile.imwrite(temporary, iter(self.pages), shape=shape, dtype=self.pages.dtype, imagej=True,
+                             metadata=metadata, **options)  # fmt: skip
+
+        with naming_errors(self.path):
+            atomic_save(self.path, save)
+        self.close()
+        return self.path
+
+    def close(self) -> None:
+        self.pages = None
+        Path(self.raw).unlink(missing_ok=True)
+
+
+class _Stacks:
+    """The output stacks of one input stack, opened as their first plane arrives."""
+
+    def __init__(self, layout: TiffLayout, planes: int):
+        self.layout, self.planes, self.files = layout, planes, {}
+
+    def file(self, kind: str, path: Path, height_width: tuple[int, int], dtype) -> _StackFile:
+        if kind not in self.files:
+            self.files[kind] = _StackFile(path, self.layout, self.planes, height_width, dtype)
+        return self.files[kind]
+
+    def commit(self) -> dict[str, Path]:
+        return {kind: stack.commit() for kind, stack in self.files.items()}
+
+    def close(self) -> None:
+        for stack in self.files.values():
+            stack.close()
+
+
+def _predict_plane(segmenter: Segmenter, image: np.ndarray, plan: PredictionPlan, item: PlannedImage, index: int,
+                   stacks: _Stacks) -> dict:  # fmt: skip
+    """Predicts one plane of a stack: its mask, instances and foreground probability go into the stacks."""
+    paths = plan.output_paths(item.name, item.stack)
+    hw = image.shape[:2]
+    if plan.probabilities == "tif":
+        probability = stacks.file("probability", paths["probability"], hw, np.float32)
+        write_probabilities = lambda strips: probability.put_strips(index, strips)  # noqa: E731
+    else:
+        write_probabilities = _probability_writer(plan, paths, hw, segmenter.num_classes)
+    result = _segment(segmenter, image, write_probabilities)
+    stacks.file("mask", paths["mask"], hw, result.label_values.dtype).put(index, result.label_values)
+    if result.instances is not None:
+        stacks.file("instances", paths["instances"], hw, np.uint16).put(index, result.instances.astype(np.uint16))
+    outputs = {"probabilities": paths["probabilities"]} if plan.probabilities == "npy" else {}
+    if plan.overlays:
+        overlay = visualize.overlay_prediction(image, result.classes, legend=True)
+        outputs["overlay"] = write_image(paths["overlay"], overlay, reuse=True)
+    return outputs
+
+
 def predict_planned(segmenter: Segmenter, plan: PredictionPlan, channels: int | None = None, progress=None):
     """Predicts every image of ``plan`` and writes its outputs; returns one record per image.
+
+    A stack's mask, instances and probability TIFFs are renamed into place after its last plane and are
+    listed in that plane's record.
 
     Args:
         segmenter: The loaded model.
         plan: From :func:`plan_predictions`.
         channels: Image channels the model expects (default: the model's).
-        progress: Called once per image.
+        progress: Called once per image (plane).
     """
     channels = channels or segmenter.input_channels
     plan.out.mkdir(parents=True, exist_ok=True)
     written = []
     for path, planned in itertools.groupby(plan.images, key=lambda image: image.path):
-        for item, image in zip(planned, iter_pages(path)):
-            where = str(path) if item.name == path.stem else f"{path} (page {item.page + 1})"
-            check_image_dtype(image, where)
-            image = as_channels(image, channels, where)
-            check_image_size(image, where, segmenter.depth)
-            paths = plan.output_paths(item.name)
-            outputs = _write_outputs(image, _segment(segmenter, image, plan, paths), plan, paths)
-            written.append({"name": item.name, "source": str(path), "page": item.page, "outputs": outputs})
-            if progress:
-                progress()
+        planned = list(planned)
+        stacks = _Stacks(plan.stacks[path], len(planned)) if planned[0].stack and path in plan.stacks else None
+        with contextlib.ExitStack() as cleanup:
+            if stacks is not None:
+                cleanup.callback(stacks.close)
+            for index, (item, image) in enumerate(zip(planned, iter_pages(path, plan.axes, plan.channel))):
+                where = str(path) if item.name == path.stem else f"{path} (page {item.page + 1})"
+                check_image_dtype(image, where)
+                image = as_channels(image, channels, where)
+                check_image_size(image, where, segmenter.depth)
+                if stacks is not None:
+                    outputs = _predict_plane(segmenter, image, plan, item, index, stacks)
+                else:
+                    paths = plan.output_paths(item.name)
+                    writer = _probability_writer(plan, paths, image.shape[:2], segmenter.num_classes)
+                    outputs = _write_outputs(image, _segment(segmenter, image, writer), plan, paths)
+                written.append({"name": item.name, "source": str(path), "page": item.page, "outputs": outputs})
+                if progress:
+                    progress()
+            if stacks is not None:
+                written[-1]["outputs"].update(stacks.commit())
     return written
 
 
@@ -267,20 +402,25 @@ def predict_files(
     probabilities: str | None = None,
     overlays: bool = True,
     progress=None,
+    axes: str | None = None,
+    channel: int | None = None,
 ) -> list[dict]:
     """Predicts every input image and writes its outputs into ``out_dir``.
 
     Args:
         segmenter: The loaded model.
-        inputs: Files or folders (PNG/TIFF/JPEG/BMP; multi-page TIFFs give one output per page).
+        inputs: Files or folders (PNG/TIFF/JPEG/BMP; a TIFF stack gives one mask stack, and overlays per plane).
         out_dir: Output folder (created).
         channels: Image channels the model expects (default: the model's).
         mask_format: ``png`` or ``tif`` for label masks (written in the dataset's label values).
         probabilities: ``None``, ``tif`` (foreground probability, float32) or ``npy`` (all classes).
         overlays: Also write ``<name>_overlay.png`` (with a band below the image naming the colours).
+        progress: Called once per image (plane).
+        axes: Declares the axes of the input TIFFs (e.g. ``ZCYX``) instead of what the files say.
+        channel: Predict only this channel (0-based) of each image, for a 1-channel model.
 
     Returns:
         One record per image: name, source, outputs written.
     """
-    plan = plan_predictions(inputs, out_dir, mask_format, probabilities, overlays)
+    plan = plan_predictions(inputs, out_dir, mask_format, probabilities, overlays, axes, channel)
     return predict_planned(segmenter, plan, channels, progress)

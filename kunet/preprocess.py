@@ -1,8 +1,11 @@
 """Intensity normalisation shared by training, prediction and exported graphs.
 
-Images enter as stored (uint8, uint16 or float). They are first scaled to [0, 1] by their dtype's
-maximum (augmentation's gray-value changes work in that range), then normalised for the net with
-statistics of the *whole* image, never of a tile, so that tiling cannot change a prediction:
+Images enter as stored (uint8, uint16, int16 or float). They are first brought to [0, 1] (augmentation's
+gray-value changes work in that range): unsigned integers are divided by their dtype's maximum, int16 is
+shifted by 32768 into uint16's range first (the order of values is kept), and float images are taken as
+they are (values in [0, 1] are expected under ``"scale"``; under ``"standardize"`` their scale does not
+matter). They are then normalised for the net with statistics of the *whole* image, never of a tile, so
+that tiling cannot change a prediction:
 
 * ``"standardize"``: zero mean, unit variance over all pixels and channels of the image.
 * ``"scale"``: the [0, 1] values as they are.
@@ -31,9 +34,25 @@ def dtype_max(dtype) -> float:
     return 1.0
 
 
+# int16 images are shifted by this into uint16's range (TIFFs of signed 16-bit data, e.g. from some cameras).
+INT16_SHIFT = 32768
+
+
+def raw_to_unit(image: np.ndarray, integer_max: float) -> np.ndarray:
+    """Raw values -> float32 as the net's [0, 1] range: integers divided by ``integer_max`` (int16 shifted by
+    :data:`INT16_SHIFT` first), float images as they are (a float32 image is returned without a copy)."""
+    if np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32, copy=False)
+    values = image.astype(np.float32)
+    if image.dtype == np.int16:
+        values += np.float32(INT16_SHIFT)
+    return values / np.float32(integer_max)
+
+
 def to_unit_range(image: np.ndarray) -> np.ndarray:
-    """Scales an image to float32 in [0, 1] by its dtype's maximum (float images pass unchanged)."""
-    return image.astype(np.float32) / np.float32(dtype_max(image.dtype))
+    """Scales an image to float32 in [0, 1] by its dtype's maximum: uint8 / 255, uint16 / 65535, int16
+    (+ 32768) / 65535; float images pass unchanged (see the module's docstring)."""
+    return raw_to_unit(image, dtype_max(np.uint16 if image.dtype == np.int16 else image.dtype))
 
 
 def image_statistics(unit_image: np.ndarray) -> tuple[float, float]:

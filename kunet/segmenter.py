@@ -24,6 +24,7 @@ from kunet.errors import KunetError, first_line
 from kunet.inference import InferenceSettings, Predictor
 from kunet.model import UNet, output_size
 from kunet.precision import PRECISIONS, resolve_precision
+from kunet.preprocess import INT16_SHIFT, dtype_max
 from kunet.runs import ModelLoadError, resolve_model_path
 from kunet.tiling import TilingOptions
 
@@ -144,6 +145,17 @@ class Segmentation:
     instances: np.ndarray | None  # int32 [H, W] for instance pipelines
 
 
+def _graph_pixels(image: np.ndarray, image_dtype: str) -> np.ndarray:
+    """An image as an export's graph takes it: pixel values of the dtype the model was trained on (the graph
+    divides them by that dtype's maximum). int16 is shifted into uint16's range and a float image, whose
+    values the Keras path takes as they are, is multiplied by that maximum, so both paths agree."""
+    if np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32) * np.float32(dtype_max(image_dtype))
+    if image.dtype == np.int16:
+        return image.astype(np.float32) + np.float32(INT16_SHIFT)
+    return image
+
+
 class Segmenter:
     """Predicts masks for raw images with a loaded model.
 
@@ -201,7 +213,8 @@ class Segmenter:
         if self.saved_model is not None:
             import tensorflow as tf
 
-            batch = image[None, ..., None] if image.ndim == 2 else image[None]
+            batch = _graph_pixels(image, self.settings.image_dtype)
+            batch = batch[None, ..., None] if batch.ndim == 2 else batch[None]
             outputs = self.saved_model.signatures["serving_default"](images=tf.constant(batch, tf.float32))
             return outputs["probabilities"].numpy()[0]
         if streaming:

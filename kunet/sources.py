@@ -29,7 +29,7 @@ from kunet.imageio import (
     ImageReadError,
     as_channels,
     as_label_plane,
-    check_image_dtype,
+    check_record_dtype,
     count_pages,
     read_image,
 )
@@ -52,7 +52,7 @@ class Frame:
         """Reads the image [H, W, C] (uint8/uint16) and the raw label [H, W] (uint8/uint16)."""
         try:
             image = read_image(self.image_path, self.page)
-            check_image_dtype(image, str(self.image_path))
+            check_record_dtype(image, str(self.image_path))
             image = as_channels(image, channels, str(self.image_path))
             label = as_label_plane(read_image(self.label_path, self.page), str(self.label_path))
         except ImageReadError as error:
@@ -82,7 +82,7 @@ class ArrayFrame:
 
     def load(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         try:
-            check_image_dtype(self.image, self.image_path)
+            check_record_dtype(self.image, self.image_path)
             image = as_channels(self.image, channels, self.image_path)
             label = as_label_plane(self.label, self.label_path)
         except ImageReadError as error:

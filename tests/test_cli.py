@@ -70,6 +70,7 @@ def test_predict_reports_a_missing_model_clearly(tmp_path):
 def test_predict_and_evaluate_leave_mirroring_to_the_model_unless_told(tmp_path, monkeypatch):
     # `kunet tune --mirror` stores test-time mirroring with the model; a CLI default of False silently
     # dropped it, so predict/evaluate scored a different decision rule than the one tuned.
+    import kunet.evaluation  # noqa: F401  (imported first under the patch, it kept the fake Segmenter for later tests)
     import kunet.segmenter
 
     seen = []
@@ -222,7 +223,7 @@ def _recorder(seen: dict, read):
          "kunet.records.build_records", lambda config, **_: {"kind": config.labels.kind}, {"kind": "instance"}),
         (["predict", "MODEL", "IMAGE", "--precision", "auto", "--mask-format", "tif", "--probabilities", "npy"],
          "kunet.predict_files.plan_predictions",
-         lambda inputs, out, mask_format, probabilities, overlays: {"formats": (mask_format, probabilities)},
+         lambda inputs, out, mask_format, probabilities, overlays, *_: {"formats": (mask_format, probabilities)},
          {"formats": ("tif", "npy")}),
         (["evaluate", "MODEL", "PIPELINE", "--precision", "mixed_float16", "--split", "train"],
          "kunet.segmenter.Segmenter", lambda model, precision, *_: {"precision": precision},
@@ -249,6 +250,7 @@ def test_a_chosen_value_reaches_the_library_as_a_plain_string(argv, target, read
               "IMAGES": str(tmp_path)}  # fmt: skip
     module, name = target.rsplit(".", 1)
     seen = {}
+    importlib.import_module("kunet.evaluation")  # binds the real Segmenter before it is patched (as above)
     monkeypatch.setattr(importlib.import_module(module), name, _recorder(seen, read))
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, [places.get(arg, arg) for arg in argv])

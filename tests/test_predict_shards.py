@@ -163,7 +163,9 @@ def test_three_shards_equal_one_unsharded_run_and_a_rerun_skips_them(trained_tin
     monkeypatch.delenv("JOB_COMPLETION_INDEX")
 
     expected = _outputs(tmp_path / "whole")
-    assert len(expected) == 9 * 3  # mask, probability and overlay of each image (pages included)
+    # mask, probability and overlay of each single image; the stack: one mask and one probability stack, and
+    # an overlay per page
+    assert len(expected) == 6 * 3 + 2 + 3
     assert _outputs(out) == expected  # byte for byte
     summaries = [_summary(out, f"{index}/3") for index in range(3)]
     predicted = [{item["input"] for item in summary["predicted"]} for summary in summaries]
