@@ -31,6 +31,8 @@ def inference_settings(config: PipelineConfig, manifest: dict | None = None) -> 
         extra = {"image_dtype": manifest["image"]["dtype"], "typical_size": max(sizes) if sizes else (512, 512)}
     return InferenceSettings(
         normalize=config.image.normalize,
+        percentile_low=config.image.percentile_low,
+        percentile_high=config.image.percentile_high,
         class_values=tuple(config.labels.class_values()),
         class_names=tuple(config.labels.class_names),
         threshold=config.inference.threshold,

@@ -129,11 +129,16 @@ class ImageConfig:
     """Input images: channels and the normalisation applied before the net (also inside exports).
 
     ``normalize``: ``"standardize"`` (per-image zero mean, unit variance over the whole image, not the
-    tile, so tiling never changes the result) or ``"scale"`` (divide by the dtype's maximum).
+    tile, so tiling never changes the result), ``"scale"`` (divide by the dtype's maximum) or
+    ``"percentile"`` (``(x - p_low) / (p_high - p_low)`` with the ``percentile_low`` and ``percentile_high``
+    percentiles of the whole image, all channels together, as ``np.percentile``: CSBDeep's
+    ``normalize(x, 1, 99.8)``, robust to hot pixels). The percentiles are used by ``"percentile"`` only.
     """
 
     channels: int = 1
     normalize: str = "standardize"
+    percentile_low: float = 1.0
+    percentile_high: float = 99.8
 
 
 @dataclass

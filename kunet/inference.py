@@ -116,6 +116,8 @@ class InferenceSettings:
     """What turns raw pixels into a mask: stored in the model's metadata and in exports."""
 
     normalize: str = "standardize"
+    percentile_low: float = 1.0
+    percentile_high: float = 99.8
     class_values: tuple[int, ...] = (0, 255)
     class_names: tuple[str, ...] = ("background", "foreground")
     threshold: float = 0.5
@@ -138,6 +140,8 @@ class InferenceSettings:
     def to_metadata(self) -> dict:
         return {
             "normalize": self.normalize,
+            "percentile_low": self.percentile_low,
+            "percentile_high": self.percentile_high,
             "class_values": list(self.class_values),
             "class_names": list(self.class_names),
             "threshold": self.threshold,
@@ -209,7 +213,7 @@ class Predictor:
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Raw image [H, W] or [H, W, C] -> normalised float32 [H, W, C] (whole-image statistics)."""
-        return normalize(self._unit(image), self.settings.normalize)
+        return normalize(self._unit(image), self.settings.normalize, settings=self.settings)
 
     def _unit(self, image: np.ndarray) -> np.ndarray:
         """Raw values -> [0, 1]: integers by the maximum of the dtype the model was trained on (int16 shifted
@@ -236,7 +240,7 @@ class Predictor:
             image: Raw image [H, W] or [H, W, C] (may be a memory-mapped array).
         """
         height, width = image.shape[:2]
-        statistics = normalization(self.settings.normalize).streamed_statistics(image, self._unit)
+        statistics = normalization(self.settings.normalize, self.settings).streamed_statistics(image, self._unit)
         plan = self.plan((height, width), strip_width=width)
         function = self._function(plan, strip=True)
         for top in range(0, height, plan.stride_hw[0]):

@@ -58,9 +58,11 @@ def decoded_frames(
     num_shards: int = 1,
     shard_index: int = 0,
     normalize: str = "standardize",
+    settings=None,
 ):
     """Dataset of decoded frames: image in [0, 1] [H, W, C], classes uint8 [H, W], weight float32 [H, W], and
-    the whole frame's normalisation statistics (``norm_shift``, ``norm_scale``) for ``normalize``.
+    the whole frame's normalisation statistics (``norm_shift``, ``norm_scale``) for ``normalize``, whose
+    parameters (e.g. the percentiles) come from ``settings`` (``config.image``).
 
     ``num_shards``/``shard_index`` split the frames between input pipelines (tf.distribute workers).
     The shards are checked against the manifest first (existence, size), and every example must belong to
@@ -72,6 +74,7 @@ def decoded_frames(
         raise ValueError(f"{records_dir}: no {split} records")
     image_dtype, channels = manifest["image"]["dtype"], manifest["image"]["channels"]
     scale = 1.0 / dtype_max(image_dtype)
+    statistics = normalization(normalize, settings).tf_statistics
     files = tf.data.Dataset.from_tensor_slices(paths)
     dataset = files.interleave(
         # Each example travels with its shard's path, so a failed check can name the shard.
@@ -88,7 +91,7 @@ def decoded_frames(
         with tf.control_dependencies([assert_split(parsed, split, path)]):
             image = tf.cast(parsed["image"], tf.float32) * scale
         # Whole-frame statistics, computed once here: tiles are normalised as the whole image would be.
-        shift, scale_ = normalization(normalize).tf_statistics(image[None])
+        shift, scale_ = statistics(image[None])
         return {
             "image": image,
             "classes": parsed["classes"],
@@ -151,7 +154,7 @@ def _seeded_frames(config: PipelineConfig, records_dir, batch_size: int, start_s
     frame_count = read_manifest(records_dir)["counts"]["train"]
     shard = num_pipelines > 1 and frame_count >= num_pipelines
     frames = decoded_frames(records_dir, "train", num_pipelines if shard else 1, pipeline_id if shard else 0,
-                            config.image.normalize)  # fmt: skip
+                            config.image.normalize, config.image)  # fmt: skip
     if config.train.cache == "memory":
         frames = frames.cache()
     seed = config.train.seed + _WORKER_SEED_STRIDE * pipeline_id

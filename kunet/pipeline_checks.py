@@ -76,6 +76,7 @@ def validate(config: PipelineConfig, where: str) -> None:
 def _number_checks(config: PipelineConfig) -> list[tuple[str, Any, bool, str]]:
     """(key, value, acceptable, requirement) for every number with an obvious range; NaN fails them all."""
     model, train, inference, weights = config.model, config.train, config.inference, config.weights.resolved()
+    low, high = config.image.percentile_low, config.image.percentile_high
     at_least_one = {
         "image.channels": config.image.channels,
         "model.base_filters": model.base_filters,
@@ -97,6 +98,8 @@ def _number_checks(config: PipelineConfig) -> list[tuple[str, Any, bool, str]]:
     checks += [(key, value, value >= 0, "at least 0") for key, value in not_negative.items()]
     return checks + [
         ("model.dropout", model.dropout, 0.0 <= model.dropout < 1.0, "in [0, 1)"),
+        ("image.percentile_low", low, 0.0 <= low < high, "in [0, image.percentile_high)"),
+        ("image.percentile_high", high, high <= 100.0, "at most 100"),
         ("train.learning_rate", train.learning_rate, train.learning_rate > 0, "positive"),
         ("train.momentum", train.momentum, 0.0 <= train.momentum < 1.0, "in [0, 1)"),
         ("inference.memory_budget_mb", inference.memory_budget_mb, inference.memory_budget_mb > 0, "positive"),

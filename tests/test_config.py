@@ -42,7 +42,7 @@ def test_overrides_are_toml_values_and_bare_words_are_strings():
     ("section", "key", "value"),
     [
         ("source", "kind", "zarr"),
-        ("image", "normalize", "percentile"),
+        ("image", "normalize", "min_max"),
         ("inference", "postprocess", "opening"),
         ("inference", "tile_rule", "largest"),
         ("train", "precision", "fp8"),
@@ -62,6 +62,27 @@ def test_settings_that_used_to_crash_or_be_ignored_are_refused_or_honoured():
     # [weights] w0 = 20 with the paper preset used to be ignored unless preset = "custom"
     weights = pipeline_from_dict(tiny_pipeline_dict() | {"weights": {"w0": 20.0}}).weights.resolved()
     assert (weights.preset, weights.w0, weights.sigma) == ("paper", 20.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "message"),
+    [
+        (-1.0, 99.8, r"image.percentile_low must be in \[0, image.percentile_high\), got -1.0"),
+        (99.8, 1.0, r"image.percentile_low must be in \[0, image.percentile_high\), got 99.8"),
+        (50.0, 50.0, r"image.percentile_low must be in \[0, image.percentile_high\), got 50.0"),
+        (1.0, 100.5, r"image.percentile_high must be at most 100, got 100.5"),
+    ],
+)
+def test_percentiles_are_checked(low, high, message):
+    image = {"normalize": "percentile", "percentile_low": low, "percentile_high": high}
+    with pytest.raises(ConfigError, match=message):
+        pipeline_from_dict(tiny_pipeline_dict() | {"image": image})
+    config = load_pipeline(REPO_ROOT / "pipelines" / "isbi2012.toml", overrides=["image.normalize=percentile"])
+    assert (config.image.normalize, config.image.percentile_low, config.image.percentile_high) == (
+        "percentile",
+        1,
+        99.8,
+    )
 
 
 def test_inference_settings_give_one_tiling_object():

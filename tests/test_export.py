@@ -244,3 +244,33 @@ def test_predict_feeds_a_three_channel_export_three_channels(tmp_path):
         served = cv2.imread(str(tmp_path / "served" / name), cv2.IMREAD_UNCHANGED)
         assert served.shape == (70, 90)
         np.testing.assert_array_equal(served, cv2.imread(str(tmp_path / "keras" / name), cv2.IMREAD_UNCHANGED))
+
+
+def test_an_export_normalises_by_percentiles_as_predict_does(tmp_path):
+    """A model stored with ``image.normalize = "percentile"`` and its percentiles (not the defaults, so that
+    they must travel) serves the probabilities predict computes, hot pixels and all. An untrained net: the
+    normalisation, not the weights, is under test."""
+    from dataclasses import replace
+
+    from kunet.inference import InferenceSettings, Predictor
+    from kunet.model import UNet
+
+    settings = InferenceSettings(normalize="percentile", percentile_low=2.0, percentile_high=99.5,
+                                 image_dtype="uint16", typical_size=(300, 517))  # fmt: skip
+    keras_file = tmp_path / "percentile.keras"
+    UNet(base_filters=4, depth=2, seed=0, metadata=settings.to_metadata()).save(keras_file)
+    version_dir = export(keras_file, "pct", tmp_path / "saved", log=lambda *a: None)
+    info = json.loads((version_dir / "assets.extra" / "kunet.json").read_text())
+    assert info["inference"]["normalize"] == "percentile" and info["inference"]["percentile_high"] == 99.5
+    assert "2 and 99.5 percentiles of the whole image" in info["input"]["normalization"]
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(300, 2500, (300, 517)).astype(np.uint16)
+    image[100:180, 200:330] += 3000  # something bright
+    image.reshape(-1)[rng.choice(image.size, 40, replace=False)] = 65535  # hot pixels
+    predicted = Segmenter(keras_file).probabilities(image)
+    served = Segmenter(version_dir).probabilities(image)  # the SavedModel's serving_default
+    np.testing.assert_allclose(served, predicted, atol=2e-5)
+    # Sensitive to the normalisation: standardising the same image gives other probabilities.
+    standardized = Predictor(Segmenter(keras_file).model, replace(settings, normalize="standardize"))
+    assert np.abs(standardized.probabilities(image) - predicted).max() > 100 * 2e-5

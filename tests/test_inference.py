@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -101,3 +103,28 @@ def test_decision_rule_uses_the_threshold_for_binary_and_argmax_otherwise():
     assert DecisionRule(0.5).classes(three).tolist() == [[2]]
     settings = InferenceSettings.from_metadata({"threshold": 0.3, "class_values": [0, 255], "unknown": 1})
     assert settings.threshold == 0.3 and settings.class_values == (0, 255)
+
+
+def test_percentile_settings_travel_in_the_model_and_streaming_normalises_alike(small_net, tmp_path):
+    from helpers import tiny_pipeline_dict
+
+    from kunet.builders import build_model
+    from kunet.config import pipeline_from_dict
+    from kunet.segmenter import load_unet
+
+    image = {"normalize": "percentile", "percentile_low": 2.0, "percentile_high": 99.5}
+    config = pipeline_from_dict(tiny_pipeline_dict() | {"image": image})
+    build_model(config).save(tmp_path / "net.keras")
+    settings = Predictor(load_unet(tmp_path / "net.keras")).settings
+    assert (settings.normalize, settings.percentile_low, settings.percentile_high) == ("percentile", 2.0, 99.5)
+    # Models saved before the percentiles existed load with the defaults.
+    old = InferenceSettings.from_metadata({"normalize": "standardize", "class_values": [0, 255]})
+    assert (old.percentile_low, old.percentile_high) == (1.0, 99.8)
+
+    pixels = np.random.default_rng(5).integers(200, 900, (229, 130), dtype=np.uint16)
+    pixels[10, 10] = pixels[100, 50] = 65535
+    predictor = Predictor(small_net, replace(settings, image_dtype="uint16"), TilingOptions(tile_size=220))
+    prepared = predictor.prepare(pixels)
+    assert np.percentile(prepared, 2.0) == pytest.approx(0.0, abs=1e-6)
+    assert np.percentile(prepared, 99.5) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(predictor.probabilities_streaming(pixels), predictor.probabilities(pixels), atol=2e-5)

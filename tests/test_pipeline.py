@@ -99,3 +99,14 @@ def test_records_are_read_through_tf_io_gfile_urls(tiny_records):
     manifest = read_manifest(f"file://{records}")
     dataset = decoded_frames(f"file://{records}", "val")
     assert sum(1 for _ in dataset) == manifest["counts"]["val"]
+
+
+def test_percentile_statistics_of_training_frames_are_numpys(tiny_records):
+    from kunet.config import ImageConfig
+    from kunet.preprocess import percentile_statistics
+
+    _, records = tiny_records
+    settings = ImageConfig(normalize="percentile", percentile_low=2.0, percentile_high=99.0)
+    for frame in decoded_frames(records, "val", normalize="percentile", settings=settings):
+        expected = percentile_statistics(frame["image"].numpy(), 2.0, 99.0)
+        assert (float(frame["norm_shift"]), float(frame["norm_scale"])) == expected

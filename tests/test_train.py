@@ -238,6 +238,18 @@ def test_the_pipelines_decision_rule_travels_with_the_model():
     assert metadata["seed_threshold"] == 0.8 and metadata["test_time_mirroring"] is True
 
 
+def test_a_fit_with_percentile_normalisation_trains_and_keeps_the_percentiles(tiny_records, tmp_path):
+    from kunet.config import load_pipeline
+    from kunet.segmenter import load_unet
+
+    _, records = tiny_records
+    overrides = ["image.normalize=percentile", "image.percentile_low=2"]  # as `kunet fit --set` passes them
+    config = load_pipeline(write_tiny_toml(tmp_path / "tiny.toml", records), overrides=overrides)
+    Trainer(config, tmp_path / "run", records, log=lambda *a, **k: None).fit(steps=3)
+    metadata = load_unet(tmp_path / "run" / "last.keras").metadata
+    assert (metadata["normalize"], metadata["percentile_low"], metadata["percentile_high"]) == ("percentile", 2, 99.8)
+
+
 @pytest.mark.slow
 def test_cli_fit_predict_and_evaluate(tiny_records, tmp_path):
     _, records = tiny_records

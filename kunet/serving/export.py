@@ -63,7 +63,7 @@ from kunet._fs import (
 )
 from kunet.errors import KunetError
 from kunet.inference import InferenceSettings
-from kunet.preprocess import dtype_max
+from kunet.preprocess import dtype_max, normalization
 from kunet.progress import Stages
 from kunet.records import RecordsError, read_manifest
 from kunet.runs import read_run_config, read_state, resolve_model_path, run_of
@@ -150,7 +150,7 @@ def client_info(model, settings: InferenceSettings, plan, training: dict | None 
             "dtype": "float32 (raw pixel values as stored in the image files)",
             "image_dtype_trained_on": settings.image_dtype,
             "normalization": f"divide by {dtype_max(settings.image_dtype):g}, then "
-            + ("per-image standardisation over the whole image" if settings.normalize == "standardize" else "none"),
+            + (normalization(settings.normalize, settings).description or settings.normalize),
             "any_size": True,
         },
         "limits": (limits or ServingLimits()).to_dict(),

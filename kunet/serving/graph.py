@@ -80,7 +80,7 @@ class ServingGraph:
 
     def _one_image(self, image):
         scale = 1.0 / dtype_max(self.settings.image_dtype)
-        prepared = tf_normalize((image * scale)[None], self.settings.normalize)[0]
+        prepared = tf_normalize((image * scale)[None], self.settings.normalize, settings=self.settings)[0]
         if self.settings.test_time_mirroring:
             return mirrored_probabilities(self._probabilities, prepared)
         return self._probabilities(prepared)
