@@ -146,7 +146,7 @@ def evaluate(
     quiet: bool = QUIET_OPTION,
     log_every: int = LOG_EVERY_OPTION,
 ):
-    """Score a model on a records split: pixel, Rand and warping errors, IoU/Dice, SEG."""
+    """Score a model on a records split: pixel, Rand and warping errors, IoU/Dice, SEG, object AP/F1."""
     from rich.console import Console
 
     from kunet import uris
@@ -170,6 +170,8 @@ def evaluate(
             progress = factory("scoring", counts[split])
             report = run_evaluation(segmenter, records, split, out or default_out, progress, leaderboard=leaderboard)
     Console().print(_scores_table(f"{config.name} {split}", report))
+    if "objects" in report:
+        Console().print(_objects_table(report["objects"]))
     if leaderboard:
         Console().print(_leaderboard_table(report))
         for line in _LEADERBOARD_NOTES:
@@ -183,6 +185,9 @@ _SHORT_NAMES = {
     "adapted_rand_error": "V_rand",
     "adapted_rand_error_grown": "V_rand grown",
     "warping_error": "warping",
+    "ap50": "AP50",
+    "f1_50": "F1@50",
+    "ap50_95": "AP50:95",
 }
 
 
@@ -198,6 +203,22 @@ def _scores_table(title: str, report: dict):
     for frame_id, scores in report["frames"].items():
         table.add_row(frame_id, *[f"{scores[k]:.4f}" for k in keys])
     table.add_row("mean", *[f"{report['mean'][k]:.4f}" for k in keys], style="bold")
+    return table
+
+
+def _objects_table(objects: dict):
+    """The split's object matching (summed counts) at Cellpose's three IoU thresholds and AP50:95."""
+    from rich.table import Table
+
+    table = Table(title="Objects, all frames' counts summed (StarDist matching_dataset)")
+    columns = ("tp", "fp", "fn", "precision", "recall", "accuracy", "f1", "panoptic_quality")
+    table.add_column("IoU >=", justify="right")
+    for column in columns:
+        table.add_column({"accuracy": "AP", "panoptic_quality": "PQ"}.get(column, column), justify="right")
+    for threshold in ("0.50", "0.75", "0.90"):
+        row = objects["thresholds"][threshold]
+        table.add_row(threshold, *[f"{row[k]}" if k in ("tp", "fp", "fn") else f"{row[k]:.4f}" for k in columns])
+    table.caption = f"AP = tp/(tp+fp+fn); AP50:95 (mean over 0.50:0.05:0.95) = {objects['ap50_95']:.4f}"
     return table
 
 
@@ -240,7 +261,9 @@ def tune(
     model: Path = typer.Argument(..., help="Run directory (best.keras and last.keras are updated) or .keras file."),
     pipeline: Path = typer.Argument(..., help="Pipeline TOML whose validation records to tune on."),
     objective: Objective = typer.Option(
-        "rand", help="What the sweep optimises: rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou, seg."
+        "rand",
+        help="What the sweep optimises: rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou, seg, "
+        "ap (object AP at IoU 0.5), ap50_95 (AP averaged over IoU 0.5:0.05:0.95).",
     ),
     records: str = RECORDS_OPTION,
     mirror: bool = typer.Option(False, "--mirror", help="Tune with (and store) test-time mirroring."),
@@ -273,6 +296,7 @@ def tune(
             f"threshold {row['threshold']:.2f} {row['postprocess']:>9}{seeds:<12} pixel {row['pixel_error']:.4f} "
             f"IoU {row['iou']:.4f} V_rand {row['adapted_rand_error']:.4f} grown {row['adapted_rand_error_grown']:.4f}"
             + (f" SEG {row['seg']:.4f}" if "seg" in row else "")
+            + (f" AP50 {row['ap50']:.4f}" if "ap50" in row else "")
             + mark
         )
     chosen = result["chosen"]

@@ -24,6 +24,8 @@ OBJECTIVES = {
     "pixel": ("pixel_error", True),
     "iou": ("iou", False),
     "seg": ("seg", False),
+    "ap": ("ap50", False),
+    "ap50_95": ("ap50_95", False),
 }
 
 # kunet.predict_files: file formats of the masks and of the probabilities prediction writes.

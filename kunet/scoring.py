@@ -13,7 +13,12 @@ Scores of a two-class net (foreground = class 1):
 * ``adapted_rand_error_grown``: the same after growing the predicted components into the boundary;
 * ``warping_error``: only when asked (seconds per 512x512 frame);
 * ``seg``: for instance labels, the Cell Tracking Challenge SEG of the predicted components of at least
-  ``min_object_size`` pixels (the model's setting, as ``predict`` writes instances) against the true ids.
+  ``min_object_size`` pixels (the model's setting, as ``predict`` writes instances) against the true ids;
+* ``ap50``, ``f1_50``, ``ap50_95``: object detection scores in StarDist's definitions
+  (:mod:`kunet.metrics.matching`): AP = tp / (tp + fp + fn) and F1 at IoU >= 0.5, and the AP averaged over
+  IoU 0.5:0.05:0.95. Objects are those of ``seg`` for instance labels, else the 4-connected components of
+  the two masks (:func:`frame_objects`). NaN for a frame with no object on either side (StarDist says 0),
+  so such a frame is left out of the mean, as an empty mask's ``iou`` is.
 
 Other nets: ``pixel_error``, ``mean_iou`` (over the non-background classes) and ``iou_class<k>``.
 """
@@ -35,6 +40,7 @@ VALIDATION_NAMES = {
     "adapted_rand_error": "val_rand_error",
     "adapted_rand_error_grown": "val_rand_error_grown",
     "seg": "val_seg",
+    "ap50": "val_ap50",
     "mean_iou": "val_mean_iou",
 }
 VALIDATION_METRICS = ("val_loss", *VALIDATION_NAMES.values())
@@ -55,7 +61,7 @@ def score_frame(
         frame: A frame from :func:`kunet.records.iterate_frames` (``classes``; ``label`` for instances).
         num_classes: Classes of the net.
         label_kind: ``binary``, ``instance`` or ``multiclass`` (instances add ``seg``).
-        min_object_size: Predicted objects smaller than this are dropped before SEG.
+        min_object_size: Predicted objects smaller than this are dropped before SEG and AP (instances).
         warping: Also compute the warping error.
     """
     truth = frame["classes"]
@@ -78,10 +84,47 @@ def score_frame(
     }
     if warping:
         scores["warping_error"] = metrics.warping_error(predicted, true)
+    predicted_objects, true_objects = frame_objects(classes, frame, label_kind, min_object_size)
     if label_kind == "instance":
-        instances = metrics.instances_from_foreground(predicted, min_object_size)
-        scores["seg"] = metrics.seg_measure(instances, frame["label"])
-    return scores
+        scores["seg"] = metrics.seg_measure(predicted_objects, true_objects)
+    return scores | object_scores(metrics.object_matching(predicted_objects, true_objects))
+
+
+def frame_objects(
+    classes: np.ndarray, frame: dict, label_kind: str = "binary", min_object_size: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true objects of a two-class frame, as instance labels (0 = background).
+
+    Instance labels: the predicted foreground's components of at least ``min_object_size`` pixels (as
+    ``predict`` writes instances) and the true ids. Other labels: the 4-connected components of both masks.
+    """
+    predicted = classes > 0
+    if label_kind == "instance":
+        return metrics.instances_from_foreground(predicted, min_object_size), frame["label"]
+    return metrics.segments_from_foreground(predicted), metrics.segments_from_foreground(frame["classes"] > 0)
+
+
+def object_scores(matchings: dict[float, metrics.Matching]) -> dict[str, float]:
+    """``ap50``, ``f1_50`` and ``ap50_95`` of one frame's :func:`kunet.metrics.object_matching` (default
+    thresholds); NaN when neither side has an object."""
+    at_half = matchings[0.5]
+    if at_half.n_true == 0 and at_half.n_pred == 0:
+        return dict.fromkeys(("ap50", "f1_50", "ap50_95"), float("nan"))
+    return {"ap50": at_half.accuracy, "f1_50": at_half.f1, "ap50_95": metrics.mean_average_precision(matchings)}
+
+
+def objects_report(matchings: dict[float, metrics.Matching]) -> dict:
+    """The data set's object scores for a report: every threshold's counts and scores, and the mean AP.
+
+    Args:
+        matchings: :func:`kunet.metrics.sum_matchings` of the frames' matchings (summed counts, as
+            StarDist's ``matching_dataset``).
+    """
+    return {
+        "definition": "StarDist matching_dataset: one-to-one matches at IoU >= threshold, counts summed over frames",
+        "ap50_95": metrics.mean_average_precision(matchings),
+        "thresholds": {f"{threshold:.2f}": matching.scores() for threshold, matching in matchings.items()},
+    }
 
 
 def mean_scores(per_frame: list[dict[str, float]]) -> dict[str, float]:

@@ -67,10 +67,17 @@ def test_predict_reports_a_missing_model_clearly(tmp_path):
     assert result.exit_code == 2 and "nope" in result.output and "not found" in result.output
 
 
+def _import_segmenter_users() -> None:
+    """Imports the modules that bind ``kunet.segmenter.Segmenter`` by name, before a test patches it: the
+    predict and evaluate commands import them on first use, and imported under the patch they would keep the
+    fake for the rest of the worker process (a later evaluate test then failed, depending on test order)."""
+    import kunet.evaluation  # noqa: F401
+    import kunet.predict_files  # noqa: F401
+
+
 def test_predict_and_evaluate_leave_mirroring_to_the_model_unless_told(tmp_path, monkeypatch):
     # `kunet tune --mirror` stores test-time mirroring with the model; a CLI default of False silently
     # dropped it, so predict/evaluate scored a different decision rule than the one tuned.
-    import kunet.evaluation  # noqa: F401  (imported first under the patch, it kept the fake Segmenter for later tests)
     import kunet.segmenter
 
     seen = []
@@ -80,6 +87,7 @@ def test_predict_and_evaluate_leave_mirroring_to_the_model_unless_told(tmp_path,
             seen.append(mirror)
             raise kunet.segmenter.ModelLoadError("recorded")
 
+    _import_segmenter_users()
     monkeypatch.setattr(kunet.segmenter, "Segmenter", Recorder)
     toml = REPO_ROOT / "pipelines" / "isbi2012.toml"
     run = tmp_path / "run"
@@ -250,7 +258,7 @@ def test_a_chosen_value_reaches_the_library_as_a_plain_string(argv, target, read
               "IMAGES": str(tmp_path)}  # fmt: skip
     module, name = target.rsplit(".", 1)
     seen = {}
-    importlib.import_module("kunet.evaluation")  # binds the real Segmenter before it is patched (as above)
+    _import_segmenter_users()
     monkeypatch.setattr(importlib.import_module(module), name, _recorder(seen, read))
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, [places.get(arg, arg) for arg in argv])

@@ -13,18 +13,19 @@ Conventions shared by every function:
   and for the simple-point test of its warping error, so components and topology agree.
 * Inputs of one call must have the same shape; any 2-D size works.
 
-Pair-counting scores (Rand, adapted Rand) use a sparse contingency table built with ``np.bincount``
-(or ``np.unique`` when the label product is large), so a 512x512 image with hundreds of segments takes
-a few milliseconds.
+Pair-counting scores (Rand, adapted Rand), SEG and the object matching use a sparse contingency table
+built with ``np.bincount`` (or ``np.unique`` when the label product is large), so a 512x512 image with
+hundreds of segments takes a few milliseconds.
 
 One module per family of scores, re-exported here: :mod:`~kunet.metrics.pixels` (pixel error, IoU,
 Dice), :mod:`~kunet.metrics.rand` (Rand errors), :mod:`~kunet.metrics.warping` (warping error),
-:mod:`~kunet.metrics.instances` (components, label boundaries, SEG) and :mod:`~kunet.metrics.scores` (all
-of them for one binary prediction); ``_common`` holds the input checks and the contingency table. The ISBI
-2012 leaderboard's five scores, exactly as the challenge's Fiji code sweeps thresholds, aggregates stacks and
-thins borders, are in :mod:`~kunet.metrics.leaderboard` (they differ from the per-image scores above: see
-its docstring and the README's Metrics section). A new family is a new module here whose public names this
-package re-exports.
+:mod:`~kunet.metrics.instances` (components, label boundaries, SEG), :mod:`~kunet.metrics.matching`
+(one-to-one object matching at IoU thresholds: StarDist's precision, recall, AP, F1 and panoptic quality)
+and :mod:`~kunet.metrics.scores` (the pixel, Rand, warping and SEG scores of one binary prediction);
+``_common`` holds the input checks and the contingency table. The ISBI 2012 leaderboard's five scores,
+exactly as the challenge's Fiji code sweeps thresholds, aggregates stacks and thins borders, are in
+:mod:`~kunet.metrics.leaderboard` (they differ from the per-image scores above: see its docstring and the
+README's Metrics section). A new family is a new module here whose public names this package re-exports.
 """
 
 from kunet.metrics.instances import (
@@ -52,6 +53,17 @@ from kunet.metrics.leaderboard_thinning import (
     thin_borders,
 )
 from kunet.metrics.leaderboard_warping import leaderboard_warping_error
+from kunet.metrics.matching import (
+    IOU_THRESHOLDS,
+    Matching,
+    ObjectIous,
+    match_objects,
+    mean_average_precision,
+    object_ious,
+    object_matching,
+    object_matching_dataset,
+    sum_matchings,
+)
 from kunet.metrics.pixels import dice_per_class, iou_per_class, pixel_error
 from kunet.metrics.rand import adapted_rand_error, rand_error
 from kunet.metrics.scores import binary_segmentation_scores
@@ -77,6 +89,15 @@ __all__ = [
     "seg_per_object",
     "seg_measure",
     "binary_segmentation_scores",
+    "IOU_THRESHOLDS",
+    "Matching",
+    "ObjectIous",
+    "object_ious",
+    "match_objects",
+    "object_matching",
+    "object_matching_dataset",
+    "sum_matchings",
+    "mean_average_precision",
     "THRESHOLDS",
     "WARPING_THRESHOLDS",
     "BINARY_THRESHOLDS",
