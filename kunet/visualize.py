@@ -261,7 +261,10 @@ def history_figure(rows: list[dict], title: str, metrics: Sequence[str]) -> Figu
     """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 7), dpi=100, layout="constrained")
+    figure = Figure(figsize=(11, 7), dpi=100)
+    # Fixed margins (room for the legends right of the top panels): matplotlib's constrained layout drew
+    # the same figure in 0.55 s instead of 0.2 s, and training.png is redrawn at every epoch's end.
+    figure.subplots_adjust(left=0.10, right=0.82, bottom=0.08, top=0.91, wspace=0.6, hspace=0.22)
     figure.suptitle(title)
     grid_axes = figure.subplots(2, 2, sharex=True)
     epochs = sorted({epoch for epoch, _ in _column(rows, "epoch")})
@@ -298,7 +301,8 @@ def _draw_panel(axes, name: str, series: dict[str, list[tuple[float, float]]]) -
     else:
         axes.ticklabel_format(axis="y", useOffset=False)  # a constant rate reads 0.001, not 1e-3 + 0
     if name == "seconds per epoch":
-        axes.set_ylim(0, 1.08 * max(values))  # from 0: a few seconds of jitter should not look like a doubling
+        # From 0: a few seconds of jitter should not look like a doubling (all zero: 0 to 1, not a singular axis).
+        axes.set_ylim(0, 1.08 * max(values) or 1.0)
     if name in ("loss", "validation metrics"):
         # Outside the axes, so it never hides a curve.
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)

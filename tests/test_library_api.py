@@ -11,7 +11,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
-from helpers import kunet_fit_command, write_tiny_toml
+from helpers import kunet_fit_command, write_blob_folders, write_tiny_toml
 from kunet_cli.main import app
 from typer.testing import CliRunner
 
@@ -104,13 +104,16 @@ def test_fit_redirected_to_a_file_writes_plain_lines_only(tiny_records, tmp_path
     assert "epoch 1: loss" in text and "run: " in text
 
 
-def test_quiet_fit_writes_no_progress(tiny_records, tmp_path):
-    _, records = tiny_records
-    toml = write_tiny_toml(tmp_path / "tiny.toml", records)
-    result = CliRunner().invoke(app, ["fit", str(toml), "--run-dir", str(tmp_path / "run"), "--records",
-                                      str(records), "--steps", "3", "--quiet"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert not PROGRESS_LINE.search(result.output) and "completed at step 3" in result.output
+def test_quiet_writes_no_progress(tmp_path):
+    # --quiet is the same switch on every command (progress mode "none"); build-records needs no training.
+    write_blob_folders(tmp_path, count=4)
+    common = ["build-records", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+              "--log-every", "1"]  # fmt: skip
+    loud = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "loud")])
+    quiet = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "quiet"), "--quiet"])
+    assert loud.exit_code == quiet.exit_code == 0, loud.output + quiet.output
+    assert "checking labels 4/4" in loud.output and "writing records 4/4" in loud.output
+    assert [line.split(" frames")[0] for line in quiet.output.splitlines()] == ["wrote 3 train + 1 val"]
 
 
 def test_line_progress_writes_at_most_one_line_per_interval_and_the_last():
