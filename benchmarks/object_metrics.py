@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import median_ms  # noqa: E402
 
 from kunet import metrics, scoring  # noqa: E402
 
@@ -40,15 +41,6 @@ def disc_frame(size: int, count: int, seed: int = 0) -> np.ndarray:
         centre = tuple(int(c + rng.integers(-spacing // 10, spacing // 10 + 1)) for c in centre)
         cv2.circle(labels, centre, int(spacing / 2 * rng.uniform(0.4, 0.8)), index + 1, -1)
     return labels
-
-
-def median_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def stardist_matching():

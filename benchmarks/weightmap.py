@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import median_ms  # noqa: E402
 
 from kunet.config import LabelConfig, WeightMapConfig  # noqa: E402
 from kunet.sources import interpret_label  # noqa: E402
@@ -38,15 +39,6 @@ def naive_weight_map(classes, objects, num_objects, params, class_weights):
     distances.sort(axis=0)
     border = params.w0 * np.exp(-np.square(distances[0] + distances[1]) / (params.sigma_factor * params.sigma**2))
     return np.asarray(class_weights, np.float32)[classes] + border * (classes == 0)
-
-
-def median_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def frames():

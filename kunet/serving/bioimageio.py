@@ -44,11 +44,9 @@ from kunet.imageio import encode_png
 from kunet.inference import InferenceSettings
 from kunet.progress import Stages
 from kunet.runs import resolve_model_path
-from kunet.segmenter import load_unet, with_precision
-from kunet.serving.export import sample_image, training_provenance
-from kunet.serving.graph import ServingGraph
+from kunet.serving.export import export_source, load_for_export, sample_image, serving_graph, training_provenance
 from kunet.serving.signatures import ServingLimits
-from kunet.tiling import TilingOptions, plan_for_tile, plan_tiles
+from kunet.tiling import TilingOptions
 
 FORMAT_VERSION = "0.5.4"  # bioimage.io model spec; readers of any later 0.5.x read it
 WEIGHTS_FILE = "tf_saved_model_bundle.zip"
@@ -107,10 +105,8 @@ def package_info(model_path, flags: dict) -> PackageInfo:
     return PackageInfo(**settings)
 
 
-def _serving_function(model, settings: InferenceSettings, tiling: TilingOptions, limits: ServingLimits):
-    tile_hw = plan_tiles(settings.typical_size, model, tiling).input_hw
-    graph = ServingGraph(model, settings, plan_for_tile(settings.typical_size, tile_hw, model.depth),
-                         tiling.batch_size, limits)  # fmt: skip
+def _serving_function(model, settings: InferenceSettings, tiling: TilingOptions, limits: ServingLimits | None):
+    graph = serving_graph(model, settings, tiling, limits)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, model.input_channels], tf.float32, name=INPUT_ID)])
     def serve(raw):
@@ -324,12 +320,10 @@ def write_package(
     if not info.authors:
         raise PackageError(f"{out}: a bioimage.io package needs at least one author (--author NAME)")
     stages = Stages(log, total=3)
-    source = resolve_model_path(model_path)
+    source = export_source(model_path)
     stages(f"loading {source}")
-    loaded = load_unet(source)
-    model = with_precision(loaded, precision)
-    settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
-    serve = _serving_function(model, settings, tiling or TilingOptions(), limits or ServingLimits())
+    model, settings = load_for_export(source, precision)
+    serve = _serving_function(model, settings, tiling or TilingOptions(), limits)
     stages("tracing the model and writing the SavedModel")
     files: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="kunet-bioimageio-") as scratch:

@@ -89,13 +89,37 @@ def next_version(model_root: Path | str) -> int:
     return max((int(entry) for entry in uris.listdir(model_root) if entry.isdigit()), default=0) + 1
 
 
-def build_serving_functions(
-    model, settings: InferenceSettings, tile_hw, batch_size: int = 1, limits: ServingLimits | None = None
-) -> tuple[dict, object]:
-    """The registered signatures' functions around ``model`` (name -> ``tf.function``), and the tile plan."""
+def export_source(model_path) -> Path | str:
+    """The ``.keras`` file a run directory or ``.keras`` path names (an export cannot be exported again).
+
+    Raises:
+        ExportError: ``model_path`` is a SavedModel.
+    """
+    source = resolve_model_path(model_path)
+    if not uris.name(source).endswith(".keras"):
+        raise ExportError(f"{model_path}: export needs a run directory or a .keras file, not a SavedModel")
+    return source
+
+
+def load_for_export(source, precision: str) -> tuple[object, InferenceSettings]:
+    """The U-Net of the ``.keras`` file ``source`` in ``precision``, and its inference settings."""
+    loaded = load_unet(source)
+    return with_precision(loaded, precision), InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
+
+
+def serving_graph(
+    model, settings: InferenceSettings, tiling: TilingOptions, limits: ServingLimits | None = None
+) -> ServingGraph:
+    """The graph every exported signature is built from, tiling with ``tiling``'s tile (or rule's choice for
+    the frame size the model was trained on)."""
+    tile_hw = plan_tiles(settings.typical_size, model, tiling).input_hw
     plan = plan_for_tile(settings.typical_size, tile_hw, model.depth)
-    graph = ServingGraph(model, settings, plan, batch_size, limits or ServingLimits())
-    return {signature.name: signature.build(graph) for signature in SIGNATURES.values()}, plan
+    return ServingGraph(model, settings, plan, tiling.batch_size, limits or ServingLimits())
+
+
+def build_serving_functions(graph: ServingGraph) -> dict:
+    """The registered signatures' functions around ``graph`` (name -> ``tf.function``)."""
+    return {signature.name: signature.build(graph) for signature in SIGNATURES.values()}
 
 
 def training_provenance(model_file: Path | str) -> dict | None:
@@ -291,10 +315,11 @@ def _export_remote(model_root: str, version: int | None, write, readme, log, sta
     return destination, info
 
 
-def _write_version(folder: Path, model, source: Path | str, name: str, settings, tile_hw, batch_size, limits, stage):
+def _write_version(folder: Path, graph: ServingGraph, source: Path | str, name: str, stage):
     """Writes the SavedModel and ``assets.extra`` into ``folder``; returns the client info."""
     stage("tracing the serving graph and writing the SavedModel")
-    functions, plan = build_serving_functions(model, settings, tile_hw, batch_size, limits)
+    model, settings, plan, limits = graph.model, graph.settings, graph.plan, graph.limits
+    functions = build_serving_functions(graph)
     archive = keras.export.ExportArchive()
     archive.track(model)
     for key, function in functions.items():
@@ -356,24 +381,18 @@ def export(
     Example:
         >>> export("runs/isbi2012", "isbi")   # saved_models/isbi/1
     """
-    limits = limits or ServingLimits()
-    source = resolve_model_path(model_path)
-    if not uris.name(source).endswith(".keras"):
-        raise ExportError(f"{model_path}: export needs a run directory or a .keras file, not a SavedModel")
+    source = export_source(model_path)
     model_root = uris.join(base_dir, name)
     if version is not None and uris.exists(uris.join(model_root, str(version))):
         raise ExportError(f"{uris.join(model_root, str(version))}: version {version} already exists (versions are "
                           "never overwritten)")  # fmt: skip
     stages = Stages(log, total=4 if uris.is_remote(model_root) else 3)
     stages(f"loading {source}")
-    loaded = load_unet(source)
-    model = with_precision(loaded, precision)
-    settings = InferenceSettings.from_metadata(getattr(loaded, "metadata", {}))
-    tiling = tiling or TilingOptions()
-    tile_hw = plan_tiles(settings.typical_size, model, tiling).input_hw
+    model, settings = load_for_export(source, precision)
+    graph = serving_graph(model, settings, tiling or TilingOptions(), limits)
 
     def write(folder: Path) -> dict:
-        return _write_version(folder, model, source, name, settings, tile_hw, tiling.batch_size, limits, stages)
+        return _write_version(folder, graph, source, name, stages)
 
     if uris.is_remote(model_root):
         destination, info = _export_remote(
@@ -382,7 +401,7 @@ def export(
     else:
         destination, info = _export_local(model_root, version, write, name, log)
     atomic_write_text(uris.join(model_root, "models.config"), models_config(name, f"/models/{name}"))
-    atomic_write_text(uris.join(model_root, "batching_parameters.txt"), batching_parameters(limits))
+    atomic_write_text(uris.join(model_root, "batching_parameters.txt"), batching_parameters(graph.limits))
     atomic_write_text(uris.join(model_root, "README.md"), serving_readme(name, int(uris.name(destination)), info))
     tile = info["tiling"]["input_tile"]
     stages.done(f"exported {source} -> {destination} (tile {tile[0]}x{tile[1]})")
