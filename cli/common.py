@@ -98,11 +98,9 @@ def user_errors():
 
 def load_config(pipeline: Path | None, overrides: list[str]):
     """The pipeline TOML with ``--set`` overrides; without a file, defaults rooted at the working directory."""
-    from kunet.config import apply_overrides, load_pipeline, pipeline_from_dict
+    from kunet.fitting import resolve_pipeline
 
-    if pipeline is not None:
-        return load_pipeline(pipeline, overrides)
-    return pipeline_from_dict(apply_overrides({}, overrides), base_dir=Path.cwd(), where="--set")
+    return resolve_pipeline(pipeline, overrides, where="--set")
 
 
 @contextlib.contextmanager

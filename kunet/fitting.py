@@ -19,13 +19,14 @@ from kunet.progress import reporting
 
 
 def resolve_pipeline(
-    pipeline: str | os.PathLike | PipelineConfig | None, overrides: Sequence[str] = ()
+    pipeline: str | os.PathLike | PipelineConfig | None, overrides: Sequence[str] = (), where: str = "overrides"
 ) -> PipelineConfig:
-    """A pipeline from a TOML path, a config (overrides applied to a copy) or ``None`` (the defaults)."""
+    """A pipeline from a TOML path, a config (overrides applied to a copy) or ``None`` (the defaults, rooted at
+    the working directory; ``where`` names the overrides in errors)."""
     if isinstance(pipeline, PipelineConfig):
         return pipeline_from_dict(apply_overrides(pipeline.to_dict(), list(overrides)), pipeline.base_dir)
     if pipeline is None:
-        return pipeline_from_dict(apply_overrides({}, list(overrides)), base_dir=Path.cwd(), where="overrides")
+        return pipeline_from_dict(apply_overrides({}, list(overrides)), base_dir=Path.cwd(), where=where)
     return load_pipeline(pipeline, list(overrides))
 
 
