@@ -91,7 +91,8 @@ def fit_arrays(
     so the run directory holds the same models, history and ``training.png``.
 
     Args:
-        images: uint8/uint16 images ``[N, H, W]`` or ``[N, H, W, C]``, or a list of such arrays of any sizes.
+        images: uint8, uint16, int16 or float32 images ``[N, H, W]`` or ``[N, H, W, C]`` (one dtype; float64
+            is taken as float32), or a list of such arrays of any sizes.
         labels: Their integer labels, as ``labels.kind`` reads them (default ``binary``: 0 background, 255
             foreground; ``overrides=["labels.kind=instance"]`` for instance ids).
         run_dir: The run directory; it must not hold a run.

@@ -316,31 +316,19 @@ def as_channels(image: np.ndarray, channels: int, where: str) -> np.ndarray:
     )
 
 
-# What prediction takes (kunet.preprocess.raw_to_unit says how each reaches the net's [0, 1] range).
+# What prediction takes and records store (kunet.preprocess.raw_to_unit says how each reaches the net's [0, 1]
+# range; kunet.records.schema.image_storage how records keep each losslessly).
 PREDICTABLE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
-# What records store losslessly (PNG): the images a model is trained and evaluated on.
-RECORD_DTYPES = (np.uint8, np.uint16)
 
 
 def check_image_dtype(image: np.ndarray, where: str) -> None:
-    """Refuses an image prediction cannot take: other dtypes, and float images with NaN or infinite values."""
+    """Refuses an image kunet cannot take: other dtypes, and float images with NaN or infinite values."""
     if image.dtype not in PREDICTABLE_DTYPES:
         raise ImageReadError(
             f"{where}: images must be uint8, uint16, int16 or float32 (float64 is read as float32), got {image.dtype}"
         )
     if image.dtype == np.float32 and not np.isfinite(image).all():
         raise ImageReadError(f"{where}: float image with NaN or infinite values")
-
-
-def check_record_dtype(image: np.ndarray, where: str) -> None:
-    """Refuses an image records cannot store losslessly (they hold 8- or 16-bit unsigned PNG)."""
-    if image.dtype in RECORD_DTYPES:
-        return
-    check_image_dtype(image, where)
-    raise ImageReadError(
-        f"{where}: {image.dtype} image; records store images as 8- or 16-bit unsigned PNG: convert it to uint16 "
-        "(e.g. rescaled to 0..65535) or uint8 for training (prediction takes it as it is)"
-    )
 
 
 def as_label_plane(label: np.ndarray, where: str) -> np.ndarray:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 from kunet.augment import AugmentParams, make_host_sampler, sample_tiles
 from kunet.config import PipelineConfig
 from kunet.model import output_size
-from kunet.preprocess import dtype_max, normalization, tf_normalize
-from kunet.records import assert_split, parse_example, read_manifest, shard_paths
+from kunet.preprocess import normalization, tf_normalize, tf_raw_to_unit
+from kunet.records import assert_split, image_format, parse_example, read_manifest, shard_paths
 
 # Keeps per-worker seeds apart (any odd constant larger than typical seeds works).
 _WORKER_SEED_STRIDE = 7919
@@ -72,9 +73,13 @@ def decoded_frames(
     paths = shard_paths(records_dir, split, manifest)
     if not paths:
         raise ValueError(f"{records_dir}: no {split} records")
-    image_dtype, channels = manifest["image"]["dtype"], manifest["image"]["channels"]
-    scale = 1.0 / dtype_max(image_dtype)
+    image_dtype, channels, storage = image_format(manifest)
     statistics = normalization(normalize, settings).tf_statistics
+    # Float images may hold any values (deconvolved: negative, above 1), but augmentation's gray values work in
+    # [0, 1] and clip to it. Under a normalisation that does not see the scale (all but "scale", which takes
+    # float values in [0, 1] as given), each frame is first stretched to [0, 1] by its own minimum and maximum:
+    # an affine map, so the normalised net input is prediction's (which takes the floats as they are).
+    stretch_floats = np.issubdtype(np.dtype(image_dtype), np.floating) and normalize != "scale"
     files = tf.data.Dataset.from_tensor_slices(paths)
     dataset = files.interleave(
         # Each example travels with its shard's path, so a failed check can name the shard.
@@ -87,20 +92,27 @@ def decoded_frames(
         dataset = dataset.shard(num_shards, shard_index)
 
     def decode(path, serialized):
-        parsed = parse_example(serialized, image_dtype, channels)
+        parsed = parse_example(serialized, image_dtype, channels, storage)
         with tf.control_dependencies([assert_split(parsed, split, path)]):
-            image = tf.cast(parsed["image"], tf.float32) * scale
+            image = tf_raw_to_unit(parsed["image"], image_dtype)
+        if stretch_floats:
+            image = _frame_min_max_stretched(image)
         # Whole-frame statistics, computed once here: tiles are normalised as the whole image would be.
-        shift, scale_ = statistics(image[None])
+        shift, scale = statistics(image[None])
         return {
             "image": image,
             "classes": parsed["classes"],
             "weight": parsed["weight"],
             "norm_shift": shift[0],
-            "norm_scale": scale_[0],
+            "norm_scale": scale[0],
         }
 
     return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _frame_min_max_stretched(image):
+    low, high = tf.reduce_min(image), tf.reduce_max(image)
+    return (image - low) / tf.maximum(high - low, np.float32(1e-30))
 
 
 def training_dataset(

@@ -35,8 +35,11 @@ CHUNK_VALUES = 2**22
 
 
 def dtype_max(dtype) -> float:
-    """The value that maps to 1.0: 255 for uint8, 65535 for uint16, 1.0 for float images."""
+    """The value that maps to 1.0: 255 for uint8, 65535 for uint16 and for int16 (shifted by
+    :data:`INT16_SHIFT` into uint16's range first), 1.0 for float images."""
     dtype = np.dtype(dtype)
+    if dtype == np.int16:
+        return float(np.iinfo(np.uint16).max)
     if np.issubdtype(dtype, np.integer):
         return float(np.iinfo(dtype).max)
     return 1.0
@@ -44,6 +47,11 @@ def dtype_max(dtype) -> float:
 
 # int16 images are shifted by this into uint16's range (TIFFs of signed 16-bit data, e.g. from some cameras).
 INT16_SHIFT = 32768
+
+
+def dtype_shift(dtype) -> float:
+    """What is added to raw values of ``dtype`` before dividing by :func:`dtype_max`: 32768 for int16, else 0."""
+    return float(INT16_SHIFT) if np.dtype(dtype) == np.int16 else 0.0
 
 
 def raw_to_unit(image: np.ndarray, integer_max: float) -> np.ndarray:
@@ -57,10 +65,23 @@ def raw_to_unit(image: np.ndarray, integer_max: float) -> np.ndarray:
     return values / np.float32(integer_max)
 
 
+def tf_raw_to_unit(image, dtype: str):
+    """TensorFlow's :func:`raw_to_unit` for a tensor holding values of ``dtype`` (as stored): the same
+    float32 arithmetic, so records, predictions and exports bring one image to the same [0, 1] values."""
+    import tensorflow as tf
+
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return tf.cast(image, tf.float32)
+    values = tf.cast(image, tf.float32)
+    if dtype_shift(dtype):
+        values = values + np.float32(dtype_shift(dtype))
+    return values / np.float32(dtype_max(dtype))
+
+
 def to_unit_range(image: np.ndarray) -> np.ndarray:
     """Scales an image to float32 in [0, 1] by its dtype's maximum: uint8 / 255, uint16 / 65535, int16
     (+ 32768) / 65535; float images pass unchanged (see the module's docstring)."""
-    return raw_to_unit(image, dtype_max(np.uint16 if image.dtype == np.int16 else image.dtype))
+    return raw_to_unit(image, dtype_max(image.dtype))
 
 
 def image_statistics(unit_image: np.ndarray) -> tuple[float, float]:

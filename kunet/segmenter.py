@@ -24,7 +24,7 @@ from kunet.errors import KunetError, first_line
 from kunet.inference import InferenceSettings, Predictor
 from kunet.model import UNet, output_size
 from kunet.precision import PRECISIONS, resolve_precision
-from kunet.preprocess import INT16_SHIFT, dtype_max
+from kunet.preprocess import dtype_max, dtype_shift
 from kunet.runs import ModelLoadError, resolve_model_path
 from kunet.tiling import TilingOptions
 
@@ -146,14 +146,15 @@ class Segmentation:
 
 
 def _graph_pixels(image: np.ndarray, image_dtype: str) -> np.ndarray:
-    """An image as an export's graph takes it: pixel values of the dtype the model was trained on (the graph
-    divides them by that dtype's maximum). int16 is shifted into uint16's range and a float image, whose
-    values the Keras path takes as they are, is multiplied by that maximum, so both paths agree."""
+    """An image as an export's graph takes it: pixel values in the terms of the dtype the model was trained on
+    (the graph adds that dtype's shift and divides by its maximum, :func:`kunet.preprocess.tf_raw_to_unit`).
+    The Keras path brings integers of any dtype to [0, 1] by their own shift and the trained dtype's maximum,
+    and takes float images as they are; the values given here make the graph compute the same."""
+    trained_shift = np.float32(dtype_shift(image_dtype))
     if np.issubdtype(image.dtype, np.floating):
-        return image.astype(np.float32) * np.float32(dtype_max(image_dtype))
-    if image.dtype == np.int16:
-        return image.astype(np.float32) + np.float32(INT16_SHIFT)
-    return image
+        return image.astype(np.float32) * np.float32(dtype_max(image_dtype)) - trained_shift
+    shift = np.float32(dtype_shift(image.dtype)) - trained_shift
+    return image.astype(np.float32) + shift if shift else image
 
 
 class Segmenter:

@@ -29,7 +29,7 @@ from kunet.imageio import (
     ImageReadError,
     as_channels,
     as_label_plane,
-    check_record_dtype,
+    check_image_dtype,
     count_pages,
     read_image,
 )
@@ -49,10 +49,10 @@ class Frame:
     page: int = 0
 
     def load(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-        """Reads the image [H, W, C] (uint8/uint16) and the raw label [H, W] (uint8/uint16)."""
+        """Reads the image [H, W, C] (uint8/uint16/int16/float32) and the raw label [H, W] (uint8/uint16)."""
         try:
             image = read_image(self.image_path, self.page)
-            check_record_dtype(image, str(self.image_path))
+            check_image_dtype(image, str(self.image_path))
             image = as_channels(image, channels, str(self.image_path))
             label = as_label_plane(read_image(self.label_path, self.page), str(self.label_path))
         except ImageReadError as error:
@@ -82,7 +82,7 @@ class ArrayFrame:
 
     def load(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         try:
-            check_record_dtype(self.image, self.image_path)
+            check_image_dtype(self.image, self.image_path)
             image = as_channels(self.image, channels, self.image_path)
             label = as_label_plane(self.label, self.label_path)
         except ImageReadError as error:
@@ -97,7 +97,8 @@ def array_frames(images, labels, prefix: str = "") -> list[ArrayFrame]:
     """Frames of in-memory images [N, H, W(, C)] (or a list of [H, W(, C)] arrays of any sizes) and labels.
 
     Args:
-        images: uint8 or uint16 images (float images: convert them first, e.g. to uint16).
+        images: uint8, uint16, int16 or float32 images (float64 is taken as float32), as they would be stored
+            in image files: one dtype for all.
         labels: Integer label images of the same sizes (0/255 masks, instance ids, class ids: as
             ``labels.kind`` says); booleans are read as 0/1.
         prefix: Put before the argument names and frame ids (``val_``: the validation arrays).
@@ -109,6 +110,8 @@ def array_frames(images, labels, prefix: str = "") -> list[ArrayFrame]:
     frames = []
     for index, (image, label) in enumerate(zip(images, labels)):
         image, label = np.asarray(image), np.asarray(label)
+        if image.dtype == np.float64:
+            image = image.astype(np.float32)  # the net computes in float32; TIFFs of float64 are read so too
         if label.dtype == bool:
             label = label.astype(np.uint8)
         frames.append(ArrayFrame(f"{prefix}{index:05d}", image, label, f"{prefix}images[{index}]",

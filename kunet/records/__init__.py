@@ -27,15 +27,21 @@ from kunet.records.read import (
 from kunet.records.schema import (
     MANIFEST,
     MANIFEST_KEYS,
+    READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     SPLITS,
     RecordsError,
     encode_example,
+    image_format,
+    image_storage,
     parse_example,
 )
 
 __all__ = [
     "SCHEMA_VERSION",
+    "READABLE_SCHEMA_VERSIONS",
+    "image_format",
+    "image_storage",
     "MANIFEST",
     "MANIFEST_KEYS",
     "SPLITS",

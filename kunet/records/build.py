@@ -31,7 +31,16 @@ import kunet
 from kunet import uris
 from kunet._fs import building_directory, check_output, commit_directory, sweep_temporaries
 from kunet.config import PipelineConfig, load_pipeline
-from kunet.records.schema import MANIFEST, SCHEMA_VERSION, SPLITS, RecordsError, _sha256, encode_example
+from kunet.records.schema import (
+    MANIFEST,
+    SPLITS,
+    RecordsError,
+    _sha256,
+    encode_example,
+    exact_in_float16,
+    image_storage,
+    schema_version,
+)
 from kunet.sources import Frame, interpret_label, list_frames
 from kunet.weightmap import class_weights_for, weight_map
 
@@ -97,6 +106,23 @@ class FrameSummary:
     channels: int
     class_counts: np.ndarray  # all frames
     train_counts: np.ndarray  # training frames (w_c balances these)
+    float16_exact: bool = True  # every float32 image seen so far survives float16 unchanged
+
+    @property
+    def storage(self) -> str:
+        """How the images are stored (:func:`kunet.records.schema.image_storage`)."""
+        return image_storage(self.image_dtype, self.float16_exact)
+
+    def note_values(self, frame: Frame, image: np.ndarray) -> None:
+        """Pass 1: a float32 image that float16 would change makes float32 the storage of every image."""
+        if image.dtype == np.float32 and self.float16_exact:
+            self.float16_exact = exact_in_float16(image)
+
+    def check_storable(self, frame: Frame, image: np.ndarray) -> None:
+        """Pass 2: refuses an image that changed since pass 1 so that the chosen storage would alter it."""
+        if self.storage == "float16" and not exact_in_float16(image):
+            raise RecordsError(f"{frame.image_path}: changed while the records were built (values not exact in "
+                               "float16 any more); build them again")  # fmt: skip
 
     def check_bit_depth(self, frame: Frame, image: np.ndarray, label: np.ndarray) -> None:
         """Raises naming ``frame``'s file if its image or label bit depth differs from the first frame's."""
@@ -128,6 +154,7 @@ def check_frames(
             zeros = np.zeros(num_classes, dtype=np.int64)
             summary = FrameSummary(frame, str(image.dtype), str(label.dtype), image.shape[2], zeros, zeros.copy())
         summary.check_bit_depth(frame, image, label)
+        summary.note_values(frame, image)
         summary.class_counts += counts
         if splits[frame.frame_id] == "train":
             summary.train_counts += counts
@@ -193,8 +220,10 @@ def _encoder(
     def encode(frame: Frame) -> EncodedFrame:
         image, label, labelled = _interpret(frame, config)
         summary.check_bit_depth(frame, image, label)  # a file replaced since pass 1
+        summary.check_storable(frame, image)
         weights = weight_map(labelled.classes, labelled.objects, labelled.num_objects, params, class_weights)
-        example = encode_example(frame, splits[frame.frame_id], image, label, labelled.classes, weights)
+        example = encode_example(frame, splits[frame.frame_id], image, label, labelled.classes, weights,
+                                 summary.storage)  # fmt: skip
         return EncodedFrame(frame, splits[frame.frame_id], example, label.shape[0], label.shape[1])
 
     return encode
@@ -211,12 +240,12 @@ def _manifest(
 ) -> dict:
     """The manifest of a build whose shards are written (``created`` is now)."""
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema_version(summary.storage),
         "name": config.name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "kunet_version": kunet.__version__,
         "counts": split_sizes,
-        "image": {"dtype": summary.image_dtype, "channels": summary.channels},
+        "image": {"dtype": summary.image_dtype, "channels": summary.channels, "storage": summary.storage},
         "labels": {
             "kind": config.labels.kind,
             "dtype": summary.label_dtype,

@@ -16,7 +16,16 @@ import os
 from collections.abc import Iterator
 
 from kunet import uris
-from kunet.records.schema import MANIFEST, MANIFEST_KEYS, SCHEMA_VERSION, SPLITS, RecordsError, _sha256, parse_example
+from kunet.records.schema import (
+    MANIFEST,
+    MANIFEST_KEYS,
+    READABLE_SCHEMA_VERSIONS,
+    SPLITS,
+    RecordsError,
+    _sha256,
+    image_format,
+    parse_example,
+)
 
 
 def _join(records_dir: str | os.PathLike, name: str) -> str:
@@ -36,9 +45,10 @@ def read_manifest(records_dir: str | os.PathLike) -> dict:
             manifest = json.loads(stream.read())
         except ValueError as error:
             raise RecordsError(f"{path}: damaged manifest, not JSON ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        raise RecordsError(f"{path}: records schema version {version}, this kunet reads {SCHEMA_VERSION}")
+        readable = " and ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
+        raise RecordsError(f"{path}: records schema version {version}, this kunet reads versions {readable}")
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if missing:
         raise RecordsError(f"{path}: damaged manifest, missing {', '.join(missing)}")
@@ -125,7 +135,7 @@ def _shard_frames(path: str, split: str, manifest: dict) -> Iterator[dict]:
 
     try:
         for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP"):
-            parsed = parse_example(serialized, manifest["image"]["dtype"], manifest["image"]["channels"])
+            parsed = parse_example(serialized, *image_format(manifest))
             frame_id, found = parsed["frame_id"].numpy().decode(), parsed["split"].numpy().decode()
             if found != split:
                 raise RecordsError(_wrong_split(path, frame_id, found, split))

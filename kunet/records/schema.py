@@ -1,11 +1,13 @@
 """What a kunet records folder holds: the example schema, the manifest's name and keys, shard checksums.
 
-Schema (version 1), one ``tf.train.Example`` per frame:
+Schema (version 2; version 1 had no ``image/raw``), one ``tf.train.Example`` per frame:
 
 =================  ======  ==============================================================
 key                type    meaning
 =================  ======  ==============================================================
-image/png          bytes   the image as lossless PNG, dtype as stored (uint8 or uint16)
+image/png          bytes   uint8/uint16 images: the image as lossless PNG, dtype as stored (else empty)
+image/raw          bytes   int16/float32 images: H*W*C little-endian values of the manifest's ``storage``
+                           (int16; float16 when every value of every frame is exact in it; else float32)
 image/height       int64   H
 image/width        int64   W
 image/channels     int64   C (1 gray, 3 RGB)
@@ -19,7 +21,8 @@ source/label       bytes   path of the label file
 source/page        int64   page within a multi-page TIFF (0 otherwise)
 =================  ======  ==============================================================
 
-:func:`encode_example` and :func:`parse_example` are the two sides of this table.
+:func:`encode_example` and :func:`parse_example` are the two sides of this table. Records of uint8/uint16
+images are written as version 1 (readable by older kunet); int16/float32 images need version 2.
 """
 
 from __future__ import annotations
@@ -27,12 +30,18 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
+
 from kunet.choices import SPLITS as SPLITS  # re-exported: kunet.records.SPLITS
 from kunet.errors import KunetError
 from kunet.imageio import encode_png
 from kunet.sources import Frame
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this kunet writes
+READABLE_SCHEMA_VERSIONS = (1, 2)
+# How an image of each dtype is stored: PNG (lossless) for unsigned integers, raw bytes for the others.
+PNG_DTYPES = ("uint8", "uint16")
+RAW_DTYPES = ("int16", "float32")
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("counts", "image", "labels", "shards", "sources")  # what readers look up
 
@@ -44,6 +53,7 @@ class RecordsError(KunetError):
 # The features of one example and their types: the table above, for encode_example and parse_example.
 _FEATURES = {
     "image/png": "bytes",
+    "image/raw": "bytes",
     "image/height": "int64",
     "image/width": "int64",
     "image/channels": "int64",
@@ -66,13 +76,44 @@ def _feature(kind: str, value):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-def encode_example(frame: Frame, split: str, image, label, classes, weights) -> bytes:
-    """One frame as a serialised ``tf.train.Example`` (image [H, W, C], raw label, class map, weight map)."""
+def image_storage(dtype: str, exact_in_float16: bool = False) -> str:
+    """How images of ``dtype`` are stored: ``png``, or the dtype of their raw bytes."""
+    if dtype in PNG_DTYPES:
+        return "png"
+    if dtype == "float32":
+        return "float16" if exact_in_float16 else "float32"
+    if dtype in RAW_DTYPES:
+        return dtype
+    raise RecordsError(f"records cannot store {dtype} images (they store {', '.join(PNG_DTYPES + RAW_DTYPES)})")
+
+
+def schema_version(storage: str) -> int:
+    """The oldest schema that holds images stored as ``storage`` (older kunet reads version 1)."""
+    return 1 if storage == "png" else 2
+
+
+def exact_in_float16(image) -> bool:
+    """Whether every value of a float32 image survives float16 (then it is stored in half the bytes)."""
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(image.astype(np.float16).astype(np.float32), image))
+
+
+def image_format(manifest: dict) -> tuple[str, int, str]:
+    """``(dtype, channels, storage)`` of a manifest's images, the arguments of :func:`parse_example`."""
+    image = manifest["image"]
+    return image["dtype"], image["channels"], image.get("storage", "png")
+
+
+def encode_example(frame: Frame, split: str, image, label, classes, weights, storage: str = "png") -> bytes:
+    """One frame as a serialised ``tf.train.Example`` (image [H, W, C], raw label, class map, weight map);
+    ``storage`` is :func:`image_storage`'s answer for the records' images."""
     import tensorflow as tf
 
     height, width = label.shape
+    raw = b"" if storage == "png" else image.astype(f"<{np.dtype(storage).str[1:]}").tobytes()
     values = {
-        "image/png": encode_png(image),
+        "image/png": encode_png(image) if storage == "png" else b"",
+        "image/raw": raw,
         "image/height": height,
         "image/width": width,
         "image/channels": image.shape[2],
@@ -99,15 +140,22 @@ def _sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1) -> dict:
-    """Parses one serialised example into decoded tensors (image, label, classes, weight, ids)."""
+def parse_example(serialized, image_dtype: str = "uint8", channels: int = 1, storage: str = "png") -> dict:
+    """Parses one serialised example into decoded tensors (image as ``image_dtype``, label, classes, weight,
+    ids); ``storage`` as in the manifest (:func:`image_format`)."""
     import tensorflow as tf
 
     types = {"bytes": tf.string, "int64": tf.int64}
-    spec = {key: tf.io.FixedLenFeature([], types[kind]) for key, kind in _FEATURES.items()}
+    # Version-1 examples have no image/raw: it defaults to empty.
+    spec = {key: tf.io.FixedLenFeature([], types[kind], default_value="" if key == "image/raw" else None)
+            for key, kind in _FEATURES.items()}  # fmt: skip
     parsed = tf.io.parse_single_example(serialized, spec)
     height, width = tf.cast(parsed["image/height"], tf.int32), tf.cast(parsed["image/width"], tf.int32)
-    image = tf.io.decode_png(parsed["image/png"], channels=channels, dtype=tf.as_dtype(image_dtype))
+    if storage == "png":
+        image = tf.io.decode_png(parsed["image/png"], channels=channels, dtype=tf.as_dtype(image_dtype))
+    else:
+        values = tf.io.decode_raw(parsed["image/raw"], tf.as_dtype(storage), little_endian=True)
+        image = tf.cast(values, tf.as_dtype(image_dtype))
     weight = tf.reshape(tf.io.decode_raw(parsed["weight/f16"], tf.float16, little_endian=True), [height, width])
     return {
         "image": tf.reshape(image, [height, width, channels]),

@@ -63,7 +63,7 @@ from kunet._fs import (
 )
 from kunet.errors import KunetError
 from kunet.inference import InferenceSettings
-from kunet.preprocess import dtype_max, normalization
+from kunet.preprocess import dtype_max, dtype_shift, normalization
 from kunet.progress import Stages
 from kunet.records import RecordsError, read_manifest
 from kunet.runs import read_run_config, read_state, resolve_model_path, run_of
@@ -173,8 +173,8 @@ def client_info(model, settings: InferenceSettings, plan, training: dict | None 
             "channels": model.input_channels,
             "dtype": "float32 (raw pixel values as stored in the image files)",
             "image_dtype_trained_on": settings.image_dtype,
-            "normalization": f"divide by {dtype_max(settings.image_dtype):g}, then "
-            + (normalization(settings.normalize, settings).description or settings.normalize),
+            "normalization": f"{_unit_description(settings.image_dtype)}, then "
+            f"{normalization(settings.normalize, settings).description or settings.normalize}",
             "any_size": True,
         },
         "limits": (limits or ServingLimits()).to_dict(),
@@ -208,8 +208,17 @@ def sample_image(settings: InferenceSettings, channels: int) -> np.ndarray:
     """A deterministic image of the typical size for warm-up requests and checks."""
     height, width = settings.typical_size
     rng = np.random.default_rng(0)
-    maximum = dtype_max(settings.image_dtype)
-    return (rng.random((height, width, channels)) * maximum).astype(settings.image_dtype)
+    dtype = np.dtype(settings.image_dtype)
+    if np.issubdtype(dtype, np.floating):
+        return rng.random((height, width, channels)).astype(dtype)
+    return rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, (height, width, channels), endpoint=True, dtype=dtype)
+
+
+def _unit_description(image_dtype: str) -> str:
+    """How the graph brings raw pixel values of the training dtype to [0, 1] (kunet.preprocess.raw_to_unit)."""
+    if dtype_shift(image_dtype):
+        return f"add {dtype_shift(image_dtype):g}, divide by {dtype_max(image_dtype):g}"
+    return f"divide by {dtype_max(image_dtype):g}"
 
 
 def write_warmup_requests(path: Path, name: str, settings: InferenceSettings, channels: int) -> int:

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from kunet.decision import DecisionRule
 from kunet.inference import InferenceSettings, mirrored_probabilities, tiled_probabilities
-from kunet.preprocess import dtype_max, tf_normalize
+from kunet.preprocess import dtype_shift, tf_normalize, tf_raw_to_unit, to_unit_range
 from kunet.serving import signatures as names
 from kunet.serving.signatures import ServingLimits
 from kunet.tiling import TilePlan
@@ -68,7 +68,10 @@ class ServingGraph:
         self.channels = model.input_channels
         self.rule = DecisionRule.of(settings)
         self.class_values = tf.constant(list(settings.class_values), tf.int32)
-        self.image_dtype = tf.as_dtype(settings.image_dtype)
+        # PNG holds unsigned integers only: models trained on int16 or float images read 16-bit PNGs, int16
+        # ones as the shifted values that kunet's uint16 <-> int16 rule makes of them (kunet.preprocess).
+        png_dtype = settings.image_dtype if settings.image_dtype in ("uint8", "uint16") else "uint16"
+        self.png_dtype = tf.as_dtype(png_dtype)
         self.mask_dtype = tf.uint16 if max(settings.class_values) > 255 else tf.uint8
 
     def _probabilities(self, prepared):
@@ -79,8 +82,8 @@ class ServingGraph:
         )  # fmt: skip
 
     def _one_image(self, image):
-        scale = 1.0 / dtype_max(self.settings.image_dtype)
-        prepared = tf_normalize((image * scale)[None], self.settings.normalize, settings=self.settings)[0]
+        unit = tf_raw_to_unit(image, self.settings.image_dtype)
+        prepared = tf_normalize(unit[None], self.settings.normalize, settings=self.settings)[0]
         if self.settings.test_time_mirroring:
             return mirrored_probabilities(self._probabilities, prepared)
         return self._probabilities(prepared)
@@ -95,7 +98,8 @@ class ServingGraph:
     def decode_png(self, encoded):
         """One PNG file -> its pixels float32 [H, W, C], after checking it is a PNG within the bounds."""
         encoded = _checked(encoded, self._png_checks(encoded))
-        return tf.cast(tf.io.decode_png(encoded, channels=self.channels, dtype=self.image_dtype), tf.float32)
+        pixels = tf.cast(tf.io.decode_png(encoded, channels=self.channels, dtype=self.png_dtype), tf.float32)
+        return pixels - dtype_shift(self.settings.image_dtype)
 
     def encode_mask(self, labels):
         """Label values [H, W] -> a PNG file (16-bit when the values need it)."""
@@ -186,6 +190,9 @@ def _png(graph: ServingGraph):
 
 
 def _png_file(image: np.ndarray) -> bytes:
+    """A PNG of ``image`` (warm-up requests): int16 and float images as 16-bit PNG of their [0, 1] values."""
+    if image.dtype not in (np.uint8, np.uint16):
+        image = np.round(np.clip(to_unit_range(image), 0, 1) * 65535).astype(np.uint16)
     return tf.io.encode_png(tf.constant(image)).numpy()
 
 
