@@ -186,10 +186,11 @@ def _seeded_frames(config: PipelineConfig, records_dir, batch_size: int, start_s
 
 
 def _host_tiles(config: PipelineConfig, augment: bool):
-    """frame -> (normalised augmented tile, classes, weights), XLA-compiled per sample on the host."""
+    """frame -> (normalised augmented tile, classes, weights), per sample on the host (XLA unless
+    ``augment.jit_compile`` is off)."""
     shape = tile_shape(config)
     params = AugmentParams.from_config(config.augment) if augment else AugmentParams.disabled()
-    sampler = make_host_sampler(params, shape.input, shape.output, jit_compile=True)
+    sampler = make_host_sampler(params, shape.input, shape.output, jit_compile=config.augment.jit_compile)
     normalize = config.image.normalize
 
     def sample(frame):

@@ -47,6 +47,9 @@ def tiny_pipeline_dict(records_dir: str | None = None) -> dict:
         "source": {"kind": "folders", "images": "images", "labels": "labels"},
         "records": {"shards": 2, "val_fraction": 0.25, **({"out": records_dir} if records_dir else {})},
         "model": {"base_filters": 8, "depth": 2},
+        # Without XLA the sampler starts seconds sooner; the XLA path is tested in test_augment, the demo and
+        # test_pipeline's check that both give the same tiles.
+        "augment": {"jit_compile": False},
         "train": {
             "tile_size": 124,
             "batch_size": 2,
@@ -65,7 +68,7 @@ def write_tiny_toml(path: Path, records: Path, **train) -> Path:
     data = tiny_pipeline_dict(str(records))
     data["train"].update(train)
     lines = [f'name = "{data["name"]}"']
-    for section in ("source", "records", "model", "train"):
+    for section in ("source", "records", "model", "augment", "train"):
         lines.append(f"[{section}]")
         for key, value in data[section].items():
             lines.append(f"{key} = {json.dumps(value)}")

@@ -51,7 +51,11 @@ def test_resuming_at_step_n_continues_the_stream_exactly(tiny_records):
 
 def test_device_placement_gives_the_same_tiles_as_host_placement(tiny_records):
     config, records = tiny_records
-    host = _batches(config, records, 2, placement="host")
+    config.augment.jit_compile = True  # the host sampler as training runs it by default: under XLA
+    try:
+        host = _batches(config, records, 2, placement="host")
+    finally:
+        config.augment.jit_compile = False
     device = training_dataset(config, records, batch_size=2, placement="device")
     for (tiles, classes, weights), batch in zip(host, device.take(2)):
         assert set(batch) >= {"image", "classes", "weight", "size", "seed"}

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import free_port, kunet_fit_command, write_tiny_toml
+from helpers import free_port
 
 from kunet.model import UNet  # noqa: F401  (registers the class that load_model finds)
 from kunet.stopping import StopRequests, stop_exit_code
@@ -178,31 +178,6 @@ def _wait_for_checkpoint(run: Path, step: int, processes: list[subprocess.Popen]
     for process in processes:
         process.kill()
     pytest.fail(f"no checkpoint at step {step}: " + processes[0].communicate()[1][-2000:])
-
-
-@pytest.mark.slow
-def test_sigterm_during_fit_checkpoints_the_step_it_stopped_at_and_resume_loses_no_step(tiny_records, tmp_path):
-    _, records = tiny_records
-    toml = write_tiny_toml(tmp_path / "tiny.toml", records, steps_per_epoch=40, epochs=1, checkpoint_every_steps=5)
-    run = tmp_path / "run"
-    process = subprocess.Popen(kunet_fit_command(toml, run, records), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-    _wait_for_checkpoint(run, 5, [process])
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err[-3000:]  # 128 + SIGTERM: what schedulers retry
-    stopped = json.loads((run / "state.json").read_text())["step"]
-    assert 5 <= stopped < 40
-    assert f"stopping at step {stopped} (SIGTERM received)" in out
-    saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(run / "checkpoints"))
-    assert int(saved.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == stopped
-    assert (run / "history.csv").read_text().count("\n") == 1  # a header, no row: nothing run in a grace period
-
-    resumed = subprocess.run([sys.executable, "-m", "kunet_cli.main", "fit", "--resume", str(run)],
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed {run} at step {stopped}" in resumed.stdout
-    assert json.loads((run / "state.json").read_text())["step"] == 40
 
 
 def test_the_first_ctrl_c_is_recorded_and_the_second_interrupts():

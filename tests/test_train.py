@@ -1,4 +1,4 @@
-"""kunet fit: the weighted loss against NumPy, learning, exact resume, SIGKILL, and tf.distribute."""
+"""kunet fit: the weighted loss against NumPy, learning, exact resume, SIGKILL and SIGTERM, and tf.distribute."""
 
 from __future__ import annotations
 
@@ -147,34 +147,56 @@ def test_init_from_starts_a_new_run_from_a_trained_models_weights(tiny_records, 
     assert not (tmp_path / "missing").exists()
 
 
+def _wait_for_checkpoint(run: Path, step: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        index = run / "checkpoints" / "checkpoint"
+        if index.exists() and f"ckpt-{step}" in index.read_text():
+            return
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"no checkpoint at step {step} in time: " + process.communicate()[1][-2000:])
+
+
+def _checkpointed_step(run: Path) -> int:
+    saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(run / "checkpoints"))
+    return int(saved.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tiny_records, tmp_path):
+def test_sigkill_then_sigterm_mid_epoch_lose_no_checkpointed_step_and_resume_completes(tiny_records, tmp_path):
+    """One run's life: SIGKILLed (loses at most the steps since its last checkpoint), resumed and SIGTERMed
+    (finishes the step, checkpoints it, exits 143, which schedulers retry), resumed again to the end."""
     _, records = tiny_records
     toml = write_tiny_toml(tmp_path / "tiny.toml", records, steps_per_epoch=40, epochs=1, checkpoint_every_steps=4)
     run = tmp_path / "run"
-    process = subprocess.Popen(kunet_fit_command(toml, run, records), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        index = run / "checkpoints" / "checkpoint"
-        if index.exists() and "ckpt-8" in index.read_text():
-            break
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("no checkpoint at step 8 in time: " + process.stderr.read().decode()[-2000:])
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    state = tf.train.load_checkpoint(tf.train.latest_checkpoint(run / "checkpoints"))
-    saved_step = int(state.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+    resume = [sys.executable, "-m", "kunet_cli.main", "fit", "--resume", str(run)]
+
+    def start(command):
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    killed = start(kunet_fit_command(toml, run, records))
+    _wait_for_checkpoint(run, 8, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    saved_step = _checkpointed_step(run)
     assert saved_step >= 8 and saved_step % 4 == 0
-    resumed = subprocess.run(
-        [sys.executable, "-m", "kunet_cli.main", "fit", "--resume", str(run)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed {run} at step {saved_step}" in resumed.stdout
+
+    terminated = start(resume)
+    _wait_for_checkpoint(run, saved_step + 4, terminated)
+    terminated.send_signal(signal.SIGTERM)
+    out, err = terminated.communicate(timeout=120)
+    assert terminated.returncode == 143, err[-3000:]  # 128 + SIGTERM
+    assert f"resumed {run} at step {saved_step}" in out
+    stopped = json.loads((run / "state.json").read_text())["step"]
+    assert saved_step + 4 <= stopped < 40
+    assert f"stopping at step {stopped} (SIGTERM received)" in out
+    assert _checkpointed_step(run) == stopped  # the step it stopped at, not the last periodic checkpoint
+    assert (run / "history.csv").read_text().count("\n") == 1  # a header, no row: nothing run in a grace period
+
+    completed = subprocess.run(resume, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"resumed {run} at step {stopped}" in completed.stdout
     assert json.loads((run / "state.json").read_text())["step"] == 40
 
 
@@ -258,24 +280,22 @@ def test_cli_fit_predict_and_evaluate(tiny_records, tmp_path):
     fitted = subprocess.run(kunet_fit_command(toml, run, records, "--steps", "6"), capture_output=True, text=True,
                             timeout=600)  # fmt: skip
     assert fitted.returncode == 0, fitted.stderr[-3000:]
+    # predict and evaluate in this process (the command line is the same; a fresh process is tested by fit).
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
     images = Path(records).parent / "images"
-    predicted = subprocess.run(
-        [sys.executable, "-m", "kunet_cli.main", "predict", str(run), str(images), "--out", str(tmp_path / "pred"),
-         "--probabilities", "npy"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    predicted = CliRunner().invoke(app, ["predict", str(run), str(images), "--out", str(tmp_path / "pred"),
+                                         "--probabilities", "npy"])  # fmt: skip
+    assert predicted.exit_code == 0, predicted.output
     masks = sorted((tmp_path / "pred").glob("*_mask.png"))
     assert len(masks) == 8
     probabilities = np.load(tmp_path / "pred" / "b0_probabilities.npy")
     assert probabilities.shape == (96, 96, 2)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "kunet_cli.main", "evaluate", str(run), str(toml), "--records", str(records), "--out",
-         str(tmp_path / "eval")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    evaluated = CliRunner().invoke(app, ["evaluate", str(run), str(toml), "--records", str(records), "--out",
+                                         str(tmp_path / "eval")])  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
     report = json.loads((tmp_path / "eval" / "scores.json").read_text())
     assert set(report["frames"]) == {"b2", "b6"} or len(report["frames"]) == 2
     assert 0 <= report["mean"]["pixel_error"] <= 1
