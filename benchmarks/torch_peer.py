@@ -23,8 +23,9 @@ try:
 except (ImportError, OSError):  # not installed, or a wheel whose CUDA libraries are missing (see README)
     torch = F = nn = None
 
-# Channels-last (NHWC) activations: oneDNN's direct convolutions run on blocked/NHWC layouts, and on this
-# CPU (AMD EPYC, AVX2, 2 cores) the 572 tile ran about CHANNELS_LAST_GAIN faster than NCHW in both precisions.
+# Channels-last (NHWC) weights and activations: on the 2-core AMD EPYC (AVX2) this was developed on, one
+# 380 tile ran faster than in the default NCHW layout in both precisions (float32 about 1.6x, emulated bf16
+# about 8x; a busy machine, so only the direction is sure). Set to False to time NCHW.
 CHANNELS_LAST = True
 
 
