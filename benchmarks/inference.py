@@ -1,15 +1,19 @@
-"""One 512x512 image through the paper-size U-Net on this CPU, end to end, against the naive scheme.
+"""One 512x512 image through the paper's U-Net: kunet against plain Keras and PyTorch, float32 and bf16, one run.
 
-Measured in one run:
+Rows, each end to end (normalisation, mirror extension, tiling, the net, softmax, stitching; no file I/O):
 
-* naive: the usual Keras U-Net recipe - mirror-pad, cut four 572x572 tiles (388x388 outputs), run them
-  with ``model.predict`` one by one, stitch (float32);
-* kunet ``Predictor`` (one ``tf.function`` per tile size, tile chosen for the fewest FLOPs: a single
-  700x700 tile), float32 and mixed_bfloat16;
-* achieved GFLOP/s of each (FLOPs counted layer by layer, 2 per multiply-add).
+* Keras ``tf.function``: what a competent Keras user writes - mirror-pad, four 572x572 tiles (388x388
+  outputs) in one batch through ``tf.function(lambda x: model(x, training=False))``, softmax, stitch;
+  float32 and mixed_bfloat16. **Every ratio is against this row in the same precision.**
+* kunet ``Predictor``: one ``tf.function`` per tile size, tile chosen for the fewest FLOPs (a single
+  700x700 tile for 512x512), float32 and mixed_bfloat16.
+* PyTorch (``benchmarks/torch_peer.py``): the same net and the same four tiles as the Keras row, under
+  ``torch.inference_mode()``, bf16 through ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+* naive: the four tiles one by one through ``model.predict`` (float32), the recipe of most Keras U-Nets.
 
-"End to end" includes normalisation, mirror extension, tiling, the net, softmax and stitching; not file
-I/O. Usage: ``.venv/bin/python benchmarks/inference.py [--repeats 5]``.
+GFLOP/s count each row's own tiles (2 FLOPs per multiply-add, :func:`kunet.sizes.forward_flops`); "% peak"
+is against the 3x3-convolution kernel of ``benchmarks/peak.py`` in the same precision, measured in the same
+run. Usage: ``.venv/bin/python benchmarks/inference.py [--repeats 5] [--base32] [--quick]``.
 """
 
 from __future__ import annotations
@@ -23,32 +27,67 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import torch_peer  # noqa: E402
+from peak import peak_gflops  # noqa: E402
+from timing import footer, header  # noqa: E402
 
-from kunet.inference import Predictor, choose_tile  # noqa: E402
+from kunet.inference import Predictor  # noqa: E402
 from kunet.model import UNet  # noqa: E402
 from kunet.preprocess import image_statistics, normalize  # noqa: E402
 from kunet.segmenter import with_precision  # noqa: E402
 from kunet.sizes import forward_flops  # noqa: E402
 
+PRECISIONS = ("float32", "mixed_bfloat16")
+TILE, OUT = 572, 388
+SCHEMES = ("Keras tf.function", "kunet Predictor", "PyTorch", "PyTorch, autocast bf16", "naive: model.predict per tile")
 
-def naive_predict(model, image: np.ndarray) -> np.ndarray:
-    """Four 572 -> 388 tiles through ``model.predict``, stitched: what most Keras U-Nets do."""
+
+def four_tiles(image: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Standardised, mirror-padded image cut into 572x572 tiles whose 388x388 outputs cover it: [N, 572, 572, 1]."""
+    height, width = image.shape
+    rows, cols = -(-height // OUT), -(-width // OUT)
     unit = image.astype(np.float32) / 255.0
     prepared = normalize(unit[..., None], "standardize", image_statistics(unit))
-    padded = np.pad(prepared, ((92, 92 + 388 * 2 - 512), (92, 92 + 388 * 2 - 512), (0, 0)), mode="reflect")
-    out = np.zeros((776, 776, 2), np.float32)
-    for ty in range(2):
-        for tx in range(2):
-            tile = padded[ty * 388 : ty * 388 + 572, tx * 388 : tx * 388 + 572][None]
-            logits = model.predict(tile, verbose=0)[0]
-            out[ty * 388 : (ty + 1) * 388, tx * 388 : (tx + 1) * 388] = tf.nn.softmax(logits).numpy()
-    return out[:512, :512]
+    pad = ((92, 92 + rows * OUT - height), (92, 92 + cols * OUT - width), (0, 0))
+    padded = np.pad(prepared, pad, mode="reflect")
+    tiles = [padded[r * OUT : r * OUT + TILE, c * OUT : c * OUT + TILE] for r in range(rows) for c in range(cols)]
+    return np.stack(tiles), rows, cols
+
+
+def stitch(probabilities: np.ndarray, rows: int, cols: int, image_hw) -> np.ndarray:
+    """[rows * cols, 388, 388, K] tile outputs -> [H, W, K]."""
+    grid = probabilities.reshape(rows, cols, OUT, OUT, -1).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * OUT, cols * OUT, -1)[: image_hw[0], : image_hw[1]]
+
+
+def keras_function(model):
+    """The competent Keras user's predictor: every tile in one batch through one ``tf.function``."""
+    forward = tf.function(lambda tiles: tf.nn.softmax(model(tiles, training=False)))
+
+    def predict(image):
+        tiles, rows, cols = four_tiles(image)
+        return stitch(forward(tiles).numpy(), rows, cols, image.shape)
+
+    return predict
+
+
+def keras_predict(model):
+    """The naive recipe: the tiles one by one through ``model.predict``."""
+
+    def predict(image):
+        tiles, rows, cols = four_tiles(image)
+        logits = np.concatenate([model.predict(tile[None], verbose=0) for tile in tiles])
+        return stitch(tf.nn.softmax(logits).numpy(), rows, cols, image.shape)
+
+    return predict
 
 
 def timed(function, repeats: int) -> float:
-    function()  # warm-up: tracing, oneDNN primitive creation
+    """Median seconds of ``repeats`` calls after one warm-up call (tracing, oneDNN primitive creation)."""
+    function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -57,36 +96,98 @@ def timed(function, repeats: int) -> float:
     return float(np.median(times))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
-    image = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
+def load_image() -> tuple[np.ndarray, str]:
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "train" / "images" / "slice_00.png"
     if shared.exists():
         import cv2
 
-        image = cv2.imread(str(shared), cv2.IMREAD_GRAYSCALE)
-    model = UNet(seed=0)
-    plan = choose_tile(image.shape)
-    naive_flops = 4 * forward_flops(572, 572)
-    kunet_flops = plan.num_tiles * forward_flops(*plan.input_hw)
+        return cv2.imread(str(shared), cv2.IMREAD_GRAYSCALE), "ISBI 2012 train slice_00"
+    return np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8), "synthetic (uniform noise)"
+
+
+def measure(base: int, image: np.ndarray, repeats: int) -> list[tuple[str, str, str, int, float | None]]:
+    """Rows (scheme, precision, tiles, FLOPs, seconds; None when not installed) for one net width.
+
+    TensorFlow's rows run first and PyTorch's last, so neither library's idle threads share the cores with
+    the other's measurement.
+    """
+    model = UNet(base_filters=base, seed=0)
+    four, plan = 4 * forward_flops(TILE, TILE, base_filters=base), Predictor(model).plan(image.shape)
+    kunet_tiles = f"{plan.num_tiles} x {plan.input_hw[0]}"
+    kunet_flops = plan.num_tiles * forward_flops(*plan.input_hw, base_filters=base)
     rows = []
-    naive = timed(lambda: naive_predict(model, image), args.repeats)
-    rows.append(("naive: 4 x 572 tiles, model.predict, float32", naive, naive_flops))
-    for precision in ("float32", "mixed_bfloat16"):
-        predictor = Predictor(with_precision(model, precision))
-        seconds = timed(lambda p=predictor: p.probabilities(image), args.repeats)
-        rows.append(
-            (f"kunet: {plan.num_tiles} x {plan.input_hw[0]} tile, tf.function, {precision}", seconds, kunet_flops)
-        )
-    reference = Predictor(model).probabilities(image)
-    agreement = np.abs(naive_predict(model, image) - reference).max()
-    for name, seconds, flops in rows:
-        print(f"{name:<58} {seconds:6.2f} s  {flops / 1e12:5.2f} TFLOP  {flops / seconds / 1e9:5.0f} GFLOP/s  "
-              f"{naive / seconds:4.1f}x naive")  # fmt: skip
-    print(f"max |p_naive - p_kunet| = {agreement:.3f} (the naive 388-px stride shifts the pooling grid per tile)")
+    for precision in PRECISIONS:
+        net = with_precision(model, precision)
+        seconds = timed(lambda f=keras_function(net): f(image), repeats)
+        rows.append(("Keras tf.function", precision, "4 x 572", four, seconds))
+        seconds = timed(lambda p=Predictor(net): p.probabilities(image), repeats)
+        rows.append(("kunet Predictor", precision, kunet_tiles, kunet_flops, seconds))
+    naive = keras_predict(model)
+    rows.append(("naive: model.predict per tile", "float32", "4 x 572", four, timed(lambda: naive(image), repeats)))
+    for precision, scheme in zip(PRECISIONS, ("PyTorch", "PyTorch, autocast bf16")):
+        seconds = None
+        if torch_peer.version() is not None:
+            autocast = "float32" if precision == "float32" else "bf16"
+            seconds = torch_peer.inference_seconds(image.shape, autocast, repeats, base_filters=base)
+        rows.append((scheme, precision, "4 x 572", four, seconds))
+    return sorted(rows, key=lambda row: (PRECISIONS.index(row[1]), SCHEMES.index(row[0])))
+
+
+def agreement(base: int, image: np.ndarray) -> str:
+    """Largest difference of the probabilities of the float32 rows with the same weights."""
+    model = UNet(base_filters=base, seed=0)
+    reference = keras_function(model)(image)
+    parts = [f"kunet {np.abs(Predictor(model).probabilities(image) - reference).max():.2g}"]
+    if torch_peer.version() is not None:
+        net = torch_peer.unet(base).eval()
+        torch_peer.copy_kunet_weights(model, net)
+        parts.append(f"PyTorch {np.abs(torch_peer.predict(net, image) - reference).max():.2g}")
+    parts.append(f"model.predict {np.abs(keras_predict(model)(image) - reference).max():.2g}")
+    return "max |p - p_Keras tf.function|, float32, same weights: " + ", ".join(parts)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--base32", action="store_true", help="also the half-width net (base 32)")
+    parser.add_argument("--quick", action="store_true", help="1 repeat and a 1-s peak: a development check")
+    args = parser.parse_args()
+    repeats, peak_seconds = (1, 1.0) if args.quick else (args.repeats, 3.0)
+    header("Inference: one 512x512 image, kunet vs plain Keras vs PyTorch")
+    torch_version = torch_peer.version()
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+          + (f"PyTorch {torch_version}" if torch_version else "PyTorch: not installed"))  # fmt: skip
+    image, source = load_image()
+    print(f"image: {source}; median of {repeats} after a warm-up call\n")
+    peaks = {precision: peak_gflops(precision, peak_seconds) for precision in PRECISIONS}
+    for precision, figures in peaks.items():
+        print(f"practical peak, {precision}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in figures.items()))
+    bases = (64, 32) if args.base32 else (64,)
+    for base in bases:
+        keras_params = UNet(base_filters=base).count_params()
+        torch_params = (f"{sum(p.numel() for p in torch_peer.unet(base).parameters()):,}" if torch_version
+                        else "not installed")  # fmt: skip
+        print(f"base {base}: parameters kunet {keras_params:,}, PyTorch {torch_params}")
+
+    print("\n| net | scheme | precision | tiles | s/image | TFLOP | GFLOP/s | % conv peak | vs Keras tf.function |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    notes = []
+    for base in bases:
+        rows = measure(base, image, repeats)
+        baseline = {p: s for scheme, p, _, _, s in rows if scheme == "Keras tf.function"}
+        for scheme, precision, tiles, flops, seconds in rows:
+            name = f"base {base}" + (" (paper)" if base == 64 else "")
+            if seconds is None:
+                print(f"| {name} | {scheme} | {precision} | {tiles} | not installed | | | | |")
+                continue
+            gflops = flops / seconds / 1e9
+            share, ratio = 100 * gflops / peaks[precision]["conv3x3"], baseline[precision] / seconds
+            print(f"| {name} | {scheme} | {precision} | {tiles} | {seconds:.2f} | {flops / 1e12:.2f} | {gflops:.0f} | "
+                  f"{share:.0f} % | {ratio:.2f}x |")  # fmt: skip
+        notes.append(f"base {base}: {agreement(base, image)}")
+    print("\n(vs Keras tf.function: its seconds / the row's seconds, same precision; > 1 is faster.)")
+    print("\n".join(notes))
+    footer()
 
 
 if __name__ == "__main__":

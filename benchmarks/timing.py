@@ -1,7 +1,9 @@
-"""Timing shared by the benchmark scripts (run as ``python benchmarks/<name>.py``: this folder is on sys.path)."""
+"""Timing and reporting shared by the benchmark scripts (run as ``python benchmarks/<name>.py``: this folder is on
+sys.path)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -15,3 +17,23 @@ def median_ms(function, repeats: int) -> float:
         function()
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg()) + " (1, 5, 15 min)"
+
+
+def header(title: str) -> None:
+    """Prints the title, the CPU line of ``kunet info`` (model, cores, features) and the load average.
+
+    The load average says whether the figures below were taken on a quiet machine; :func:`footer` prints it again.
+    """
+    from kunet.system_info import cpu_features, cpu_model
+
+    features = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in cpu_features().items())
+    print(f"# {title}\n\ncpu: {cpu_model()}, {os.cpu_count()} cores; {features}\n{_load()} at start")
+
+
+def footer() -> None:
+    """Prints the load average after the measurements."""
+    print(f"{_load()} at the end")
