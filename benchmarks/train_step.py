@@ -17,8 +17,9 @@ For the paper's net (572 -> 388, batch 1) and with ``--base32`` the base-32 net,
 mixed_bfloat16 (emulated on a CPU without native bf16). GFLOP/s count training as 3x the forward FLOPs.
 Figures move with whatever else runs on the machine: the ratios, measured side by side, are the result.
 
-Usage: ``.venv/bin/python benchmarks/train_step.py [--base32] [--legacy] [--steps 3] [--repeats 3]
-[--precisions float32,mixed_bfloat16] [--records DIR] [--skip-trainer]``
+Usage: ``.venv/bin/python benchmarks/train_step.py [--base32] [--probe] [--legacy] [--steps 3] [--repeats 3]
+[--precisions float32,mixed_bfloat16] [--records DIR] [--skip-trainer]``. ``--probe`` adds a base-2 net on
+188-px tiles, whose step is nearly all per-step overhead (where kunet and model.fit differ at all).
 (records default: built on the fly from ../shared/data/isbi2012, else from synthetic EM images).
 """
 
@@ -60,10 +61,10 @@ REPO = Path(__file__).resolve().parents[1]
 TILE = 572
 
 
-def bench_config(base_filters: int, precision: str, steps_per_epoch: int = 1000):
+def bench_config(base_filters: int, precision: str, tile: int = TILE, steps_per_epoch: int = 1000):
     return pipeline_from_dict({
         "name": "bench", "model": {"base_filters": base_filters},
-        "train": {"tile_size": TILE, "batch_size": 1, "precision": precision, "optimizer": "sgd", "momentum": 0.99,
+        "train": {"tile_size": tile, "batch_size": 1, "precision": precision, "optimizer": "sgd", "momentum": 0.99,
                   "learning_rate": 1e-4, "schedule": "constant", "steps_per_epoch": steps_per_epoch,
                   "shuffle_buffer": 32},
     })  # fmt: skip
@@ -128,12 +129,12 @@ def model_fit_side(config, batch):
     return block
 
 
-def trainer_fit_seconds(config_args, records, workdir, steps: int) -> float:
-    """Median s/step of a whole ``Trainer.fit`` fed by the host augmentation pipeline (the first 2 steps untimed)."""
+def trainer_fit_seconds(config, records, run_dir, steps: int) -> float:
+    """Median s/step of a whole ``Trainer.fit`` fed by the host augmentation pipeline (the first 2 steps untimed;
+    one epoch, so no validation or checkpoint falls between timed steps)."""
     timer = StepTimes()
-    config = bench_config(*config_args, steps_per_epoch=steps + 2)
-    trainer = Trainer(config, workdir / f"fit-{'-'.join(map(str, config_args))}", records, progress="none",
-                      log=lambda line: None, callbacks=[timer])  # fmt: skip
+    config.train.steps_per_epoch = steps + 2
+    trainer = Trainer(config, run_dir, records, progress="none", log=lambda line: None, callbacks=[timer])
     trainer.fit(steps=steps + 2)
     return float(np.median(timer.intervals()[1:]))
 
@@ -178,12 +179,33 @@ def interleaved(sides: dict, steps: int, repeats: int) -> tuple[dict[str, float]
     return {name: float(np.median(values)) for name, values in times.items()}, first_loss
 
 
+def measure(net, precision, records, workdir, args) -> dict[str, float]:
+    """Median s/step of every side for one net and precision."""
+    label, base, tile = net
+    config = bench_config(base, precision, tile)
+    batch = next(iter(training_dataset(config, records, batch_size=1, placement="host")))
+    sides = kunet_sides(config, records, batch, workdir, args.legacy)
+    sides["model.fit"] = model_fit_side(config, batch)
+    seconds, losses = interleaved(sides, args.steps, args.repeats)
+    print(f"{label}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+    del sides
+    gc.collect()
+    if not args.skip_trainer:
+        run_dir = workdir / f"fit-{base}-{tile}-{precision}"
+        seconds["Trainer.fit, host augmentation"] = trainer_fit_seconds(config, records, run_dir, args.steps * 2)
+    if torch_peer and torch_peer.version():
+        name = f"PyTorch {torch_peer.version()}"
+        seconds[name] = torch_peer.train_step_seconds(tile, 1, precision, args.steps * 2, base_filters=base)
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per block")
     parser.add_argument("--repeats", type=int, default=3, help="blocks per side, interleaved")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--base32", action="store_true", help="also the base-32 net")
+    parser.add_argument("--probe", action="store_true", help="also a base-2 net on 188 tiles: per-step overhead")
     parser.add_argument("--legacy", action="store_true", help="also the step kunet ran before issue 21")
     parser.add_argument("--records", type=Path)
     parser.add_argument("--skip-trainer", action="store_true", help="no Trainer.fit and pipeline rows")
@@ -194,41 +216,28 @@ def main():
     else:
         print(f"{title}: TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
               f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    nets = [("paper (base 64)", 64, TILE)] + [("base 32", 32, TILE)] * args.base32
+    nets += [("overhead probe (base 2, tile 188)", 2, 188)] * args.probe
     precisions = args.precisions.split(",")
     peaks = {precision: peak.peak_gflops(precision) for precision in precisions} if peak else {}
     workdir = Path(tempfile.mkdtemp(prefix="kunet-bench-"))
     rows = []
     try:
         records = args.records or default_records(workdir)
-        for base in (64, 32) if args.base32 else (64,):
-            flops = 3 * forward_flops(TILE, TILE, base_filters=base)
+        for net in nets:
+            flops = 3 * forward_flops(net[2], net[2], base_filters=net[1])
             for precision in precisions:
-                config = bench_config(base, precision)
-                batch = next(iter(training_dataset(config, records, batch_size=1, placement="host")))
-                sides = kunet_sides(config, records, batch, workdir, args.legacy)
-                sides["model.fit"] = model_fit_side(config, batch)
-                seconds, losses = interleaved(sides, args.steps, args.repeats)
-                if not args.skip_trainer:
-                    seconds["Trainer.fit, host augmentation"] = trainer_fit_seconds(
-                        (base, precision), records, workdir, args.steps * args.repeats
-                    )
-                if torch_peer and torch_peer.version():
-                    seconds[f"PyTorch {torch_peer.version()}"] = torch_peer.train_step_seconds(
-                        TILE, 1, precision, args.steps * args.repeats, base_filters=base
-                    )
-                net = "paper (base 64)" if base == 64 else f"base {base}"
-                print(f"{net}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+                seconds = measure(net, precision, records, workdir, args)
                 for name, value in seconds.items():
-                    rows.append((net, precision, name, value, flops / value / 1e9, seconds["model.fit"], peaks))
-                del sides
-                gc.collect()
+                    rows.append((net[0], precision, name, value, flops / value / 1e9, seconds["model.fit"], peaks))
         rate = None if args.skip_trainer else pipeline_tiles_per_second(records)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(rows)
     if rate is not None:
+        fastest = min(row[3] for row in rows if "probe" not in row[0])
         print(f"\nhost pipeline (read, parse, decode, cache, tile {TILE}, augment, normalise, batch): {rate:.1f} "
-              f"tiles/s alone, {rate * min(row[3] for row in rows):.0f}x what the fastest step consumes")  # fmt: skip
+              f"tiles/s alone, {rate * fastest:.0f}x what the fastest step consumes")  # fmt: skip
     for precision, values in peaks.items():
         print(f"peak {precision}: " + ", ".join(f"{key} {value:.0f} GFLOP/s" for key, value in values.items()))
     if hasattr(timing, "footer"):
