@@ -1,20 +1,32 @@
-"""Seconds per training step of the paper-size U-Net, and whether the input pipeline can keep up.
+"""Seconds per training step: kunet's real step against ``keras.Model.fit`` on the same net, precision and loss.
 
-Measured in one run on this machine:
+Measured in one process, the sides interleaved (blocks of ``--steps`` steps in turn, ``--repeats`` times; the
+first step of every block is not timed, so each side starts warm and neither profits from the other's caches):
 
-* the paper's net (572 -> 388 tile, batch 1, 31 M parameters), one full training step (forward, weighted
-  loss, backward, SGD update) in float32 and mixed_bfloat16, each without and with XLA (jit_compile);
-* optionally a base-32 net (a quarter of the FLOPs) in mixed_bfloat16, the fast setting for CPUs;
-* the training pipeline (read GZIP TFRecords, parse, decode, cache, tile, augment, normalise, batch) in
-  tiles/s at 572 -> 388, and the ratio pipeline throughput / training throughput.
+* **kunet step**: what ``Trainer.fit`` runs per step (``Trainer.step_for_benchmark``: the compiled step with its
+  strategy.run/reduce, the float() sync, the counters, progress and callbacks), fed one fixed batch in memory;
+* **model.fit**: ``keras.Model.fit`` on the same net and batch (``from_tensors(batch).repeat()``), the same
+  loss (``SparseCategoricalCrossentropy(from_logits=True)`` with the weight map as ``sample_weight``), SGD
+  with momentum 0.99, no XLA; per step = the time between two ``on_train_batch_end`` calls;
+* with ``--legacy``: the step as kunet ran it before issue 21 (``benchmarks/legacy_step.py``);
+* **Trainer.fit**: the whole loop fed by the real host augmentation pipeline (which shares the cores), and
+  the pipeline alone in tiles/s;
+* the PyTorch peer (``torch_peer.py``) and the conv/matmul peak (``peak.py``) when those modules are present.
 
-Usage: ``.venv/bin/python benchmarks/train_step.py [--steps 5] [--records DIR] [--skip-xla]``
+For the paper's net (572 -> 388, batch 1) and with ``--base32`` the base-32 net, in float32 and
+mixed_bfloat16 (emulated on a CPU without native bf16). GFLOP/s count training as 3x the forward FLOPs.
+Figures move with whatever else runs on the machine: the ratios, measured side by side, are the result.
+
+Usage: ``.venv/bin/python benchmarks/train_step.py [--base32] [--probe] [--legacy] [--steps 3] [--repeats 3]
+[--precisions float32,mixed_bfloat16] [--records DIR] [--skip-trainer]``. ``--probe`` adds a base-2 net on
+188-px tiles, whose step is nearly all per-step overhead (where kunet and model.fit differ at all).
 (records default: built on the fly from ../shared/data/isbi2012, else from synthetic EM images).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -25,51 +37,110 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import timing  # noqa: E402
 
+from kunet.builders import build_model  # noqa: E402
 from kunet.config import pipeline_from_dict  # noqa: E402
-from kunet.losses import segmentation_loss  # noqa: E402
-from kunet.model import UNet  # noqa: E402
 from kunet.pipeline import training_dataset  # noqa: E402
 from kunet.sizes import forward_flops  # noqa: E402
+from kunet.train import Trainer  # noqa: E402
+
+try:  # written on another branch; the rows appear once it is merged
+    import torch_peer
+except ImportError:
+    torch_peer = None
+try:
+    import peak
+except ImportError:
+    peak = None
 
 REPO = Path(__file__).resolve().parents[1]
+TILE = 572
 
 
-def step_seconds(base_filters: int, precision: str, jit: bool, steps: int, batch_norm: bool = False) -> float:
-    """Median seconds of one training step after two warm-up steps (which include tracing/compiling)."""
-    import keras
+def bench_config(base_filters: int, precision: str, tile: int = TILE, steps_per_epoch: int = 1000):
+    return pipeline_from_dict({
+        "name": "bench", "model": {"base_filters": base_filters},
+        "train": {"tile_size": tile, "batch_size": 1, "precision": precision, "optimizer": "sgd", "momentum": 0.99,
+                  "learning_rate": 1e-4, "schedule": "constant", "steps_per_epoch": steps_per_epoch,
+                  "shuffle_buffer": 32},
+    })  # fmt: skip
 
-    model = UNet(base_filters=base_filters, batch_norm=batch_norm, seed=0,
-                 compute_dtype=None if precision == "float32" else precision)  # fmt: skip
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.99)
-    rng = np.random.default_rng(0)
-    tiles = tf.constant(rng.normal(size=(1, 572, 572, 1)).astype(np.float32))
-    labels = tf.constant(rng.integers(0, 2, (1, 388, 388)).astype(np.int32))
-    weights = tf.constant(rng.uniform(1, 10, (1, 388, 388)).astype(np.float32))
 
-    @tf.function(jit_compile=jit)
-    def step():
-        with tf.GradientTape() as tape:
-            loss = segmentation_loss(labels, model(tiles, training=True), weights, 2, 388 * 388)
-        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-        return loss
+class StepTimes(keras.callbacks.Callback):
+    """Time between consecutive ``on_train_batch_end`` calls (one whole loop iteration), and each batch's loss."""
 
-    for _ in range(2):
-        step().numpy()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step().numpy()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    def __init__(self):
+        super().__init__()
+        self.ends, self.losses = [], []
+
+    def on_train_begin(self, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+        self.losses.append(float((logs or {}).get("loss", np.nan)))
+
+    def intervals(self) -> list[float]:
+        return list(np.diff(self.ends))
+
+
+def step_side(step):
+    """Blocks of calls of ``step`` (a callable returning the loss), timed between consecutive step ends."""
+
+    def block(steps: int) -> tuple[list[float], float]:
+        ends, losses = [], []
+        for _ in range(steps):
+            losses.append(step())
+            ends.append(time.perf_counter())
+        return list(np.diff(ends)), losses[0]
+
+    return block
+
+
+def kunet_sides(config, records, batch, workdir, legacy: bool) -> dict:
+    def trainer(name):
+        return Trainer(config, workdir / name, records, progress="lines", log=lambda line: None)
+
+    sides = {"kunet step": step_side(trainer("kunet-run").step_for_benchmark(batch))}
+    if legacy:
+        from legacy_step import legacy_step
+
+        sides["kunet step before issue 21"] = step_side(legacy_step(trainer("legacy-run"), batch))
+    return sides
+
+
+def model_fit_side(config, batch):
+    model = build_model(config)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = keras.optimizers.SGD(config.train.learning_rate, momentum=config.train.momentum)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=config.train.jit_compile)
+    dataset = tf.data.Dataset.from_tensors(tuple(batch)).repeat()  # (x, y, sample_weight)
+    timer = StepTimes()
+
+    def block(steps: int) -> tuple[list[float], float]:
+        timer.losses = []
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+        return timer.intervals(), timer.losses[0]
+
+    return block
+
+
+def trainer_fit_seconds(config, records, run_dir, steps: int) -> float:
+    """Median s/step of a whole ``Trainer.fit`` fed by the host augmentation pipeline (the first 2 steps untimed;
+    one epoch, so no validation or checkpoint falls between timed steps)."""
+    timer = StepTimes()
+    config.train.steps_per_epoch = steps + 2
+    trainer = Trainer(config, run_dir, records, progress="none", log=lambda line: None, callbacks=[timer])
+    trainer.fit(steps=steps + 2)
+    return float(np.median(timer.intervals()[1:]))
 
 
 def pipeline_tiles_per_second(records: Path, seconds: float = 8.0) -> float:
-    config = pipeline_from_dict({"name": "bench", "train": {"tile_size": 572, "shuffle_buffer": 32}})
-    dataset = training_dataset(config, records, batch_size=1, placement="host")
-    iterator = iter(dataset)
+    iterator = iter(training_dataset(bench_config(64, "float32"), records, batch_size=1, placement="host"))
     for _ in range(40):  # fill the cache, compile the sampler
         next(iterator)
     count, start = 0, time.perf_counter()
@@ -98,40 +169,91 @@ def default_records(workdir: Path) -> Path:
     return workdir / "records"
 
 
+def interleaved(sides: dict, steps: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median s/step per side over ``repeats`` rounds of one block per side, and each side's first loss."""
+    times = {name: [] for name in sides}
+    first_loss = {name: block(2)[1] for name, block in sides.items()}  # trace, compile, warm up
+    for _ in range(repeats):
+        for name, block in sides.items():
+            times[name] += block(steps + 1)[0]  # n + 1 step ends give n whole steps
+    return {name: float(np.median(values)) for name, values in times.items()}, first_loss
+
+
+def measure(net, precision, records, workdir, args) -> dict[str, float]:
+    """Median s/step of every side for one net and precision."""
+    label, base, tile = net
+    config = bench_config(base, precision, tile)
+    batch = next(iter(training_dataset(config, records, batch_size=1, placement="host")))
+    sides = kunet_sides(config, records, batch, workdir, args.legacy)
+    sides["model.fit"] = model_fit_side(config, batch)
+    seconds, losses = interleaved(sides, args.steps, args.repeats)
+    print(f"{label}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+    del sides
+    gc.collect()
+    if not args.skip_trainer:
+        run_dir = workdir / f"fit-{base}-{tile}-{precision}"
+        seconds["Trainer.fit, host augmentation"] = trainer_fit_seconds(config, records, run_dir, args.steps * 2)
+    if torch_peer and torch_peer.version():
+        name = f"PyTorch {torch_peer.version()}"
+        seconds[name] = torch_peer.train_step_seconds(tile, 1, precision, args.steps * 2, base_filters=base)
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per block")
+    parser.add_argument("--repeats", type=int, default=3, help="blocks per side, interleaved")
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--base32", action="store_true", help="also the base-32 net")
+    parser.add_argument("--probe", action="store_true", help="also a base-2 net on 188 tiles: per-step overhead")
+    parser.add_argument("--legacy", action="store_true", help="also the step kunet ran before issue 21")
     parser.add_argument("--records", type=Path)
-    parser.add_argument("--skip-xla", action="store_true")
-    parser.add_argument("--base32", action="store_true", help="also time a base-32 net in mixed_bfloat16")
+    parser.add_argument("--skip-trainer", action="store_true", help="no Trainer.fit and pipeline rows")
     args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
-    flops = 3 * forward_flops(572, 572)  # forward + backward ~ 3x forward
-    results = {}
-    for precision in ("float32", "mixed_bfloat16"):
-        for jit in (False,) if args.skip_xla else (False, True):
-            seconds = step_seconds(64, precision, jit, args.steps)
-            results[(64, precision, jit)] = seconds
-            print(f"paper net, {precision:>14}, XLA {'on ' if jit else 'off'}: {seconds:6.2f} s/step "
-                  f"({flops / seconds / 1e9:5.0f} GFLOP/s)")  # fmt: skip
-    if args.base32:
-        seconds = step_seconds(32, "mixed_bfloat16", False, args.steps)
-        results[(32, "mixed_bfloat16", False)] = seconds
-        print(f"base-32 net, mixed_bfloat16, XLA off: {seconds:6.2f} s/step")
-    baseline = results[(64, "float32", False)]
-    for (base, precision, jit), seconds in results.items():
-        print(f"  speed-up vs paper net float32 without XLA: {base}/{precision}/XLA {jit}: {baseline / seconds:4.2f}x")
-
+    title = "training step: kunet vs keras.Model.fit"
+    if hasattr(timing, "header"):
+        timing.header(title)
+    else:
+        print(f"{title}: TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
+              f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    nets = [("paper (base 64)", 64, TILE)] + [("base 32", 32, TILE)] * args.base32
+    nets += [("overhead probe (base 2, tile 188)", 2, 188)] * args.probe
+    precisions = args.precisions.split(",")
+    peaks = {precision: peak.peak_gflops(precision) for precision in precisions} if peak else {}
     workdir = Path(tempfile.mkdtemp(prefix="kunet-bench-"))
+    rows = []
     try:
         records = args.records or default_records(workdir)
-        rate = pipeline_tiles_per_second(records)
+        for net in nets:
+            flops = 3 * forward_flops(net[2], net[2], base_filters=net[1])
+            for precision in precisions:
+                seconds = measure(net, precision, records, workdir, args)
+                for name, value in seconds.items():
+                    rows.append((net[0], precision, name, value, flops / value / 1e9, seconds["model.fit"], peaks))
+        rate = None if args.skip_trainer else pipeline_tiles_per_second(records)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    fastest = min(results.values())
-    print(f"pipeline (read, parse, decode, cache, tile 572->388, augment, normalise): {rate:6.1f} tiles/s")
-    print(f"pipeline / fastest training step: {rate * fastest:5.0f}x the tiles training consumes "
-          f"(the pipeline {'cannot' if rate * fastest > 1 else 'CAN'} be the bottleneck on this machine)")  # fmt: skip
+    print_table(rows)
+    if rate is not None:
+        fastest = min(row[3] for row in rows if "probe" not in row[0])
+        print(f"\nhost pipeline (read, parse, decode, cache, tile {TILE}, augment, normalise, batch): {rate:.1f} "
+              f"tiles/s alone, {rate * fastest:.0f}x what the fastest step consumes")  # fmt: skip
+    for precision, values in peaks.items():
+        print(f"peak {precision}: " + ", ".join(f"{key} {value:.0f} GFLOP/s" for key, value in values.items()))
+    if hasattr(timing, "footer"):
+        timing.footer()
+    else:
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def print_table(rows) -> None:
+    print("\n| net | precision | what | s/step (median) | GFLOP/s | % of conv peak | vs model.fit |")
+    print("|---|---|---|---|---|---|---|")
+    for net, precision, name, seconds, gflops, fit_seconds, peaks in rows:
+        conv = [value for key, value in peaks.get(precision, {}).items() if key.startswith("conv")]
+        share = f"{100 * gflops / max(conv):.0f} %" if conv else "-"
+        ratio = seconds / fit_seconds
+        print(f"| {net} | {precision} | {name} | {seconds:.3f} | {gflops:.0f} | {share} | {ratio:.3f}x |")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from kunet.losses import segmentation_loss
 from kunet.model import UNet
 from kunet.pipeline import device_tiles, resolve_placement, tile_shape, training_dataset
 from kunet.precision import resolve_precision
-from kunet.progress import reporting, resolve_mode
+from kunet.progress import LineProgress, no_progress, reporting, resolve_mode
 from kunet.records import check_shards, find_damaged_shard, read_manifest
 from kunet.runs import (
     RunError,
@@ -296,9 +296,15 @@ class Trainer:
 
         @tf.function
         def train_step(iterator, stop_votes):
-            """[summed loss, signal votes, time-budget votes] over all replicas of all workers."""
+            """[summed loss, signal votes, time-budget votes] over all replicas of all workers, and the epoch's
+            mean loss so far. The step is counted here rather than by eager assigns and reads between steps:
+            those cost more host time than the graph's small ops (about 10 ms a step on a busy 2-core machine)."""
             per_replica = strategy.run(compiled_step, args=(next(iterator), stop_votes))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            summed = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            session.step.assign_add(1)
+            session.loss_sum.assign_add(tf.cast(summed[0], tf.float64))
+            session.loss_count.assign_add(1)
+            return summed, session.loss_sum / tf.cast(session.loss_count, tf.float64)
 
         return train_step
 
@@ -398,19 +404,12 @@ class Trainer:
             advance = bars(f"epoch {epoch + 1}/{epochs}: step", epoch_end - epoch_start, current - epoch_start)
             callbacks.on_epoch_begin(epoch)
             while current < epoch_end:
-                callbacks.on_train_batch_begin(current - epoch_start)
                 out_of_time = bool(max_minutes) and (time.monotonic() - session.started) / 60.0 >= max_minutes
-                votes = tf.constant([1.0 if stops.requested else 0.0, 1.0 if out_of_time else 0.0])
-                loss, signal_votes, time_votes = (float(value) for value in train_step(iterator, votes))
-                if not math.isfinite(loss):
-                    raise RunError(f"{self.paths.root}: loss became {loss} at step {current}; lower the learning rate")
+                _, signal_votes, time_votes = self._step(
+                    train_step, iterator, current, current - epoch_start, bool(stops.requested), out_of_time, advance,
+                    callbacks,
+                )  # fmt: skip
                 current += 1
-                session.step.assign(current)
-                session.loss_sum.assign_add(loss)
-                session.loss_count.assign_add(1)
-                # The epoch's mean loss so far: one step's loss jumps with its tile.
-                advance(loss=float(session.loss_sum.numpy()) / int(session.loss_count.numpy()))
-                callbacks.on_train_batch_end(current - 1 - epoch_start, {"loss": loss})
                 # The checkpoint at the epoch's end comes before its validation, which may take long; a run
                 # killed during it finishes that epoch's end when resumed (see _epoch_end_pending).
                 if current % train.checkpoint_every_steps == 0 or current == epoch_end:
@@ -435,6 +434,42 @@ class Trainer:
             if status != "completed":
                 break
         return status, current
+
+    def _step(
+        self, train_step, iterator, current, batch_index, stop_requested, out_of_time, advance, callbacks
+    ) -> tuple[float, float, float]:
+        """One step as the loop runs it (the compiled step and its host work); returns the loss and the votes."""
+        callbacks.on_train_batch_begin(batch_index)
+        votes = tf.constant([1.0 if stop_requested else 0.0, 1.0 if out_of_time else 0.0])
+        summed, epoch_mean = train_step(iterator, votes)
+        loss, signal_votes, time_votes = summed.numpy().tolist()  # one read: each eager op costs host time
+        if not math.isfinite(loss):
+            raise RunError(f"{self.paths.root}: loss became {loss} at step {current}; lower the learning rate")
+        # The epoch's mean loss so far: one step's loss jumps with its tile.
+        advance(loss=float(epoch_mean))
+        callbacks.on_train_batch_end(batch_index, {"loss": loss})
+        return loss, signal_votes, time_votes
+
+    def step_for_benchmark(self, batch):
+        """A callable running exactly the step fit() runs (its compiled step, all-reduce and per-step host work:
+        sync, counters, progress lines, callbacks), fed ``batch`` = (tiles, classes, weights) every time; returns the
+        step's loss. Checkpoints, validation and the input pipeline are left out. For benchmarks/train_step.py.
+        """
+        session = self._new_session(self._total_steps(None, None))
+        train_step = self._train_step_function(session, "host")
+        iterator = iter(self.strategy.distribute_datasets_from_function(
+            lambda context: tf.data.Dataset.from_tensors(tuple(batch)).repeat()))  # fmt: skip
+        callbacks = self._callback_list(session, self._total_steps(None, None))
+        total = self.config.train.steps_per_epoch
+        lines = self.progress == "lines"
+        advance = LineProgress("step", total, self.log, self.log_every) if lines else no_progress("step", total)
+        steps = iter(range(1 << 62))
+
+        def step() -> float:
+            current = next(steps)
+            return self._step(train_step, iterator, current, current, False, False, advance, callbacks)[0]
+
+        return step
 
     def _stop(self, session: _Session, current: int, signal_name: str | None) -> str:
         """A stop asked for by SIGTERM/SIGINT (here or on another worker): the step's checkpoint, no validation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -245,6 +246,38 @@ def test_config_round_trips_through_the_run_directory(tiny_records, tmp_path):
     loaded, loaded_records = load_run_config(tmp_path / "run")
     assert loaded.to_dict() == config.to_dict() and loaded_records == records.resolve()
     assert pipeline_from_dict(loaded.to_dict()).model.base_filters == 8
+
+
+def test_the_trainers_step_computes_the_loss_model_fit_computes(tiny_records, tmp_path):
+    """The step fit() runs (with its all-reduce and counters) gives Keras's sparse cross-entropy with the weight
+    map as sample_weight, on the same weights and batch."""
+    import copy
+
+    from kunet.builders import build_model
+    from kunet.pipeline import training_dataset
+
+    config, records = tiny_records
+    config = copy.deepcopy(config)
+    config.model.dropout = 0.0  # no random masks: both sides see the same net
+    tiles, classes, weights = next(iter(training_dataset(config, records, config.train.batch_size)))
+    keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    expected = float(keras_loss(classes, build_model(config, "float32")(tiles, training=True), sample_weight=weights))
+    trainer = Trainer(config, tmp_path / "run", records, log=lambda *a, **k: None)
+    step = trainer.step_for_benchmark((tiles, classes, weights))
+    assert step() == pytest.approx(expected, rel=1e-5)
+    assert step() < expected  # the first step's update applied
+
+
+def test_the_epochs_loss_is_the_mean_of_the_losses_its_steps_reported(tiny_records, tmp_path):
+    """The epoch's loss sums are counted inside the compiled step; they must add up what the host saw."""
+    config, records = tiny_records
+
+    seen = []
+    losses = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(logs["loss"]))
+    state = Trainer(config, tmp_path / "run", records, log=lambda *a, **k: None, callbacks=[losses]).fit(steps=4)
+    (row,) = csv.DictReader((tmp_path / "run" / "history.csv").open())
+    assert state["step"] == 4 and len(seen) == 4
+    assert float(row["loss"]) == pytest.approx(sum(seen) / 4, rel=1e-12)
 
 
 def test_the_pipelines_decision_rule_travels_with_the_model():
