@@ -322,7 +322,7 @@ class _Stacks:
 
     def __init__(self, layout: TiffLayout, planes: int):
         self.layout, self.planes, self.files = layout, planes, {}
-        self._lock = threading.Lock()  # a streamed plane opens its probability stack from a compute thread
+        self._lock = threading.Lock()  # opened from the writer thread or, for a streamed plane, the main thread
 
     def file(self, kind: str, path: Path, height_width: tuple[int, int], dtype) -> _StackFile:
         with self._lock:
@@ -573,13 +573,23 @@ def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job],
             except Exception as error:  # the next image's: raised after every image before it is written
                 pending = error
                 break
-            streamed = not job.commit and _streams(segmenter, job.image)
-            if streamed:  # alone: its probabilities go to their file while the net runs
+            if not job.commit and _streams(segmenter, job.image):
+                # Alone and in this thread, as one at a time: its probabilities go to their file while the net
+                # runs, and Ctrl-C stops it between two rows of tiles.
                 while window:
                     retire()
+                pixels = job.pixels
+                try:
+                    _compute(segmenter, plan, job)
+                    written.append(_write(segmenter, plan, job))
+                finally:
+                    reader.release(pixels)
+                if progress:
+                    progress()
+                continue
             computed = None if job.commit else compute.submit(predict, job)
             window.append((job, writer.submit(write, job, computed)))
-            while window and (len(window) > capacity or streamed or window[0][1].done()):
+            while window and (len(window) > capacity or window[0][1].done()):
                 retire()
         while window:
             retire()
