@@ -138,7 +138,7 @@ def main() -> None:
                     totals[step][0] += wall
                     totals[step][1] += cpu
                     what = f"{per_round} images"
-                print(f"round {round_ + 1}/{rounds} {step[:3]} {what}: {wall:6.1f} s, CPU {cpu:6.1f} s; "
+                print(f"round {round_ + 1}/{rounds} {step:<40} {what:>10}: {wall:6.1f} s, CPU {cpu:6.1f} s; "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
         for round_ in range(rounds):
             reference = digests(root / f"0-{round_}")
