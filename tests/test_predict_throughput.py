@@ -98,6 +98,8 @@ def test_the_cli_reports_images_per_second_and_concurrency_0_is_the_same(trained
     assert outputs[()] == outputs[("--concurrency", "0")]
     refused = runner.invoke(app, ["predict", str(trained_tiny_run), str(inputs[1]), "--concurrency", "-1"])
     assert refused.exit_code == 2 and "--concurrency" in refused.output
+    shown = " ".join(runner.invoke(app, ["predict", "--help"]).output.replace("│", " ").split())
+    assert f"Default: {predict_files.DEFAULT_CONCURRENCY}." in shown  # the help says the library's default
 
 
 def test_an_unreadable_image_stops_the_run_after_every_image_before_it(trained_tiny_run, tmp_path):
