@@ -178,7 +178,7 @@ def test_images_in_memory_stay_bounded_by_count_and_by_pixels(trained_tiny_run, 
     monkeypatch.setattr(predict_files, "check_image_size", counted_read)
     monkeypatch.setattr(segmenter, "segment", slow_segment)
     predict_files.predict_files(segmenter, [folder], tmp_path / "out", overlays=False, concurrency=1, progress=written)
-    # 2 * 1 + 1 images between submitted and retired, 1 + 1 queued, 1 in the reader's hand, 1 released early
+    # 3N + 3 for N = 1: 2N + 1 submitted and not retired, N + 1 queued, 1 in the reader's hand; + 1 released early
     assert 2 <= counts["most"] <= 7
     monkeypatch.setattr(predict_files, "READ_AHEAD_PIXELS", 1)  # the next image only once the last is written
     counts.update(read=0, written=0, most=0)
