@@ -131,10 +131,14 @@ def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, ov
             tiling = TilingOptions(tile_size=options["tile_size"])
             segmenter = Segmenter(model, options["precision"], tiling, options["mirror"], options["threshold"])
         with progress_bars(*reporting) as factory:
+            started = time.perf_counter()
             summary = job.run(segmenter, progress=factory(f"predicting shard {shard}", job.image_count),
                               concurrency=concurrency)  # fmt: skip
+            seconds = time.perf_counter() - started
+    images = sum(item["images"] for item in summary["predicted"])
     typer.echo(f"shard {shard}: predicted {len(summary['predicted'])}, skipped {len(summary['skipped'])}, "
-               f"failed {len(summary['failed'])} input(s); summary {job.summary_path}")  # fmt: skip
+               f"failed {len(summary['failed'])} input(s) ({images} image(s): {_rate(images, seconds)}); "
+               f"summary {job.summary_path}")  # fmt: skip
     for failure in summary["failed"]:
         typer.echo(f"failed {failure['source']}: {failure['error']}", err=True)
     if summary["failed"]:
