@@ -42,32 +42,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import timing  # noqa: E402
 
 from kunet.model import UNet  # noqa: E402
 from kunet.predict_files import DEFAULT_CONCURRENCY, predict_files  # noqa: E402
 from kunet.segmenter import Segmenter  # noqa: E402
 from kunet.synthetic import make_em_sample  # noqa: E402
-
-
-def _load() -> str:
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def header() -> None:
-    if hasattr(timing, "header"):
-        timing.header()
-        return
-    from kunet.system_info import cpu_model
-
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average before: {_load()}")
-
-
-def footer() -> None:
-    if hasattr(timing, "footer"):
-        timing.footer()
-        return
-    print(f"load average after: {_load()} (above the core count: other processes shared the CPU)")
 
 
 def write_images(folder: Path, first: int, count: int, size: int) -> None:
@@ -107,7 +89,8 @@ def main() -> None:
     modes = {"(b) one image at a time (concurrency 0)": 0}
     for concurrency in args.concurrency or [DEFAULT_CONCURRENCY]:
         modes[f"(c) throughput mode (concurrency {concurrency})"] = concurrency
-    header()
+    timing.header("kunet predict on a folder: throughput mode vs one image at a time")
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"{count} synthetic {args.size}x{args.size} uint8 PNGs in {rounds} rounds of {per_round}; paper U-Net, "
           f"base {base}, untrained, float32; outputs per image: mask PNG + overlay PNG")  # fmt: skip
 
@@ -157,7 +140,7 @@ def main() -> None:
         wall, cpu = wall / count, cpu / count
         print(f"{label:<48} {wall:8.2f} {1 / wall:9.3f} {cpu:12.2f} {single / wall:9.2f} {one_at_a_time / wall:7.2f}")
     print("outputs of (b) and (c) identical byte for byte")
-    footer()
+    timing.footer()
 
 
 if __name__ == "__main__":
