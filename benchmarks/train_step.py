@@ -218,6 +218,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="blocks per side, interleaved")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--base32", action="store_true", help="also the base-32 net")
+    parser.add_argument("--base32-only", action="store_true", help="the base-32 net without the paper's")
     parser.add_argument("--probe", action="store_true", help="also a base-2 net on 188 tiles: per-step overhead")
     parser.add_argument("--legacy", action="store_true", help="also the step kunet ran before issue 21")
     parser.add_argument("--records", type=Path)
@@ -229,7 +230,8 @@ def main():
     timing.header(title)
     torch_version = torch_peer.version() if torch_peer else None
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, PyTorch {torch_version or 'not installed'}")
-    nets = [("paper (base 64)", 64, TILE)] + [("base 32", 32, TILE)] * args.base32
+    nets = [("paper (base 64)", 64, TILE)] * (not args.base32_only)
+    nets += [("base 32", 32, TILE)] * (args.base32 or args.base32_only)
     nets += [("overhead probe (base 2, tile 188)", 2, 188)] * args.probe
     precisions = args.precisions.split(",")
     peaks = {precision: peak.peak_gflops(precision) for precision in precisions} if peak else {}
