@@ -137,8 +137,8 @@ def inference_seconds(image_hw=(512, 512), precision="float32", repeats=5, base_
     return _median_seconds(lambda: predict(model, image, precision), repeats)
 
 
-def train_step_seconds(tile=572, batch=1, precision="float32", steps=5, base_filters=64) -> float:
-    """Median seconds of one training step after two warm-up steps.
+def train_step_seconds(tile=572, batch=1, precision="float32", steps=5, base_filters=64, warmup=2) -> float:
+    """Median seconds of one training step after ``warmup`` warm-up steps.
 
     A step is the forward pass (under autocast for bf16), the pixel-weighted softmax cross-entropy of the
     paper (eq. 1, a weight map over the ``tile - 184`` output, computed in float32), the backward pass and
@@ -166,7 +166,7 @@ def train_step_seconds(tile=572, batch=1, precision="float32", steps=5, base_fil
         optimizer.step()
         return loss.item()
 
-    return _median_seconds(step, steps, warmup=2)
+    return _median_seconds(step, steps, warmup=warmup)
 
 
 def copy_kunet_weights(keras_model, torch_model) -> None:

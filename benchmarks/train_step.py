@@ -150,6 +150,14 @@ def pipeline_tiles_per_second(records: Path, seconds: float = 8.0) -> float:
     return count / (time.perf_counter() - start)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), as ``kunet info`` reports it."""
+    from kunet.system_info import cpu_features
+
+    features = cpu_features()
+    return bool(features.get("AVX-512 BF16") or features.get("AMX BF16"))
+
+
 def default_records(workdir: Path) -> Path:
     from kunet.records import build_records
 
@@ -187,7 +195,8 @@ def measure(net, precision, records, workdir, args) -> dict[str, float]:
     sides = kunet_sides(config, records, batch, workdir, args.legacy)
     sides["model.fit"] = model_fit_side(config, batch)
     seconds, losses = interleaved(sides, args.steps, args.repeats)
-    print(f"{label}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+    print(f"{label}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()),
+          flush=True)
     del sides
     gc.collect()
     if not args.skip_trainer:
@@ -195,7 +204,11 @@ def measure(net, precision, records, workdir, args) -> dict[str, float]:
         seconds["Trainer.fit, host augmentation"] = trainer_fit_seconds(config, records, run_dir, args.steps * 2)
     if torch_peer and torch_peer.version():
         name = f"PyTorch {torch_peer.version()}"
-        seconds[name] = torch_peer.train_step_seconds(tile, 1, precision, args.steps * 2, base_filters=base)
+        steps, warmup = (args.steps * 2, 2) if args.peer_steps is None else (args.peer_steps, 1)
+        if precision != "float32" and not native_bf16() and args.peer_steps is None:
+            steps, warmup = 1, 1  # emulated bf16: PyTorch's autocast step is ~13x its float32 one on AVX2 alone
+        name += f" ({steps} step{'s' * (steps > 1)})" if steps < args.steps * 2 else ""
+        seconds[name] = torch_peer.train_step_seconds(tile, 1, precision, steps, base_filters=base, warmup=warmup)
     return seconds
 
 
@@ -205,18 +218,20 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="blocks per side, interleaved")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--base32", action="store_true", help="also the base-32 net")
+    parser.add_argument("--base32-only", action="store_true", help="the base-32 net without the paper's")
     parser.add_argument("--probe", action="store_true", help="also a base-2 net on 188 tiles: per-step overhead")
     parser.add_argument("--legacy", action="store_true", help="also the step kunet ran before issue 21")
     parser.add_argument("--records", type=Path)
+    parser.add_argument("--peer-steps", type=int, help="PyTorch's timed steps (default 2 x --steps; 1 for bf16 "
+                        "on a CPU without native bf16)")
     parser.add_argument("--skip-trainer", action="store_true", help="no Trainer.fit and pipeline rows")
     args = parser.parse_args()
     title = "training step: kunet vs keras.Model.fit"
-    if hasattr(timing, "header"):
-        timing.header(title)
-    else:
-        print(f"{title}: TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
-              f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    nets = [("paper (base 64)", 64, TILE)] + [("base 32", 32, TILE)] * args.base32
+    timing.header(title)
+    torch_version = torch_peer.version() if torch_peer else None
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, PyTorch {torch_version or 'not installed'}")
+    nets = [("paper (base 64)", 64, TILE)] * (not args.base32_only)
+    nets += [("base 32", 32, TILE)] * (args.base32 or args.base32_only)
     nets += [("overhead probe (base 2, tile 188)", 2, 188)] * args.probe
     precisions = args.precisions.split(",")
     peaks = {precision: peak.peak_gflops(precision) for precision in precisions} if peak else {}
@@ -230,6 +245,8 @@ def main():
                 seconds = measure(net, precision, records, workdir, args)
                 for name, value in seconds.items():
                     rows.append((net[0], precision, name, value, flops / value / 1e9, seconds["model.fit"], peaks))
+                    print(f"{net[0]}, {precision}, {name}: {value:.3f} s/step, "
+                          f"{value / seconds['model.fit']:.3f}x model.fit", flush=True)  # a long run's partial result
         rate = None if args.skip_trainer else pipeline_tiles_per_second(records)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -240,11 +257,7 @@ def main():
               f"tiles/s alone, {rate * fastest:.0f}x what the fastest step consumes")  # fmt: skip
     for precision, values in peaks.items():
         print(f"peak {precision}: " + ", ".join(f"{key} {value:.0f} GFLOP/s" for key, value in values.items()))
-    if hasattr(timing, "footer"):
-        timing.footer()
-    else:
-        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-
+    timing.footer()
 
 def print_table(rows) -> None:
     print("\n| net | precision | what | s/step (median) | GFLOP/s | % of conv peak | vs model.fit |")

@@ -18,6 +18,7 @@ validation during training and the exported SavedModel, where it runs inside the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -183,6 +184,7 @@ class Predictor:
             test_time_mirroring = self.settings.test_time_mirroring
         self.test_time_mirroring = test_time_mirroring
         self._functions: dict = {}
+        self._functions_lock = threading.Lock()  # threads predicting images share one function per tile
 
     def plan(self, image_hw, strip_width: int | None = None) -> TilePlan:
         """The tiling of an image; with ``strip_width`` one that streams within the streaming budget."""
@@ -191,25 +193,30 @@ class Predictor:
     def _function(self, plan: TilePlan, strip: bool = False):
         """A compiled function for one tile size; ``strip`` predicts a row of tiles from a context strip."""
         key = (plan.input_hw, plan.stride_hw, strip)
-        if key not in self._functions:
-            model, batch = self.model, self.tiling.batch_size
-            border_hw = (0, plan.border) if strip else (plan.border, plan.border)
-            # A strip is one row of tiles and yields its tile's whole output height, so that a vertically
-            # flipped strip (test-time mirroring) maps back onto the same rows.
-            stride_hw = (plan.output_hw[0], plan.stride_hw[1]) if strip else plan.stride_hw
+        with self._functions_lock:
+            if key not in self._functions:
+                self._functions[key] = self._compile(plan, strip)
+            return self._functions[key]
 
-            def model_fn(tiles):
-                return model(tiles, training=False)
+    def _compile(self, plan: TilePlan, strip: bool):
+        """The ``tf.function`` of :meth:`_function` (traced on its first call)."""
+        model, batch = self.model, self.tiling.batch_size
+        border_hw = (0, plan.border) if strip else (plan.border, plan.border)
+        # A strip is one row of tiles and yields its tile's whole output height, so that a vertically
+        # flipped strip (test-time mirroring) maps back onto the same rows.
+        stride_hw = (plan.output_hw[0], plan.stride_hw[1]) if strip else plan.stride_hw
 
-            def predict(image):
-                out_hw = (plan.output_hw[0], tf.shape(image)[1]) if strip else None
-                return tiled_probabilities(model_fn, image, plan.input_hw, stride_hw, border_hw, out_hw, batch)
+        def model_fn(tiles):
+            return model(tiles, training=False)
 
-            height = plan.input_hw[0] if strip else None
-            spec = tf.TensorSpec([height, None, self.model.input_channels], tf.float32)
-            function = (lambda image: mirrored_probabilities(predict, image)) if self.test_time_mirroring else predict
-            self._functions[key] = tf.function(function, input_signature=[spec], reduce_retracing=True)
-        return self._functions[key]
+        def predict(image):
+            out_hw = (plan.output_hw[0], tf.shape(image)[1]) if strip else None
+            return tiled_probabilities(model_fn, image, plan.input_hw, stride_hw, border_hw, out_hw, batch)
+
+        height = plan.input_hw[0] if strip else None
+        spec = tf.TensorSpec([height, None, self.model.input_channels], tf.float32)
+        function = (lambda image: mirrored_probabilities(predict, image)) if self.test_time_mirroring else predict
+        return tf.function(function, input_signature=[spec], reduce_retracing=True)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Raw image [H, W] or [H, W, C] -> normalised float32 [H, W, C] (whole-image statistics)."""

@@ -22,9 +22,15 @@ for the watershed rule the float32 foreground map plus the watershed's own worki
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ctypes
 import itertools
 import os
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +59,11 @@ from kunet.tiff import write_float_strips
 
 # Above this many pixels an image is predicted one row of tiles at a time (bounded memory).
 STREAMING_PIXELS = 4096 * 4096
+# Images the net works on at once in predict_planned (each in a thread; the next images are read and the
+# previous written meanwhile); 0 is one image at a time. See benchmarks/predict_throughput.py.
+DEFAULT_CONCURRENCY = 2
+# The reader decodes the next image only while the images read and not yet written total fewer pixels.
+READ_AHEAD_PIXELS = STREAMING_PIXELS
 
 
 class PredictionInputError(KunetError):
@@ -245,15 +256,9 @@ def _probability_writer(plan: PredictionPlan, paths: dict[str, Path], shape: tup
     return write
 
 
-def _segment(segmenter: Segmenter, image: np.ndarray, write_probabilities) -> Segmentation:
-    """Predicts one image and hands its probabilities to ``write_probabilities`` (streamed strip by strip for
-    large images)."""
-    if segmenter.streams and image.shape[0] * image.shape[1] > STREAMING_PIXELS:
-        return segmenter.segment_streaming(image, write_probabilities)
-    result = segmenter.segment(image)
-    if write_probabilities:
-        write_probabilities(iter([result.probabilities]))
-    return result
+def _streams(segmenter: Segmenter, image: np.ndarray) -> bool:
+    """Whether ``image`` is predicted one row of tiles at a time (its probabilities written as they come)."""
+    return segmenter.streams and image.shape[0] * image.shape[1] > STREAMING_PIXELS
 
 
 def _write_outputs(image: np.ndarray, result: Segmentation, plan: PredictionPlan, paths: dict[str, Path]) -> dict:
@@ -318,11 +323,13 @@ class _Stacks:
 
     def __init__(self, layout: TiffLayout, planes: int):
         self.layout, self.planes, self.files = layout, planes, {}
+        self._lock = threading.Lock()  # opened from the writer thread or, for a streamed plane, the main thread
 
     def file(self, kind: str, path: Path, height_width: tuple[int, int], dtype) -> _StackFile:
-        if kind not in self.files:
-            self.files[kind] = _StackFile(path, self.layout, self.planes, height_width, dtype)
-        return self.files[kind]
+        with self._lock:
+            if kind not in self.files:
+                self.files[kind] = _StackFile(path, self.layout, self.planes, height_width, dtype)
+            return self.files[kind]
 
     def commit(self) -> dict[str, Path]:
         return {kind: stack.commit() for kind, stack in self.files.items()}
@@ -332,65 +339,317 @@ class _Stacks:
             stack.close()
 
 
-def _predict_plane(segmenter: Segmenter, image: np.ndarray, plan: PredictionPlan, item: PlannedImage, index: int,
-                   stacks: _Stacks) -> dict:  # fmt: skip
-    """Predicts one plane of a stack: its mask, instances and foreground probability go into the stacks."""
-    paths = plan.output_paths(item.name, item.stack)
-    hw = image.shape[:2]
-    if plan.probabilities == "tif":
-        probability = stacks.file("probability", paths["probability"], hw, np.float32)
-        write_probabilities = lambda strips: probability.put_strips(index, strips)  # noqa: E731
+@dataclass
+class _Job:
+    """One image (a file, or one plane of a stack) on its way from its file to its outputs; or, with
+    ``commit``, the point after a stack's last plane where its mask, instances and probability stacks are
+    written."""
+
+    item: PlannedImage | None
+    index: int = 0  # the plane's index among its file's planes
+    image: np.ndarray | None = None
+    stacks: _Stacks | None = None
+    commit: bool = False
+    result: Segmentation | None = None
+    probabilities_written: bool = False  # streamed: written strip by strip while the net ran
+
+    @property
+    def pixels(self) -> int:
+        return 0 if self.image is None else self.image.shape[0] * self.image.shape[1]
+
+
+def _jobs(plan: PredictionPlan, channels: int, depth: int, opened: list[_Stacks]) -> Iterator[_Job]:
+    """Reads and checks every image of ``plan`` in order; a stack's planes are followed by its commit job.
+    Every :class:`_Stacks` made is appended to ``opened``, for the caller to close (removing its temporaries)."""
+    for path, planned in itertools.groupby(plan.images, key=lambda image: image.path):
+        planned = list(planned)
+        stacks = _Stacks(plan.stacks[path], len(planned)) if planned[0].stack and path in plan.stacks else None
+        if stacks is not None:
+            opened.append(stacks)
+        for index, (item, image) in enumerate(zip(planned, iter_pages(path, plan.axes, plan.channel))):
+            where = str(path) if item.name == path.stem else f"{path} (page {item.page + 1})"
+            check_image_dtype(image, where)
+            image = as_channels(image, channels, where)
+            check_image_size(image, where, depth)
+            yield _Job(item, index, image, stacks)
+        if stacks is not None:
+            yield _Job(None, stacks=stacks, commit=True)
+
+
+def _probability_sink(segmenter: Segmenter, plan: PredictionPlan, job: _Job, paths: dict[str, Path]):
+    """Where ``job``'s probability strips go: its file, its plane of the stack's probability TIFF, or None."""
+    hw = job.image.shape[:2]
+    if job.stacks is not None and plan.probabilities == "tif":
+        probability = job.stacks.file("probability", paths["probability"], hw, np.float32)
+        return lambda strips: probability.put_strips(job.index, strips)
+    return _probability_writer(plan, paths, hw, segmenter.num_classes)
+
+
+def _compute(segmenter: Segmenter, plan: PredictionPlan, job: _Job) -> None:
+    """Predicts ``job``'s image into ``job.result``; an image above :data:`STREAMING_PIXELS` is streamed, its
+    probabilities written strip by strip as they come."""
+    if _streams(segmenter, job.image):
+        sink = _probability_sink(segmenter, plan, job, plan.output_paths(job.item.name, job.item.stack))
+        job.result = segmenter.segment_streaming(job.image, sink)
+        job.probabilities_written = True
     else:
-        write_probabilities = _probability_writer(plan, paths, hw, segmenter.num_classes)
-    result = _segment(segmenter, image, write_probabilities)
-    stacks.file("mask", paths["mask"], hw, result.label_values.dtype).put(index, result.label_values)
-    if result.instances is not None:
-        stacks.file("instances", paths["instances"], hw, np.uint16).put(index, result.instances.astype(np.uint16))
-    outputs = {"probabilities": paths["probabilities"]} if plan.probabilities == "npy" else {}
-    if plan.overlays:
-        overlay = visualize.overlay_prediction(image, result.classes, legend=True)
-        outputs["overlay"] = write_image(paths["overlay"], overlay, reuse=True)
-    return outputs
+        job.result = segmenter.segment(job.image)
 
 
-def predict_planned(segmenter: Segmenter, plan: PredictionPlan, channels: int | None = None, progress=None):
+def _write(segmenter: Segmenter, plan: PredictionPlan, job: _Job) -> dict:
+    """Writes ``job``'s outputs (probabilities, mask, instances, overlay, in this order) and returns its
+    record; a stack's plane goes into the stack's files, written by its commit job."""
+    item, image, result = job.item, job.image, job.result
+    paths = plan.output_paths(item.name, item.stack)
+    if not job.probabilities_written:
+        sink = _probability_sink(segmenter, plan, job, paths)
+        if sink is not None:
+            sink(iter([result.probabilities]))
+    if job.stacks is None:
+        outputs = _write_outputs(image, result, plan, paths)
+    else:
+        hw = image.shape[:2]
+        job.stacks.file("mask", paths["mask"], hw, result.label_values.dtype).put(job.index, result.label_values)
+        if result.instances is not None:
+            instances = job.stacks.file("instances", paths["instances"], hw, np.uint16)
+            instances.put(job.index, result.instances.astype(np.uint16))
+        outputs = {"probabilities": paths["probabilities"]} if plan.probabilities == "npy" else {}
+        if plan.overlays:
+            overlay = visualize.overlay_prediction(image, result.classes, legend=True)
+            outputs["overlay"] = write_image(paths["overlay"], overlay, reuse=True)
+    job.image = job.result = None  # a job waiting to be retired holds no pixels
+    return {"name": item.name, "source": str(item.path), "page": item.page, "outputs": outputs}
+
+
+def _one_at_a_time(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job], progress) -> list[dict]:
+    """Reads, predicts and writes each image before the next is read (``concurrency=0``)."""
+    written = []
+    for job in jobs:
+        if job.commit:
+            written[-1]["outputs"].update(job.stacks.commit())
+            continue
+        _compute(segmenter, plan, job)
+        written.append(_write(segmenter, plan, job))
+        if progress:
+            progress()
+    return written
+
+
+class _ReadAhead:
+    """Iterates ``jobs`` (reading and decoding images) in a thread of its own, a bounded distance ahead.
+
+    At most ``items`` jobs wait in the queue, and the next image is read only while the images read and not
+    yet released (:meth:`release`, once written) total fewer than ``pixels``: an image larger than that is
+    the only one read until it is written. The reader's error is raised where its image would have been.
+    """
+
+    def __init__(self, jobs: Iterator[_Job], items: int, pixels: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=items)
+        self._budget, self._held = pixels, 0
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(jobs,), name="kunet-read", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, jobs: Iterator[_Job]) -> None:
+        try:
+            for job in jobs:  # each step reads and decodes one image
+                with self._changed:
+                    self._held += job.pixels
+                if not self._put(("job", job)):
+                    return
+                with self._changed:
+                    self._changed.wait_for(lambda: self._held < self._budget or self._stop.is_set())
+            self._put(("end", None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there in order
+            self._put(("error", error))
+        finally:
+            jobs.close()  # a stack's page iterator closes its file
+
+    def __iter__(self) -> Iterator[_Job]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def release(self, pixels: int) -> None:
+        with self._changed:
+            self._held -= pixels
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._thread.join()
+
+
+class _MemoryBudget:
+    """Working memory of the model calls running at once: a call waits while others run and its estimate
+    would take the total above ``limit`` bytes (a call alone always runs, as in the one-at-a-time path)."""
+
+    def __init__(self, limit: float):
+        self.limit, self.used = limit, 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int):
+        with self._changed:
+            self._changed.wait_for(lambda: self.used == 0 or self.used + amount <= self.limit)
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= amount
+                self._changed.notify_all()
+
+
+def _return_freed_memory() -> None:
+    """Gives memory freed in other threads' malloc arenas back to the system (glibc's ``malloc_trim``).
+
+    The reader thread decodes images in an arena of its own; what it frees there (decoding buffers, a copy
+    of an image) the main thread cannot reuse, so a streamed image, whose outputs grow with its size, would
+    otherwise cost about a byte per pixel more than one at a time. A no-op where there is no glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Abandoned(Exception):
+    """A job after one that failed: never written (the failure is what the caller sees)."""
+
+
+def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job], progress, concurrency: int):
+    """:func:`_one_at_a_time` with reading, the net and writing overlapped: a reader thread decodes the next
+    images, ``concurrency`` threads run the net on as many images at once, and one writer thread writes the
+    outputs in input order. Records, progress and errors come in input order, as one at a time: when an image
+    fails, every image before it is written and none after it is."""
+    written: list[dict] = []
+    failed = threading.Event()  # set, in input order, by the writer: later jobs are skipped
+    window: collections.deque = collections.deque()  # (job, future of its record), in input order
+    capacity = 2 * concurrency + 1  # images between read and written: computing, waiting, writing
+    memory = _MemoryBudget(segmenter.memory_budget_bytes())
+    reader = _ReadAhead(jobs, concurrency + 1, READ_AHEAD_PIXELS)
+    compute = ThreadPoolExecutor(concurrency, thread_name_prefix="kunet-predict")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="kunet-write")
+
+    def predict(job: _Job) -> None:
+        if not failed.is_set():
+            with memory.hold(segmenter.working_bytes(job.image.shape)):
+                _compute(segmenter, plan, job)
+
+    def write(job: _Job, computed: Future | None):
+        pixels = job.pixels
+        try:
+            if failed.is_set():
+                raise _Abandoned
+            if computed is not None:
+                computed.result()
+            return job.stacks.commit() if job.commit else _write(segmenter, plan, job)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            reader.release(pixels)
+
+    def retire() -> None:
+        job, future = window.popleft()
+        record = future.result()
+        if job.commit:
+            written[-1]["outputs"].update(record)
+        else:
+            written.append(record)
+            if progress:
+                progress()
+
+    try:
+        source, pending = iter(reader), None
+        while True:
+            try:
+                job = next(source)
+            except StopIteration:
+                break
+            except Exception as error:  # the next image's: raised after every image before it is written
+                pending = error
+                break
+            if not job.commit and _streams(segmenter, job.image):
+                # Alone and in this thread, as one at a time: its probabilities go to their file while the net
+                # runs, and Ctrl-C stops it between two rows of tiles.
+                while window:
+                    retire()
+                _return_freed_memory()
+                pixels = job.pixels
+                try:
+                    _compute(segmenter, plan, job)
+                    written.append(_write(segmenter, plan, job))
+                finally:
+                    reader.release(pixels)
+                if progress:
+                    progress()
+                continue
+            computed = None if job.commit else compute.submit(predict, job)
+            window.append((job, writer.submit(write, job, computed)))
+            while window and (len(window) > capacity or window[0][1].done()):
+                retire()
+        while window:
+            retire()
+        if pending is not None:
+            raise pending
+    finally:
+        failed.set()
+        reader.close()
+        compute.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+    return written
+
+
+def predict_planned(segmenter: Segmenter, plan: PredictionPlan, channels: int | None = None, progress=None,
+                    concurrency: int | None = None) -> list[dict]:  # fmt: skip
     """Predicts every image of ``plan`` and writes its outputs; returns one record per image.
 
     A stack's mask, instances and probability TIFFs are renamed into place after its last plane and are
-    listed in that plane's record.
+    listed in that plane's record. Outputs, records and progress are the same for every ``concurrency``, bit
+    for bit; an image that fails stops the run with every image before it written and none after it.
 
     Args:
         segmenter: The loaded model.
         plan: From :func:`plan_predictions`.
         channels: Image channels the model expects (default: the model's).
-        progress: Called once per image (plane).
+        progress: Called once per image (plane), in input order.
+        concurrency: Images the net works on at once while the next images are read and the previous ones
+            written, each in a thread of its own; 0 reads, predicts and writes one image at a time (the least
+            memory); None: :data:`DEFAULT_CONCURRENCY`.
     """
     channels = channels or segmenter.input_channels
+    concurrency = DEFAULT_CONCURRENCY if concurrency is None else concurrency
+    if concurrency < 0:
+        raise PredictionInputError(f"--concurrency must be 0 (one image at a time) or more, got {concurrency}")
     plan.out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path, planned in itertools.groupby(plan.images, key=lambda image: image.path):
-        planned = list(planned)
-        stacks = _Stacks(plan.stacks[path], len(planned)) if planned[0].stack and path in plan.stacks else None
-        with contextlib.ExitStack() as cleanup:
-            if stacks is not None:
-                cleanup.callback(stacks.close)
-            for index, (item, image) in enumerate(zip(planned, iter_pages(path, plan.axes, plan.channel))):
-                where = str(path) if item.name == path.stem else f"{path} (page {item.page + 1})"
-                check_image_dtype(image, where)
-                image = as_channels(image, channels, where)
-                check_image_size(image, where, segmenter.depth)
-                if stacks is not None:
-                    outputs = _predict_plane(segmenter, image, plan, item, index, stacks)
-                else:
-                    paths = plan.output_paths(item.name)
-                    writer = _probability_writer(plan, paths, image.shape[:2], segmenter.num_classes)
-                    outputs = _write_outputs(image, _segment(segmenter, image, writer), plan, paths)
-                written.append({"name": item.name, "source": str(path), "page": item.page, "outputs": outputs})
-                if progress:
-                    progress()
-            if stacks is not None:
-                written[-1]["outputs"].update(stacks.commit())
-    return written
+    opened: list[_Stacks] = []
+    jobs = _jobs(plan, channels, segmenter.depth, opened)
+    try:
+        if concurrency == 0:
+            return _one_at_a_time(segmenter, plan, jobs, progress)
+        return _pipelined(segmenter, plan, jobs, progress, concurrency)
+    finally:
+        jobs.close()
+        for stacks in opened:  # a stack cut short by an error leaves no temporary behind
+            stacks.close()
 
 
 def predict_files(
@@ -404,6 +663,7 @@ def predict_files(
     progress=None,
     axes: str | None = None,
     channel: int | None = None,
+    concurrency: int | None = None,
 ) -> list[dict]:
     """Predicts every input image and writes its outputs into ``out_dir``.
 
@@ -418,9 +678,10 @@ def predict_files(
         progress: Called once per image (plane).
         axes: Declares the axes of the input TIFFs (e.g. ``ZCYX``) instead of what the files say.
         channel: Predict only this channel (0-based) of each image, for a 1-channel model.
+        concurrency: Images the net works on at once (see :func:`predict_planned`); 0: one at a time.
 
     Returns:
         One record per image: name, source, outputs written.
     """
     plan = plan_predictions(inputs, out_dir, mask_format, probabilities, overlays, axes, channel)
-    return predict_planned(segmenter, plan, channels, progress)
+    return predict_planned(segmenter, plan, channels, progress, concurrency)

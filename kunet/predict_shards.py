@@ -195,7 +195,8 @@ class ShardJob:
         except OSError:  # an output (or the input) is gone
             return False
 
-    def run(self, segmenter, channels: int | None = None, progress: Callable[[], None] | None = None) -> dict:
+    def run(self, segmenter, channels: int | None = None, progress: Callable[[], None] | None = None,
+            concurrency: int | None = None) -> dict:  # fmt: skip
         """Predicts the shard's inputs without complete outputs; returns the final summary.
 
         An input kunet cannot use (a :class:`~kunet.errors.KunetError`: unreadable, too small, ...) is
@@ -206,12 +207,14 @@ class ShardJob:
             segmenter: The loaded model (unused, and may be None, when nothing is left to predict).
             channels: Image channels the model expects (default: the model's).
             progress: Called once per image (page).
+            concurrency: As :func:`kunet.predict_files.predict_planned`'s (the planes of a stack overlap).
         """
         for source in self.todo:
-            self._predict(segmenter, source, channels, progress)
+            self._predict(segmenter, source, channels, progress, concurrency)
         return self._write_summary("failed" if self.failed else "complete")
 
-    def _predict(self, segmenter, source: Source, channels: int | None, progress: Callable[[], None] | None) -> None:
+    def _predict(self, segmenter, source: Source, channels: int | None, progress: Callable[[], None] | None,
+                 concurrency: int | None) -> None:  # fmt: skip
         from kunet.predict_files import predict_planned
 
         started, done = time.monotonic(), 0
@@ -224,7 +227,7 @@ class ShardJob:
 
         try:
             written = predict_planned(segmenter, dataclasses.replace(self.plan, images=source.images), channels,
-                                      advance)  # fmt: skip
+                                      advance, concurrency)  # fmt: skip
         except KunetError as error:
             self.failed.append({"input": source.key, "source": str(source.path), "error": str(error)})
             for _ in range(len(source.images) - done):  # the bar still ends at its total

@@ -26,6 +26,7 @@ from kunet.model import UNet, output_size
 from kunet.precision import PRECISIONS, resolve_precision
 from kunet.preprocess import dtype_max, dtype_shift
 from kunet.runs import ModelLoadError, resolve_model_path
+from kunet.sizes import activation_bytes
 from kunet.tiling import TilingOptions
 
 
@@ -100,13 +101,23 @@ def _load_remote_unet(uri: str) -> UNet:
             raise ModelLoadError(str(error).replace(str(local), uri)) from None
 
 
-def read_export_info(path: Path | str) -> tuple[InferenceSettings, int, int]:
-    """The decision rule, input channels and net depth from an export's ``assets.extra/kunet.json``."""
+def read_export_description(path: Path | str) -> dict:
+    """An export's ``assets.extra/kunet.json``, with an error naming it when it is missing or not JSON."""
     info_path = uris.join(path, "assets.extra", "kunet.json")
     if not uris.isfile(info_path):
         raise ModelLoadError(f"{path}: a SavedModel but not a kunet export (no assets.extra/kunet.json)")
     try:
-        info = json.loads(uris.read_text(info_path))
+        return json.loads(uris.read_text(info_path))
+    except ValueError as error:
+        raise ModelLoadError(f"{info_path}: damaged export description ({first_line(error)})") from None
+
+
+def read_export_info(path: Path | str, info: dict | None = None) -> tuple[InferenceSettings, int, int]:
+    """The decision rule, input channels and net depth from an export's ``assets.extra/kunet.json`` (``info``:
+    that file, already read)."""
+    info_path = uris.join(path, "assets.extra", "kunet.json")
+    info = read_export_description(path) if info is None else info
+    try:
         return (
             InferenceSettings.from_metadata(info["inference"]),
             int(info["input"]["channels"]),
@@ -130,6 +141,16 @@ def load_saved_model(path: Path | str):
     if "serving_default" not in saved_model.signatures:
         raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature")
     return saved_model
+
+
+def _export_tile(info: dict) -> tuple[tuple[int, int], int, int]:
+    """(input tile, base filters, tiles per call) of an export's graph, for :meth:`Segmenter.working_bytes`;
+    the paper's net on a 700x700 tile where the description does not say."""
+    try:
+        tile = tuple(int(side) for side in info["tiling"]["input_tile"])
+        return (tile[0], tile[1]), int(info["model"].get("base_filters", 64)), 1
+    except (KeyError, TypeError, ValueError, IndexError):
+        return (700, 700), 64, 1
 
 
 def _exhaust(iterator) -> None:
@@ -194,7 +215,9 @@ class Segmenter:
             self.predictor = Predictor(self.model, self.settings, tiling, test_time_mirroring)
             self.input_channels, self.depth = model.input_channels, model.depth
         else:
-            self.settings, self.input_channels, self.depth = read_export_info(self.path)
+            info = read_export_description(self.path)
+            self.settings, self.input_channels, self.depth = read_export_info(self.path, info)
+            self._export_tile = _export_tile(info)
             self.saved_model = load_saved_model(self.path)
             self.model = None
             self.predictor = None
@@ -262,6 +285,24 @@ class Segmenter:
         _exhaust(stream)  # a consumer that stopped early must not leave rows undecided
         classes = decided if per_pixel else self.rule.foreground_classes(decided)
         return Segmentation(None, classes, self.label_values(classes), self.instances(classes))
+
+    def working_bytes(self, image_shape) -> int:
+        """Rough working memory of predicting one image of ``image_shape`` (the net's activations for one model
+        call, as the tile choice estimates them, and the whole-image float buffers): what lets
+        :func:`kunet.predict_files.predict_planned` run several images at once within :meth:`memory_budget_bytes`."""
+        height, width = image_shape[:2]
+        if self.predictor is not None:
+            plan = self.predictor.plan((height, width))
+            tile, base_filters, batch = plan.input_hw, self.model.base_filters, self.predictor.tiling.batch_size
+        else:
+            tile, base_filters, batch = self._export_tile
+        activations = activation_bytes(tile[0], tile[1], base_filters, self.depth) * batch
+        return int(activations + height * width * 4 * (3 * self.input_channels + 3 * self.num_classes))
+
+    def memory_budget_bytes(self) -> float:
+        """The bound on the activations of the model calls running at once (:class:`TilingOptions`)."""
+        tiling = self.predictor.tiling if self.predictor is not None else TilingOptions()
+        return tiling.memory_budget_mb * 1e6
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices by the model's decision rule (:class:`kunet.decision.DecisionRule`)."""

@@ -130,18 +130,27 @@ def legend_height(width: int) -> int:
 def legend_band(width: int, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
     """A dark strip ``width`` pixels wide with a colour swatch and a name per entry, uint8 RGB.
 
-    Entries that do not fit in a narrow image are clipped, not an error.
+    Where the entries do not fit side by side (a narrow image), each gets an equal share of the width: every
+    swatch is drawn and the names are cut at the next entry's share, so no colour goes unexplained.
     """
     scale = _legend_scale(width)
     band = np.full((legend_height(width), width, 3), LEGEND_BACKGROUND, np.uint8)
     font, font_scale, swatch = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 12 * scale
-    top, x = (band.shape[0] - swatch) // 2, 6 * scale
-    for text, colour in entries:
+    top = (band.shape[0] - swatch) // 2
+    sizes = [cv2.getTextSize(text, font, font_scale, scale)[0] for text, _ in entries]
+    needed = 6 * scale + sum(swatch + 5 * scale + text_width + 14 * scale for text_width, _ in sizes)
+    share = None if needed <= width else width // max(1, len(entries))
+    x = 6 * scale
+    for index, ((text, colour), (text_width, text_height)) in enumerate(zip(entries, sizes)):
+        if share is not None:
+            x = index * share + 3 * scale
         cv2.rectangle(band, (x, top), (x + swatch - 1, top + swatch - 1), colour, cv2.FILLED)
         x += swatch + 5 * scale
-        (text_width, text_height), _ = cv2.getTextSize(text, font, font_scale, scale)
+        end = width if share is None else (index + 1) * share
         baseline = top + (swatch + text_height) // 2
-        cv2.putText(band, text, (x, baseline), font, font_scale, LEGEND_TEXT, scale, cv2.LINE_AA)
+        if x < end:  # drawn into a view of its share, so OpenCV cuts the name at the share's edge
+            view = band[:, x:end]
+            cv2.putText(view, text, (0, baseline), font, font_scale, LEGEND_TEXT, scale, cv2.LINE_AA)
         x += text_width + 14 * scale
     return band
 

@@ -76,6 +76,20 @@ def server(served):
     process.wait(timeout=30)
 
 
+def test_an_export_predicts_a_folder_in_throughput_mode_exactly_as_one_image_at_a_time(served, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, image in (("a", served.image), ("b", served.image[:64, 10:110]), ("c", served.image[::-1])):
+        cv2.imwrite(str(folder / f"{name}.png"), image)
+    segmenter, files = Segmenter(served.version), {}
+    for concurrency in (0, 2):
+        out = tmp_path / f"out{concurrency}"
+        predict_files(segmenter, [folder], out, probabilities="npy", concurrency=concurrency)
+        files[concurrency] = {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+    assert files[2] == files[0] and len(files[0]) == 9
+    assert files[0]["a_mask.png"] == (served.work.parent / "predicted" / "image_mask.png").read_bytes()
+
+
 def test_saved_model_cli_shows_no_string_output_without_the_bytes_suffix(served):
     cli = Path(sys.executable).with_name("saved_model_cli")
     shown = subprocess.run([str(cli), "show", "--dir", str(served.version), "--all"], capture_output=True,

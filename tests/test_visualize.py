@@ -120,7 +120,9 @@ def test_legend_band_of_a_one_pixel_wide_and_of_an_rgb_image():
     image, predicted, truth = _overlay_inputs(30, 64, channels=3)
     narrow = visualize.overlay_prediction(image, predicted, truth, legend=True)
     assert narrow.shape == (54, 64, 3)
-    assert _has_colour(narrow[30:], visualize.PREDICTION_COLOUR)  # the truth entry is clipped off
+    # Too narrow for both names: each entry gets half the width, both swatches show, the names are cut.
+    assert _has_colour(narrow[30:, :32], visualize.PREDICTION_COLOUR)
+    assert _has_colour(narrow[30:, 32:], visualize.OUTLINE_COLOUR)
 
 
 def test_legend_band_grows_with_a_wide_image():

@@ -1,0 +1,147 @@
+"""``kunet predict`` on a folder of many images: throughput mode against one image at a time, in one process.
+
+Workload: ``--images`` synthetic 512x512 uint8 EM slices (:func:`kunet.synthetic.make_em_sample`) written as
+PNG to a temporary folder; an untrained paper U-Net (base 64; 32 with ``--base32``) saved as ``.keras`` and
+loaded once through :class:`kunet.Segmenter`, as ``kunet predict`` loads it. Every figure goes through
+:func:`kunet.predict_files.predict_files`, the function behind ``kunet predict``, with its default outputs
+(mask PNG and overlay PNG), and includes: listing and checking the inputs and the output folder, reading and
+decoding each PNG, normalisation, the net (the tile chosen per image: one 700x700 tile for 512x512), the
+decision rule, drawing the overlay, and encoding and atomically writing both PNGs. Not included: Python and
+TensorFlow start-up, model loading and the first call's tracing (a warm-up call on another image does them).
+
+* (a) single-image latency: one ``predict_files`` call for one image, one image at a time (``concurrency=0``);
+  the median over the rounds. The single-image rate is 1 / (a); "(a) x N" is N images predicted so.
+* (b) a folder in one call, one image at a time (``concurrency=0``: ``kunet predict`` before the throughput mode).
+* (c) the same folder in one call in throughput mode (``concurrency`` N: the next images read and the previous
+  written while the net works on N images at once); N = the default and any ``--concurrency`` given.
+
+On a shared machine the CPU share changes within minutes, so the figures are interleaved: the images are
+split into ``--rounds`` folders, and each round times (a) on one image, then (b) and (c) on that round's
+folder, in an order that rotates from round to round. A mode's images/s is its images over its seconds summed
+over the rounds (each round's call pays the throughput mode's start and end, where fewer images overlap:
+``--rounds 1`` predicts the whole folder in one call per mode). CPU seconds per image (process time) say
+what an image costs whatever share of the CPU other processes leave. The outputs of (b) and (c) are
+compared byte for byte.
+
+Usage: ``.venv/bin/python benchmarks/predict_throughput.py`` (64 images, base 64: about 20 minutes on two
+quiet cores), ``--base32``, ``--quick`` (16 images, base 32, 2 rounds, while developing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import timing  # noqa: E402
+
+from kunet.model import UNet  # noqa: E402
+from kunet.predict_files import DEFAULT_CONCURRENCY, predict_files  # noqa: E402
+from kunet.segmenter import Segmenter  # noqa: E402
+from kunet.synthetic import make_em_sample  # noqa: E402
+
+
+def write_images(folder: Path, first: int, count: int, size: int) -> None:
+    folder.mkdir(parents=True)
+    for index in range(first, first + count):
+        cv2.imwrite(str(folder / f"slice_{index:03d}.png"), make_em_sample(size, rng=index)[0])
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+def timed(function) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=None, help="Images in the folder (default 64; 16 with --quick).")
+    parser.add_argument("--rounds", type=int, default=None, help="Interleaved rounds (default 4; 2 with --quick).")
+    parser.add_argument("--size", type=int, default=512, help="Image side in pixels.")
+    parser.add_argument("--base32", action="store_true", help="32 base filters instead of the paper's 64.")
+    parser.add_argument("--base", type=int, default=None, help="Base filters (default 64; 32 with --base32).")
+    parser.add_argument("--quick", action="store_true", help="16 images, base 32, 2 rounds: while developing.")
+    parser.add_argument("--concurrency", type=int, action="append", default=None,
+                        help=f"Throughput mode's concurrency (repeatable; default {DEFAULT_CONCURRENCY}).")  # fmt: skip
+    args = parser.parse_args()
+    count = args.images or (16 if args.quick else 64)
+    rounds = args.rounds or (2 if args.quick else 4)
+    base = args.base or (32 if args.base32 or args.quick else 64)
+    if count % rounds:
+        raise SystemExit(f"--images {count} must be a multiple of --rounds {rounds}")
+    per_round = count // rounds
+    modes = {"(b) one image at a time (concurrency 0)": 0}
+    for concurrency in args.concurrency or [DEFAULT_CONCURRENCY]:
+        modes[f"(c) throughput mode (concurrency {concurrency})"] = concurrency
+    timing.header("kunet predict on a folder: throughput mode vs one image at a time")
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(f"{count} synthetic {args.size}x{args.size} uint8 PNGs in {rounds} rounds of {per_round}; paper U-Net, "
+          f"base {base}, untrained, float32; outputs per image: mask PNG + overlay PNG")  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="kunet-throughput-") as scratch:
+        root = Path(scratch)
+        for round_ in range(rounds):
+            write_images(root / f"images{round_}", round_ * per_round, per_round, args.size)
+        write_images(root / "singles", count, rounds + 1, args.size)  # not in the folders
+        singles = sorted((root / "singles").iterdir())
+        UNet(base_filters=base, seed=0).save(root / "model.keras")
+        segmenter = Segmenter(root / "model.keras")
+        predict_files(segmenter, [singles[0]], root / "warm-up", concurrency=0)  # tracing, oneDNN primitives
+
+        latencies: list[tuple[float, float]] = []
+        totals = {label: [0.0, 0.0] for label in modes}  # wall, CPU seconds over the rounds
+        for round_ in range(rounds):
+            steps = ["(a)", *modes]
+            steps = steps[round_ % len(steps) :] + steps[: round_ % len(steps)]
+            for step in steps:
+                if step == "(a)":
+                    image, out = singles[round_ + 1], root / f"single{round_}"
+                    latencies.append(timed(lambda i=image, o=out: predict_files(segmenter, [i], o, concurrency=0)))
+                    wall, cpu, what = *latencies[-1], "1 image"
+                else:
+                    folder, out = root / f"images{round_}", root / f"{modes[step]}-{round_}"
+                    wall, cpu = timed(lambda f=folder, o=out, c=modes[step]: predict_files(segmenter, [f], o,
+                                                                                          concurrency=c))  # fmt: skip
+                    totals[step][0] += wall
+                    totals[step][1] += cpu
+                    what = f"{per_round} images"
+                print(f"round {round_ + 1}/{rounds} {step:<40} {what:>10}: {wall:6.1f} s, CPU {cpu:6.1f} s; "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+        for round_ in range(rounds):
+            reference = digests(root / f"0-{round_}")
+            for concurrency in modes.values():
+                if digests(root / f"{concurrency}-{round_}") != reference:
+                    raise SystemExit(f"outputs of concurrency {concurrency} differ from one image at a time")
+
+    single = statistics.median(wall for wall, _ in latencies)
+    single_cpu = statistics.median(cpu for _, cpu in latencies)
+    one_at_a_time = totals[next(iter(modes))][0] / count
+    print()
+    print(f"{'':<48} {'s/image':>8} {'images/s':>9} {'CPU s/image':>12} {f'vs (a)x{count}':>9} {'vs (b)':>7}")
+    print(f"{'(a) single image, one call (median)':<48} {single:8.2f} {1 / single:9.3f} {single_cpu:12.2f} "
+          f"{1.0:9.2f} {one_at_a_time / single:7.2f}")  # fmt: skip
+    for label, (wall, cpu) in totals.items():
+        wall, cpu = wall / count, cpu / count
+        print(f"{label:<48} {wall:8.2f} {1 / wall:9.3f} {cpu:12.2f} {single / wall:9.2f} {one_at_a_time / wall:7.2f}")
+    print("outputs of (b) and (c) identical byte for byte")
+    timing.footer()
+
+
+if __name__ == "__main__":
+    main()

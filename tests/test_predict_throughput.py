@@ -1,0 +1,221 @@
+"""``kunet predict``'s throughput mode (images read ahead, several predicted at once, outputs written behind)
+writes exactly what one image at a time writes: the same bytes, records, order and progress, the same files
+after an error, within a bounded number of images in memory, huge images still streamed alone."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from helpers import blob_image
+from kunet_cli.main import app
+from typer.testing import CliRunner
+
+import kunet.predict_files as predict_files
+from kunet.segmenter import Segmenter
+
+runner = CliRunner()
+
+
+def _inputs(root, sizes=((96, 96), (64, 80), (96, 96), (48, 120), (96, 96))):
+    """A folder of PNGs of mixed sizes with a 3-plane TIFF stack among them, and a PNG outside it."""
+    rng = np.random.default_rng(5)
+    folder = root / "images"
+    folder.mkdir()
+    for index, (height, width) in enumerate(sizes):
+        cv2.imwrite(str(folder / f"img{index}.png"), blob_image(rng, 128)[0][:height, :width])
+    planes = np.stack([blob_image(rng, 56)[0] for _ in range(3)])
+    tifffile.imwrite(folder / "stack.tif", planes, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX"})
+    lone = root / "lone.png"
+    cv2.imwrite(str(lone), blob_image(rng, 72)[0])
+    return [folder, lone]
+
+
+def _failing_call(function, at: int, error: BaseException):
+    """``function``, except that its ``at``-th call raises ``error``."""
+    calls = []
+
+    def call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise error
+        return function(*args, **kwargs)
+
+    return call
+
+
+def _files(folder) -> dict[str, str]:
+    """Every file in ``folder`` (hidden temporaries too) with the sha256 of its bytes."""
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def instance_segmenter(trained_tiny_run):
+    segmenter = Segmenter(trained_tiny_run)
+    segmenter.settings.label_kind = "instance"  # instances written too
+    return segmenter
+
+
+def test_throughput_mode_writes_the_same_bytes_records_and_progress(instance_segmenter, tmp_path):
+    inputs = _inputs(tmp_path)
+    for probabilities, concurrencies in (("tif", (0, 2)), ("npy", (0, 1))):
+        results = {}
+        for concurrency in concurrencies:
+            out, ticks = tmp_path / f"{probabilities}-{concurrency}", []
+            options = {"probabilities": probabilities, "concurrency": concurrency}
+            records = predict_files.predict_files(instance_segmenter, inputs, out, progress=lambda t=ticks: t.append(1),
+                                                  **options)  # fmt: skip
+            named = [{**record, "outputs": {kind: path.name for kind, path in record["outputs"].items()}}
+                     for record in records]  # fmt: skip
+            results[concurrency] = (_files(out), named, len(ticks))
+        files, records, ticks = results[0]
+        assert ticks == len(records) == 9  # 5 PNGs, 3 planes, the lone PNG: one tick per image, in order
+        assert [record["name"] for record in records] == [
+            "img0", "img1", "img2", "img3", "img4", "stack_p0000", "stack_p0001", "stack_p0002", "lone"
+        ]  # fmt: skip
+        assert {"stack_mask.tif", "stack_instances.tif", "img3_instances.tif", "lone_overlay.png"} <= set(files)
+        assert not [name for name in files if name.startswith(".")]
+        assert results[concurrencies[1]] == results[0]
+
+
+def test_the_cli_reports_images_per_second_and_concurrency_0_is_the_same(trained_tiny_run, tmp_path):
+    inputs = _inputs(tmp_path, sizes=((96, 96), (64, 80)))
+    outputs = {}
+    for flags in ((), ("--concurrency", "0")):
+        out = tmp_path / f"out{len(flags)}"
+        args = ["predict", str(trained_tiny_run), *map(str, inputs), "--out", str(out), "--log-every", "1", *flags]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "predicting pages of 4 file(s) 6/6" in result.output
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith(f"wrote outputs for 6 image(s) to {out}: ") and last.endswith(" images/s"), last
+        outputs[flags] = _files(out)
+    assert outputs[()] == outputs[("--concurrency", "0")]
+    refused = runner.invoke(app, ["predict", str(trained_tiny_run), str(inputs[1]), "--concurrency", "-1"])
+    assert refused.exit_code == 2 and "--concurrency" in refused.output
+    shown = " ".join(runner.invoke(app, ["predict", "--help"]).output.replace("│", " ").split())
+    assert f"Default: {predict_files.DEFAULT_CONCURRENCY}." in shown  # the help says the library's default
+
+
+def test_an_unreadable_image_stops_the_run_after_every_image_before_it(trained_tiny_run, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a", "c", "d"):
+        cv2.imwrite(str(folder / f"{name}.png"), blob_image(rng, 64)[0])
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    outputs = {}
+    for concurrency in ("0", "2"):
+        out = tmp_path / f"out{concurrency}"
+        result = runner.invoke(app, ["predict", str(trained_tiny_run), str(folder), "--out", str(out),
+                                     "--concurrency", concurrency])  # fmt: skip
+        assert result.exit_code == 2 and f"error: {folder / 'b.png'}: unreadable or truncated image" in result.output
+        outputs[concurrency] = sorted(path.name for path in out.iterdir())
+    assert outputs["2"] == outputs["0"] == ["a_mask.png", "a_overlay.png"]
+
+
+def test_a_failed_write_leaves_what_one_image_at_a_time_leaves(instance_segmenter, tmp_path, monkeypatch):
+    inputs = _inputs(tmp_path)
+    real_write_image = predict_files.write_image
+    left = {}
+    for concurrency in (0, 2):
+        # the 8th write is the third image's instances, after its probability and mask
+        full_disk = _failing_call(real_write_image, 8, OSError(28, "No space left on device"))
+        monkeypatch.setattr(predict_files, "write_image", full_disk)
+        out = tmp_path / f"out{concurrency}"
+        with pytest.raises(OSError, match="No space left"):
+            predict_files.predict_files(instance_segmenter, inputs, out, probabilities="tif", concurrency=concurrency)
+        left[concurrency] = _files(out)
+    assert left[2] == left[0]
+    assert {"img1_overlay.png", "img2_probability.tif", "img2_mask.png"} <= set(left[0])
+    assert not {"img2_instances.tif", "img2_overlay.png", "img3_mask.png", "img3_probability.tif"} & set(left[0])
+    assert not [name for name in left[0] if name.startswith(".")]
+
+
+def test_a_failure_inside_a_stack_removes_its_temporaries_in_both_modes(trained_tiny_run, tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(folder / "stack.tif", np.stack([blob_image(rng, 48)[0] for _ in range(4)]), imagej=True,
+                     metadata={"axes": "ZYX"})  # fmt: skip
+    segmenter = Segmenter(trained_tiny_run)
+    real_segment = segmenter.segment
+    for concurrency in (0, 2):
+        monkeypatch.setattr(segmenter, "segment", _failing_call(real_segment, 3, MemoryError("test")))
+        out = tmp_path / f"out{concurrency}"
+        with pytest.raises(MemoryError):
+            predict_files.predict_files(segmenter, [folder], out, probabilities="tif", concurrency=concurrency)
+        assert sorted(path.name for path in out.iterdir()) == ["stack_p0000_overlay.png", "stack_p0001_overlay.png"]
+
+
+def test_images_in_memory_stay_bounded_by_count_and_by_pixels(trained_tiny_run, tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(10):
+        cv2.imwrite(str(folder / f"i{index}.png"), blob_image(rng, 48)[0])
+    segmenter = Segmenter(trained_tiny_run)
+    real_check, real_segment = predict_files.check_image_size, segmenter.segment
+    counts = {"read": 0, "written": 0, "most": 0}
+
+    def counted_read(*args, **kwargs):
+        counts["read"] += 1
+        counts["most"] = max(counts["most"], counts["read"] - counts["written"])
+        return real_check(*args, **kwargs)
+
+    def slow_segment(image, *args, **kwargs):
+        time.sleep(0.02)  # the reader runs ahead as far as it may
+        return real_segment(image, *args, **kwargs)
+
+    def written():
+        counts["written"] += 1
+
+    monkeypatch.setattr(predict_files, "check_image_size", counted_read)
+    monkeypatch.setattr(segmenter, "segment", slow_segment)
+    predict_files.predict_files(segmenter, [folder], tmp_path / "out", overlays=False, concurrency=1, progress=written)
+    # 3N + 3 for N = 1: 2N + 1 submitted and not retired, N + 1 queued, 1 in the reader's hand; + 1 released early
+    assert 2 <= counts["most"] <= 7
+    monkeypatch.setattr(predict_files, "READ_AHEAD_PIXELS", 1)  # the next image only once the last is written
+    counts.update(read=0, written=0, most=0)
+    predict_files.predict_files(segmenter, [folder], tmp_path / "out1", overlays=False, concurrency=2, progress=written)
+    assert counts["most"] <= 2  # one in flight, and the next read as soon as it is written, before its tick
+
+
+def test_a_streamed_image_runs_alone_and_streams_as_before(trained_tiny_run, tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for index, size in enumerate((48, 100, 48, 48, 100, 48)):
+        cv2.imwrite(str(folder / f"i{index}.png"), blob_image(rng, 128)[0][:size, :size])
+    monkeypatch.setattr(predict_files, "STREAMING_PIXELS", 64 * 64)  # the 100x100 images stream
+    segmenter = Segmenter(trained_tiny_run)
+    real_segment, real_streaming = segmenter.segment, segmenter.segment_streaming
+    running, lock, overlaps = [], threading.Lock(), []
+
+    def tracked(function, streamed):
+        def call(*args, **kwargs):
+            with lock:
+                running.append(streamed)
+                overlaps.append(len(running) > 1 and any(running))
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with lock:
+                    running.remove(streamed)
+
+        return call
+
+    monkeypatch.setattr(segmenter, "segment", tracked(real_segment, False))
+    monkeypatch.setattr(segmenter, "segment_streaming", tracked(real_streaming, True))
+    files = {}
+    for concurrency in (0, 2):
+        out = tmp_path / f"out{concurrency}"
+        predict_files.predict_files(segmenter, [folder], out, probabilities="npy", concurrency=concurrency)
+        files[concurrency] = _files(out)
+    assert files[2] == files[0] and len(files[0]) == 18
+    assert len(overlaps) == 12 and not any(overlaps)  # no image predicted while a streamed one was
