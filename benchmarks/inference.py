@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch_peer  # noqa: E402
 from peak import peak_gflops  # noqa: E402
-from timing import footer, header  # noqa: E402
+from timing import footer, header, median_ms  # noqa: E402
 
 from kunet.inference import Predictor  # noqa: E402
 from kunet.model import UNet  # noqa: E402
@@ -88,12 +87,7 @@ def keras_predict(model):
 def timed(function, repeats: int) -> float:
     """Median seconds of ``repeats`` calls after one warm-up call (tracing, oneDNN primitive creation)."""
     function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_ms(function, repeats) / 1000
 
 
 def load_image() -> tuple[np.ndarray, str]:

@@ -12,9 +12,9 @@ Used by ``benchmarks/inference.py`` and the training-step benchmark; keep these 
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
+from timing import median_ms
 
 try:
     import torch
@@ -92,12 +92,7 @@ def _autocast(precision: str):
 def _median_seconds(function, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_ms(function, repeats) / 1000
 
 
 def predict(model, image: np.ndarray, precision: str = "float32", tile: int = 572) -> np.ndarray:
