@@ -46,6 +46,7 @@ from kunet.builders import build_model  # noqa: E402
 from kunet.config import pipeline_from_dict  # noqa: E402
 from kunet.pipeline import training_dataset  # noqa: E402
 from kunet.sizes import forward_flops  # noqa: E402
+from kunet.system_info import cpu_features, has_native_bf16  # noqa: E402
 from kunet.train import Trainer  # noqa: E402
 
 try:  # written on another branch; the rows appear once it is merged
@@ -150,14 +151,6 @@ def pipeline_tiles_per_second(records: Path, seconds: float = 8.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), as ``kunet info`` reports it."""
-    from kunet.system_info import cpu_features
-
-    features = cpu_features()
-    return bool(features.get("AVX-512 BF16") or features.get("AMX BF16"))
-
-
 def default_records(workdir: Path) -> Path:
     from kunet.records import build_records
 
@@ -205,7 +198,7 @@ def measure(net, precision, records, workdir, args) -> dict[str, float]:
     if torch_peer and torch_peer.version():
         name = f"PyTorch {torch_peer.version()}"
         steps, warmup = (args.steps * 2, 2) if args.peer_steps is None else (args.peer_steps, 1)
-        if precision != "float32" and not native_bf16() and args.peer_steps is None:
+        if precision != "float32" and not has_native_bf16(cpu_features()) and args.peer_steps is None:
             steps, warmup = 1, 1  # emulated bf16: PyTorch's autocast step is ~13x its float32 one on AVX2 alone
         name += f" ({steps} step{'s' * (steps > 1)})" if steps < args.steps * 2 else ""
         seconds[name] = torch_peer.train_step_seconds(tile, 1, precision, steps, base_filters=base, warmup=warmup)

@@ -31,9 +31,8 @@ def resolve_precision(precision: str, gpu_capabilities: list[tuple[int, int]] | 
     if gpu_capabilities:
         oldest = min(gpu_capabilities)
         return "mixed_bfloat16" if oldest >= (8, 0) else "mixed_float16" if oldest >= (7, 0) else "float32"
-    if cpu_features is None:
-        from kunet.system_info import cpu_features as read_cpu_features
+    from kunet.system_info import cpu_features as read_cpu_features
+    from kunet.system_info import has_native_bf16
 
-        cpu_features = read_cpu_features()
-    native_bf16 = cpu_features.get("AVX-512 BF16") or cpu_features.get("AMX BF16")
-    return "mixed_bfloat16" if native_bf16 else "float32"
+    features = read_cpu_features() if cpu_features is None else cpu_features
+    return "mixed_bfloat16" if has_native_bf16(features) else "float32"

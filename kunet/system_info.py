@@ -30,6 +30,12 @@ def cpu_features(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, bool]:
     return {label: name in flags for name, label in _INTERESTING_CPU_FLAGS.items()}
 
 
+def has_native_bf16(features: dict[str, bool]) -> bool:
+    """Whether a CPU with these :func:`cpu_features` computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere
+    TensorFlow and PyTorch emulate it, slower than float32."""
+    return bool(features.get("AVX-512 BF16") or features.get("AMX BF16"))
+
+
 def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     path = Path(cpuinfo_path)
     if path.exists():
