@@ -138,20 +138,20 @@ def legend_band(width: int, entries: Sequence[tuple[str, tuple[int, int, int]]])
     font, font_scale, swatch = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 12 * scale
     top = (band.shape[0] - swatch) // 2
     sizes = [cv2.getTextSize(text, font, font_scale, scale)[0] for text, _ in entries]
-    needed = 6 * scale + sum(swatch + 5 * scale + text_width + 14 * scale for text_width, _ in sizes)
-    share = None if needed <= width else width // max(1, len(entries))
-    x = 6 * scale
-    for index, ((text, colour), (text_width, text_height)) in enumerate(zip(entries, sizes)):
-        if share is not None:
-            x = index * share + 3 * scale
+    widths = [swatch + 5 * scale + text_width + 14 * scale for text_width, _ in sizes]
+    if 6 * scale + sum(widths) <= width:  # side by side, each name whole
+        starts = [6 * scale + sum(widths[:index]) for index in range(len(entries))]
+        ends = [width] * len(entries)
+    else:
+        share = width // max(1, len(entries))
+        starts = [index * share + 3 * scale for index in range(len(entries))]
+        ends = [(index + 1) * share for index in range(len(entries))]
+    for (text, colour), (_, text_height), x, end in zip(entries, sizes, starts, ends):
         cv2.rectangle(band, (x, top), (x + swatch - 1, top + swatch - 1), colour, cv2.FILLED)
         x += swatch + 5 * scale
-        end = width if share is None else (index + 1) * share
         baseline = top + (swatch + text_height) // 2
         if x < end:  # drawn into a view of its share, so OpenCV cuts the name at the share's edge
-            view = band[:, x:end]
-            cv2.putText(view, text, (0, baseline), font, font_scale, LEGEND_TEXT, scale, cv2.LINE_AA)
-        x += text_width + 14 * scale
+            cv2.putText(band[:, x:end], text, (0, baseline), font, font_scale, LEGEND_TEXT, scale, cv2.LINE_AA)
     return band
 
 
