@@ -56,6 +56,12 @@ class LabelConfig:
     ``kind``: ``"binary"`` (``foreground_value`` is class 1, ``background_value`` class 0; ISBI 2012 uses
     255 = cell interior, 0 = membrane), ``"instance"`` (0 = background, every other id one object; touching
     objects are separated by a carved 1-px background ridge) or ``"multiclass"`` (``values[i]`` is class i).
+
+    ``border_width`` (instance labels only): 0 keeps the paper's two classes. N > 0 adds a third class,
+    ``border``: the object pixels within N px (8-connected) of a separation ridge, the contacts between
+    touching objects. The net then learns where cells touch as a class of its own rather than only
+    through the weight map, and the decision rule seeds its watershed from the confident ``cell`` class
+    (:mod:`kunet.decision`); the decided masks are two-class foreground, scored like the paper's.
     """
 
     kind: str = "binary"
@@ -63,10 +69,18 @@ class LabelConfig:
     background_value: int = 0
     values: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    border_width: int = 0
+
+    @property
+    def border_class(self) -> bool:
+        """Whether the net has the third, ``border`` class of instance labels (``border_width`` > 0)."""
+        return self.kind == "instance" and self.border_width > 0
 
     @property
     def num_classes(self) -> int:
-        return len(self.values) if self.kind == "multiclass" else 2
+        if self.kind == "multiclass":
+            return len(self.values)
+        return 3 if self.border_class else 2
 
     def class_values(self) -> list[int]:
         """The label value written for each class index in output masks."""
@@ -74,7 +88,13 @@ class LabelConfig:
             return list(self.values)
         if self.kind == "binary":
             return [self.background_value, self.foreground_value]
-        return [0, 255]
+        return [0, 255, 128] if self.border_class else [0, 255]
+
+    def names(self) -> list[str]:
+        """One name per class: ``class_names``, with ``"border"`` appended for a border class not named."""
+        if self.border_class and len(self.class_names) == 2:
+            return [*self.class_names, "border"]
+        return list(self.class_names)
 
 
 @dataclass

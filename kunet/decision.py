@@ -1,10 +1,14 @@
 """The decision rule: class probabilities -> class indices, one rule for NumPy and for TensorFlow.
 
 Two-class nets decide ``p(class 1) >= threshold``, then apply a post-processing step from
-:data:`POSTPROCESSING`; other nets take the argmax. ``predict``, ``evaluate``, ``tune`` and validation during
-``fit`` decide with :meth:`DecisionRule.classes`, the exported serving graph with
-:meth:`DecisionRule.tf_classes`; the NumPy path runs the same TensorFlow post-processing, compiled, so both
-give the same masks bit for bit, and the masks that were scored are the masks users get.
+:data:`POSTPROCESSING`; other nets take the argmax, except the three-class nets of instance labels
+(background / cell / border, ``[labels] border_width``): they decide foreground as ``1 - p(background) >=
+threshold`` and their watershed grows seeds of confident ``cell`` pixels over ``p(cell)``, so fronts meet in
+the predicted borders; their decided masks are two-class (0 background, 1 cell) like a two-class net's.
+``predict``, ``evaluate``, ``tune`` and validation during ``fit`` decide with :meth:`DecisionRule.classes`,
+the exported serving graph with :meth:`DecisionRule.tf_classes`; the NumPy path runs the same TensorFlow
+post-processing, compiled, so both give the same masks bit for bit, and the masks that were scored are the
+masks users get.
 
 Post-processing steps, by name (docs/EXTENDING.md shows how to add one):
 
@@ -24,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _watershed_cut(foreground, threshold, seed_threshold):
+def _watershed_cut(foreground, interior, threshold, seed_threshold, floor):
     from kunet.postprocess import tf_watershed_lines
 
-    return tf_watershed_lines(foreground, threshold, seed_threshold)
+    return tf_watershed_lines(foreground, threshold, seed_threshold, interior=interior, floor=floor)
 
 
 @dataclass(frozen=True)
@@ -39,45 +43,66 @@ class Postprocessing:
             foreground pixels to turn into background. None: nothing is cut.
         per_pixel: Whether a pixel's class depends on its own probability only (then an image can be decided
             a strip at a time, as streaming prediction does).
+        interior_cut: Instead of ``cut``, a step that also reads a second map: ``(p(foreground), p(interior),
+            threshold, seed_threshold, floor) -> bool [H, W]``. ``p(interior)`` is ``p(foreground)`` for
+            two-class nets and ``p(cell)`` for border nets; ``floor`` is the lowest ``p(interior)`` to grow into
+            (the threshold, or 0 for border nets, whose borders have low p(cell)).
     """
 
     cut: Callable | None = None
     per_pixel: bool = True
+    interior_cut: Callable | None = None
 
 
 POSTPROCESSING: dict[str, Postprocessing] = {
     "none": Postprocessing(),
     "grow": Postprocessing(),
-    "watershed": Postprocessing(_watershed_cut, per_pixel=False),
+    "watershed": Postprocessing(per_pixel=False, interior_cut=_watershed_cut),
 }
 
 
 @functools.cache
-def _compiled(cut: Callable):
+def _compiled(cut: Callable, images: int, scalars: int):
+    """``cut`` as a ``tf.function`` taking ``images`` float32 [H, W] maps and then ``scalars`` float32 scalars."""
     import tensorflow as tf
 
     scalar, image = tf.TensorSpec([], tf.float32), tf.TensorSpec([None, None], tf.float32)
-    return tf.function(cut, input_signature=[image, scalar, scalar])
+    return tf.function(cut, input_signature=[image] * images + [scalar] * scalars)
+
+
+def _cut(step: Postprocessing, foreground, interior, threshold, seeds, floor, compiled: bool):
+    """The pixels ``step`` cuts (a bool tensor), through whichever of its two forms it has."""
+    if step.interior_cut is not None:
+        cut = _compiled(step.interior_cut, 2, 3) if compiled else step.interior_cut
+        return cut(foreground, interior, threshold, seeds, floor)
+    cut = _compiled(step.cut, 1, 2) if compiled else step.cut
+    return cut(foreground, threshold, seeds)
 
 
 @dataclass(frozen=True)
 class DecisionRule:
-    """Threshold and post-processing of a two-class net (other nets: argmax), stored with each model.
+    """Threshold and post-processing of a two-class net or a border net (other nets: argmax), stored with
+    each model.
 
     Args:
-        threshold: Pixels with ``p(class 1) >= threshold`` are foreground.
+        threshold: Pixels with ``p(foreground) >= threshold`` are foreground (``p(class 1)`` of a two-class
+            net, ``1 - p(background)`` of a border net).
         postprocess: A name in :data:`POSTPROCESSING`.
-        seed_threshold: For post-processing that grows from confident seeds (never below ``threshold``).
+        seed_threshold: For post-processing that grows from confident seeds (never below ``threshold`` in
+            a two-class net; on ``p(cell)`` in a border net).
+        border_class: The net's classes are background / cell / border (``[labels] border_width`` > 0).
     """
 
     threshold: float = 0.5
     postprocess: str = "none"
     seed_threshold: float = 0.9
+    border_class: bool = False
 
     @classmethod
     def of(cls, settings) -> DecisionRule:
-        """The rule of an :class:`~kunet.inference.InferenceSettings` (or anything with its three fields)."""
-        return cls(settings.threshold, settings.postprocess, settings.seed_threshold)
+        """The rule of an :class:`~kunet.inference.InferenceSettings` (or anything with its fields)."""
+        border = getattr(settings, "label_kind", "") == "instance" and len(getattr(settings, "class_values", ())) == 3
+        return cls(settings.threshold, settings.postprocess, settings.seed_threshold, border)
 
     @property
     def step(self) -> Postprocessing:
@@ -87,23 +112,55 @@ class DecisionRule:
 
     @property
     def seeds(self) -> float:
-        return max(self.seed_threshold, self.threshold)
+        # A border net's seeds are on p(cell), which is below p(foreground) wherever borders are likely.
+        return self.seed_threshold if self.border_class else max(self.seed_threshold, self.threshold)
+
+    @property
+    def floor(self) -> float:
+        """The lowest p(interior) a watershed floods: the threshold, or 0 where p(interior) is p(cell)."""
+        return 0.0 if self.border_class else self.threshold
+
+    def describe(self, num_classes: int) -> str:
+        """The rule in words, for export descriptions."""
+        if self.decided_classes(num_classes) != 2:
+            return "argmax"
+        if self.border_class:
+            return "1 - p(background) >= threshold (classes background, cell, border)"
+        return "p(class 1) >= threshold"
+
+    def decided_classes(self, num_classes: int) -> int:
+        """Classes of the decided masks: 2 for two-class and border nets, else the net's."""
+        return 2 if self.border_class else num_classes
 
     def per_pixel(self, num_classes: int) -> bool:
         """Whether each pixel's class depends on its own probabilities only (strips can be decided alone)."""
-        return num_classes != 2 or self.step.per_pixel
+        return self.decided_classes(num_classes) != 2 or self.step.per_pixel
+
+    def foreground(self, probabilities):
+        """p(foreground) [H, W] of probabilities [H, W, K] (NumPy or TensorFlow): a border net's
+        ``1 - p(background)``, else the last class's probability (``p(class 1)`` of a two-class net)."""
+        return 1.0 - probabilities[..., 0] if self.border_class else probabilities[..., -1]
 
     def classes(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices, uint8 [H, W], of probabilities [H, W, K]."""
-        if probabilities.shape[-1] != 2:
+        if self.decided_classes(probabilities.shape[-1]) != 2:
             return np.argmax(probabilities, axis=-1).astype(np.uint8)
-        return self.foreground_classes(probabilities[..., 1])
+        foreground = np.asarray(self.foreground(probabilities), np.float32)
+        interior = np.asarray(probabilities[..., 1], np.float32) if self.border_class else foreground
+        return self.decide_maps(foreground, interior)
 
     def foreground_classes(self, foreground: np.ndarray) -> np.ndarray:
         """Class indices (0/1), uint8 [H, W], of a two-class net from p(class 1) [H, W]."""
+        if self.border_class:
+            raise ValueError("a border net's decision needs all its probabilities: call classes()")
+        return self.decide_maps(foreground, foreground)
+
+    def decide_maps(self, foreground: np.ndarray, interior: np.ndarray) -> np.ndarray:
+        """Class indices (0/1), uint8 [H, W], from p(foreground) and p(interior) [H, W] (see ``Postprocessing``)."""
         mask = foreground >= self.threshold
-        if self.step.cut is not None:
-            cut = _compiled(self.step.cut)(np.asarray(foreground, np.float32), self.threshold, self.seeds)
+        if self.step.cut is not None or self.step.interior_cut is not None:
+            foreground, interior = np.asarray(foreground, np.float32), np.asarray(interior, np.float32)
+            cut = _cut(self.step, foreground, interior, self.threshold, self.seeds, self.floor, compiled=True)
             mask &= ~cut.numpy()
         return mask.astype(np.uint8)
 
@@ -111,12 +168,12 @@ class DecisionRule:
         """Class indices, int32 [H, W], of probabilities [H, W, K] inside a TensorFlow graph."""
         import tensorflow as tf
 
-        if probabilities.shape[-1] != 2:
+        if self.decided_classes(probabilities.shape[-1]) != 2:
             return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        foreground = probabilities[..., 1]
+        foreground = self.foreground(probabilities)
         mask = foreground >= self.threshold
-        if self.step.cut is not None:
-            mask &= ~self.step.cut(
-                foreground, tf.constant(self.threshold, tf.float32), tf.constant(self.seeds, tf.float32)
-            )
+        if self.step.cut is not None or self.step.interior_cut is not None:
+            interior = probabilities[..., 1] if self.border_class else foreground
+            constants = [tf.constant(value, tf.float32) for value in (self.threshold, self.seeds, self.floor)]
+            mask &= ~_cut(self.step, foreground, interior, *constants, compiled=False)
         return tf.cast(mask, tf.int32)

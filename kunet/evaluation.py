@@ -96,14 +96,15 @@ def _score_split(
         _check_leaderboard_labels(label_kind, segmenter.num_classes)
     per_frame, stacks, matchings = {}, {}, []
     min_object_size = segmenter.settings.min_object_size
+    decided_classes = segmenter.rule.decided_classes(segmenter.num_classes)
     for frame in iterate_frames(records_dir, split):
         segmentation = segmenter.segment(frame["image"])
         classes = segmentation.classes
         if leaderboard:
             stacks[frame["frame_id"]] = (segmentation.probabilities[..., 1], classes, frame["classes"])
-        per_frame[frame["frame_id"]] = score_frame(classes, frame, segmenter.num_classes, label_kind,
-                                                   min_object_size, warping=True)  # fmt: skip
-        if segmenter.num_classes == 2:
+        per_frame[frame["frame_id"]] = score_frame(classes, frame, decided_classes, label_kind, min_object_size,
+                                                   warping=True)  # fmt: skip
+        if decided_classes == 2:
             # Matched again (a few ms beside the warping error's seconds): score_frame keeps only the ratios.
             matchings.append(metrics.object_matching(*frame_objects(classes, frame, label_kind, min_object_size)))
         if overlays:

@@ -55,6 +55,12 @@ def validate(config: PipelineConfig, where: str) -> None:
         fail("labels.values needs at least two values for multiclass labels")
     if len(set(config.labels.class_values())) != len(config.labels.class_values()):
         fail(f"label values must be distinct, got {config.labels.class_values()}")
+    if config.labels.border_width < 0 or config.labels.border_width and config.labels.kind != "instance":
+        fail(f"labels.border_width must be 0, or a positive width for instance labels, got "
+             f"{config.labels.border_width} for {config.labels.kind} labels")  # fmt: skip
+    if config.labels.border_class and len(config.labels.names()) != 3:
+        fail(f"labels.class_names must name 3 classes (background, cell, border) when labels.border_width > 0, "
+             f"got {config.labels.class_names}")  # fmt: skip
     if config.labels.kind == "binary" and config.labels.foreground_value == config.labels.background_value:
         fail("labels.foreground_value and labels.background_value must differ")
     if not 0.0 <= config.records.val_fraction < 1.0:

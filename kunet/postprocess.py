@@ -44,18 +44,29 @@ def label_components(mask):
     return labels
 
 
-def tf_watershed_lines(foreground, threshold, seed_threshold, levels: int = 8, min_seed_size: int = 10):
-    """Boolean [H, W] cut lines between seeds (see the module docstring); ``foreground`` is p(cell) [H, W]."""
+def tf_watershed_lines(
+    foreground, threshold, seed_threshold, levels: int = 8, min_seed_size: int = 10, interior=None, floor=None
+):
+    """Boolean [H, W] cut lines between seeds (see the module docstring); ``foreground`` is p(cell) [H, W].
+
+    ``interior`` (default ``foreground``) is the map seeds are taken from and flooded over, level by level from
+    ``seed_threshold`` down to ``floor`` (default ``threshold``), always within ``foreground >= threshold``.
+    A three-class net passes ``p(cell)`` with floor 0: seeds are confident cell interiors, and the fronts meet
+    in the pixels it calls border.
+    """
     foreground = tf.convert_to_tensor(foreground, tf.float32)
     threshold = tf.cast(threshold, tf.float32)
     seed_threshold = tf.cast(seed_threshold, tf.float32)
-    seeds = label_components(foreground >= seed_threshold)
+    interior = foreground if interior is None else tf.convert_to_tensor(interior, tf.float32)
+    floor = threshold if floor is None else tf.cast(floor, tf.float32)
+    region = foreground >= threshold
+    seeds = label_components((interior >= seed_threshold) & region)
     sizes = tf.math.unsorted_segment_sum(tf.ones_like(seeds), seeds, tf.size(seeds) + 1)
     labels = tf.where(tf.gather(sizes, seeds) >= min_seed_size, seeds, 0)
     lines = tf.zeros_like(labels, tf.bool)
     for step in range(1, levels + 1):
-        level = seed_threshold + (threshold - seed_threshold) * (step / levels)
-        allowed = foreground >= level
+        level = seed_threshold + (floor - seed_threshold) * (step / levels)
+        allowed = (interior >= level) & region
 
         def flood(labels, lines, _, allowed=allowed):
             around = _neighbours(labels, 0)

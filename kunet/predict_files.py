@@ -236,8 +236,9 @@ def check_image_size(image: np.ndarray, where: str, depth: int) -> None:
         )
 
 
-def _probability_writer(plan: PredictionPlan, paths: dict[str, Path], shape: tuple[int, int], classes: int):
-    """A consumer of probability strips [rows, W, K] that writes the requested file atomically, or None."""
+def _probability_writer(plan: PredictionPlan, paths: dict[str, Path], shape: tuple[int, int], rule, classes: int):
+    """A consumer of probability strips [rows, W, K] that writes the requested file atomically, or None; the
+    TIFF holds p(foreground) as ``rule`` (a :class:`~kunet.decision.DecisionRule`) defines it."""
     if plan.probabilities is None:
         return None
     height, width = shape
@@ -245,7 +246,7 @@ def _probability_writer(plan: PredictionPlan, paths: dict[str, Path], shape: tup
 
     def save(temporary: Path, strips) -> None:
         if plan.probabilities == "tif":
-            write_float_strips(temporary, height, width, (strip[..., -1] for strip in strips))
+            write_float_strips(temporary, height, width, (rule.foreground(strip) for strip in strips))
         else:
             write_npy_strips(temporary, (height, width, classes), np.float32, strips)
 
@@ -284,11 +285,11 @@ class _StackFile:
     def put(self, plane: int, image: np.ndarray) -> None:
         self.pages[plane] = image
 
-    def put_strips(self, plane: int, strips) -> None:
-        """Foreground probability strips [rows, W, K] of one plane, top to bottom."""
+    def put_strips(self, plane: int, strips, rule) -> None:
+        """Probability strips [rows, W, K] of one plane, top to bottom, stored as ``rule.foreground`` of them."""
         top = 0
         for strip in strips:
-            self.pages[plane, top : top + len(strip)] = strip[..., -1]
+            self.pages[plane, top : top + len(strip)] = rule.foreground(strip)
             top += len(strip)
 
     def _axes(self) -> tuple[str, tuple[int, ...]]:
@@ -381,8 +382,8 @@ def _probability_sink(segmenter: Segmenter, plan: PredictionPlan, job: _Job, pat
     hw = job.image.shape[:2]
     if job.stacks is not None and plan.probabilities == "tif":
         probability = job.stacks.file("probability", paths["probability"], hw, np.float32)
-        return lambda strips: probability.put_strips(job.index, strips)
-    return _probability_writer(plan, paths, hw, segmenter.num_classes)
+        return lambda strips: probability.put_strips(job.index, strips, segmenter.rule)
+    return _probability_writer(plan, paths, hw, segmenter.rule, segmenter.num_classes)
 
 
 def _compute(segmenter: Segmenter, plan: PredictionPlan, job: _Job) -> None:

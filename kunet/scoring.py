@@ -59,7 +59,8 @@ def score_frame(
     Args:
         classes: Decided class indices [H, W].
         frame: A frame from :func:`kunet.records.iterate_frames` (``classes``; ``label`` for instances).
-        num_classes: Classes of the net.
+        num_classes: Classes of the decided masks (:meth:`kunet.decision.DecisionRule.decided_classes`: 2 for a
+            border net, whose true classes 1 and 2 are both foreground).
         label_kind: ``binary``, ``instance`` or ``multiclass`` (instances add ``seg``).
         min_object_size: Predicted objects smaller than this are dropped before SEG and AP (instances).
         warping: Also compute the warping error.
@@ -166,18 +167,22 @@ def validate(model, records_dir, tiling=None) -> tuple[dict[str, float], dict]:
         The mean scores under their ``val_`` names (with ``val_loss``), and the first frame's image,
         probabilities and true classes for pictures.
     """
+    from kunet.decision import DecisionRule
     from kunet.inference import Predictor
     from kunet.records import iterate_frames
 
     predictor = Predictor(model, tiling=tiling)
     settings = predictor.settings
+    predictor_rule = DecisionRule.of(settings)
+    decided_classes = predictor_rule.decided_classes(model.num_classes)
     per_frame, example = [], {}
     for frame in iterate_frames(records_dir, "val"):
         probabilities = predictor.probabilities(frame["image"])
-        scores = score_frame(predictor.classes(probabilities), frame, model.num_classes, settings.label_kind,
+        scores = score_frame(predictor.classes(probabilities), frame, decided_classes, settings.label_kind,
                              settings.min_object_size)  # fmt: skip
         per_frame.append({"val_loss": weighted_loss(probabilities, frame)} | validation_scores(scores))
-        example = example or {"image": frame["image"], "probabilities": probabilities, "classes": frame["classes"]}
+        example = example or {"image": frame["image"], "foreground": predictor_rule.foreground(probabilities),
+                              "classes": frame["classes"]}  # fmt: skip
     return (mean_scores(per_frame) if per_frame else {}), example
 
 

@@ -271,19 +271,26 @@ class Segmenter:
             The segmentation without ``probabilities`` (None).
         """
         height, width = image.shape[:2]
-        per_pixel = self.rule.per_pixel(self.num_classes)
+        rule = self.rule
+        per_pixel = rule.per_pixel(self.num_classes)
         decided = np.zeros((height, width), np.uint8) if per_pixel else np.zeros((height, width), np.float32)
+        # A border net's watershed also needs p(cell), its seeds and flooding surface: 4 more bytes per pixel.
+        interior = np.zeros((height, width), np.float32) if not per_pixel and rule.border_class else decided
 
         def strips():
             for top, probabilities in self.predictor.probability_strips(image):
                 rows = slice(top, top + len(probabilities))
-                decided[rows] = self.decide(probabilities) if per_pixel else probabilities[..., 1]
+                if per_pixel:
+                    decided[rows] = self.decide(probabilities)
+                else:
+                    decided[rows] = rule.foreground(probabilities)
+                    interior[rows] = probabilities[..., 1]
                 yield probabilities
 
         stream = strips()
         (consume_probabilities or _exhaust)(stream)
         _exhaust(stream)  # a consumer that stopped early must not leave rows undecided
-        classes = decided if per_pixel else self.rule.foreground_classes(decided)
+        classes = decided if per_pixel else rule.decide_maps(decided, interior)
         return Segmentation(None, classes, self.label_values(classes), self.instances(classes))
 
     def working_bytes(self, image_shape) -> int:

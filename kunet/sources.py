@@ -244,6 +244,17 @@ def carve_separation_ridges(instances: np.ndarray) -> np.ndarray:
     return carved
 
 
+def contact_borders(instances: np.ndarray, carved: np.ndarray, width: int) -> np.ndarray:
+    """The object pixels within ``width`` px (8-connected) of a separation ridge: where touching objects meet.
+
+    ``carved`` is :func:`carve_separation_ridges` of ``instances``; its ridges are the object pixels it carved.
+    The ridge pixels themselves stay background, so the border class never changes what is foreground.
+    """
+    ridges = ((instances > 0) & (carved == 0)).astype(np.uint8)
+    near = cv2.dilate(ridges, np.ones((2 * width + 1, 2 * width + 1), np.uint8)) > 0
+    return near & (carved > 0)
+
+
 @dataclass
 class LabelledFrame:
     """A frame's class map and the objects its weight map separates."""
@@ -263,6 +274,8 @@ def interpret_label(label: np.ndarray, labels: LabelConfig, where: str) -> Label
         num_objects = count - 1
         if num_objects == 0:
             raise SourceError(f"{where}: no objects in an instance mask (all pixels are 0)")
+        if labels.border_class:
+            classes[contact_borders(label, carved, labels.border_width)] = 2
         return LabelledFrame(classes, objects, num_objects)
 
     values = labels.class_values()

@@ -27,6 +27,8 @@ from kunet.segmenter import Segmenter
 
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 WATERSHED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+# A border net's seeds are on p(cell), which its borders hold low whatever the foreground threshold.
+BORDER_SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def sweep(
@@ -35,10 +37,13 @@ def sweep(
     split: str = "val",
     thresholds=THRESHOLDS,
     watershed_thresholds=WATERSHED_THRESHOLDS,
-    seed_thresholds=(0.8, 0.9, 0.95),
+    seed_thresholds=None,
     progress_factory: ProgressFactory | None = None,
 ) -> list[dict]:
     """Mean scores over ``split`` for every threshold, and the watershed on a coarser threshold grid.
+
+    ``seed_thresholds`` default: 0.8, 0.9 and 0.95 above the threshold for a two-class net, and
+    :data:`BORDER_SEED_THRESHOLDS` on p(cell) for a border net.
 
     ``progress_factory`` (:mod:`kunet.progress`) reports the predictions (one per frame) and the decision
     rules scored (one per rule).
@@ -49,20 +54,25 @@ def sweep(
     settings = segmenter.settings
     progress_factory = progress_factory or no_progress
     predicted = progress_factory("predicting", len(frames))
-    foreground = []
+    border_class = segmenter.rule.border_class
+    maps = []  # p(foreground) and, for a border net, p(cell): all any rule of the sweep reads
     for frame in frames:
-        foreground.append(segmenter.probabilities(frame["image"])[..., -1])
+        probabilities = segmenter.probabilities(frame["image"])
+        foreground = segmenter.rule.foreground(probabilities)
+        maps.append((foreground, probabilities[..., 1] if border_class else foreground))
         predicted()
     rows = []
+    if seed_thresholds is None:
+        seed_thresholds = BORDER_SEED_THRESHOLDS if border_class else (0.8, 0.9, 0.95)
     combinations = [(t, "none", None) for t in thresholds] + [
-        (t, "watershed", s) for t in watershed_thresholds for s in seed_thresholds if s > t
+        (t, "watershed", s) for t in watershed_thresholds for s in seed_thresholds if s > t or border_class
     ]
     scored = progress_factory("scoring decision rules", len(combinations))
     for threshold, postprocess, seed_threshold in combinations:
-        rule = DecisionRule(float(threshold), postprocess, seed_threshold or 0.9)
+        rule = DecisionRule(float(threshold), postprocess, seed_threshold or 0.9, border_class)
         per_frame = [
-            score_frame(rule.foreground_classes(p), frame, 2, settings.label_kind, settings.min_object_size)
-            for p, frame in zip(foreground, frames)
+            score_frame(rule.decide_maps(*pair), frame, 2, settings.label_kind, settings.min_object_size)
+            for pair, frame in zip(maps, frames)
         ]
         mean = mean_scores(per_frame)
         mean["rand_plus_pixel"] = mean["adapted_rand_error_grown"] + mean["pixel_error"]

@@ -202,7 +202,7 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
 def validation_triptych(example: dict) -> np.ndarray:
     """Input, predicted foreground probability and true outlines of a validation frame, uint8 [3, H, W, 3]."""
     image = to_display(example["image"])
-    foreground = example["probabilities"][..., -1]
+    foreground = example["foreground"]
     prediction = (np.stack([foreground] * 3, -1) * 255).astype(np.uint8)
     label = overlay_outlines(example["image"], example["classes"])
     return np.stack([image, prediction, label])

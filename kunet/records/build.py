@@ -249,7 +249,7 @@ def _manifest(
         "labels": {
             "kind": config.labels.kind,
             "dtype": summary.label_dtype,
-            "class_names": list(config.labels.class_names),
+            "class_names": config.labels.names(),
             "class_values": config.labels.class_values(),
         },
         "class_pixel_counts": {"all": summary.class_counts.tolist(), "train": summary.train_counts.tolist()},

@@ -39,6 +39,7 @@ import tensorflow as tf
 import kunet
 from kunet import uris, visualize
 from kunet._fs import atomic_write_bytes
+from kunet.decision import DecisionRule
 from kunet.errors import KunetError
 from kunet.imageio import encode_png
 from kunet.inference import InferenceSettings
@@ -214,6 +215,8 @@ def describe(info: PackageInfo, model, settings: InferenceSettings, files: dict[
 
 
 def _decision_text(model, settings: InferenceSettings) -> str:
+    if DecisionRule.of(settings).border_class:
+        return f"1 - probability of class {settings.class_names[0]!r} >= {settings.threshold:g}"
     if model.num_classes == 2:
         return f"probability of class {settings.class_names[1]!r} >= {settings.threshold:g}"
     return "the most probable class"
@@ -337,8 +340,7 @@ def write_package(
     test_input = image.astype(np.float32)[None]
     probabilities = serve(tf.constant(test_input))[OUTPUT_ID].numpy()
     files["test_input.npy"], files["test_output.npy"] = _npy(test_input), _npy(probabilities)
-    predicted = np.argmax(probabilities[0], axis=-1) if model.num_classes > 2 else (
-        probabilities[0, ..., 1] >= settings.threshold).astype(np.uint8)  # fmt: skip
+    predicted = DecisionRule.of(settings).classes(probabilities[0])
     overlay = visualize.overlay_prediction(image, predicted)
     files["cover.png"] = encode_png(np.concatenate([visualize.to_display(image), overlay], axis=1))
     files["unet.keras"] = uris.read_bytes(source)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kunet import uris
+from kunet.decision import DecisionRule
 from kunet.inference import InferenceSettings
 from kunet.progress import Stages
 from kunet.serving import signatures as names
@@ -58,7 +59,8 @@ def check(export_dir, log=print) -> dict:
     )
     difference = float(np.abs(served - reference.probabilities).max())
     # Pixels within float noise of the threshold may flip: the export and predict tile differently.
-    decided = np.abs(reference.probabilities[..., -1] - settings.threshold) > 1e-4
+    foreground = DecisionRule.of(settings).foreground(reference.probabilities)
+    decided = np.abs(foreground - settings.threshold) > 1e-4
     report["max_probability_difference_vs_predict"] = difference
     report["masks_identical"] = rest_mask is not None and bool(
         np.array_equal(rest_mask[decided], reference.label_values[decided])

@@ -61,6 +61,7 @@ from kunet._fs import (
     remove_paths,
     sweep_temporaries,
 )
+from kunet.decision import DecisionRule
 from kunet.errors import KunetError
 from kunet.inference import InferenceSettings
 from kunet.preprocess import dtype_max, dtype_shift, normalization
@@ -187,7 +188,7 @@ def client_info(model, settings: InferenceSettings, plan, training: dict | None 
         },
         "decision": {
             "threshold": settings.threshold,
-            "rule": "p(class 1) >= threshold" if model.num_classes == 2 else "argmax",
+            "rule": DecisionRule.of(settings).describe(model.num_classes),
             "postprocess": settings.postprocess,
             "seed_threshold": settings.seed_threshold,
         },
