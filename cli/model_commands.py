@@ -314,8 +314,9 @@ def tune(
     for row in result["rows"]:
         mark = "  <- chosen" if row is result["chosen"] else ""
         seeds = f" seeds>={row['seed_threshold']}" if row["seed_threshold"] else ""
+        seeds += f" blur {row['seed_smoothing']:g}" if row.get("seed_smoothing") else ""
         typer.echo(
-            f"threshold {row['threshold']:.2f} {row['postprocess']:>9}{seeds:<12} pixel {row['pixel_error']:.4f} "
+            f"threshold {row['threshold']:.2f} {row['postprocess']:>9}{seeds:<19} pixel {row['pixel_error']:.4f} "
             f"IoU {row['iou']:.4f} V_rand {row['adapted_rand_error']:.4f} grown {row['adapted_rand_error_grown']:.4f}"
             + (f" SEG {row['seg']:.4f}" if "seg" in row else "")
             + (f" AP50 {row['ap50']:.4f}" if "ap50" in row else "")

@@ -38,6 +38,7 @@ def inference_settings(config: PipelineConfig, manifest: dict | None = None) -> 
         threshold=config.inference.threshold,
         postprocess=config.inference.postprocess,
         seed_threshold=config.inference.seed_threshold,
+        seed_smoothing=config.inference.seed_smoothing,
         test_time_mirroring=config.inference.test_time_mirroring,
         min_object_size=config.inference.min_object_size,
         label_kind=config.labels.kind,

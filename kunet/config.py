@@ -273,6 +273,7 @@ class InferenceConfig:
     threshold: float = 0.5
     postprocess: str = "none"
     seed_threshold: float = 0.9
+    seed_smoothing: float = 0.0  # Gaussian sigma (px) of p(interior) before the watershed's seeds; 0 = none
     min_object_size: int = 0
 
     def tiling(self):

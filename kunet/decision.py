@@ -70,9 +70,18 @@ def _compiled(cut: Callable, images: int, scalars: int):
     return tf.function(cut, input_signature=[image] * images + [scalar] * scalars)
 
 
-def _cut(step: Postprocessing, foreground, interior, threshold, seeds, floor, compiled: bool):
-    """The pixels ``step`` cuts (a bool tensor), through whichever of its two forms it has."""
+def _smooth(interior, sigma):
+    from kunet.postprocess import tf_gaussian_smooth
+
+    return tf_gaussian_smooth(interior, sigma)
+
+
+def _cut(step: Postprocessing, foreground, interior, threshold, seeds, floor, compiled: bool, smoothing=0.0):
+    """The pixels ``step`` cuts (a bool tensor), through whichever of its two forms it has; ``smoothing`` > 0
+    blurs p(interior) first (Gaussian sigma in px)."""
     if step.interior_cut is not None:
+        if smoothing > 0:
+            interior = (_compiled(_smooth, 1, 1) if compiled else _smooth)(interior, smoothing)
         cut = _compiled(step.interior_cut, 2, 3) if compiled else step.interior_cut
         return cut(foreground, interior, threshold, seeds, floor)
     cut = _compiled(step.cut, 1, 2) if compiled else step.cut
@@ -91,18 +100,22 @@ class DecisionRule:
         seed_threshold: For post-processing that grows from confident seeds (never below ``threshold`` in
             a two-class net; on ``p(cell)`` in a border net).
         border_class: The net's classes are background / cell / border (``[labels] border_width`` > 0).
+        smoothing: Gaussian sigma (px) that blurs p(interior) before a watershed takes seeds from it and floods
+            it, so texture inside a cell does not break its seed in two (0: no blur).
     """
 
     threshold: float = 0.5
     postprocess: str = "none"
     seed_threshold: float = 0.9
     border_class: bool = False
+    smoothing: float = 0.0
 
     @classmethod
     def of(cls, settings) -> DecisionRule:
         """The rule of an :class:`~kunet.inference.InferenceSettings` (or anything with its fields)."""
         border = getattr(settings, "label_kind", "") == "instance" and len(getattr(settings, "class_values", ())) == 3
-        return cls(settings.threshold, settings.postprocess, settings.seed_threshold, border)
+        smoothing = getattr(settings, "seed_smoothing", 0.0)
+        return cls(settings.threshold, settings.postprocess, settings.seed_threshold, border, smoothing)
 
     @property
     def step(self) -> Postprocessing:
@@ -117,8 +130,9 @@ class DecisionRule:
 
     @property
     def floor(self) -> float:
-        """The lowest p(interior) a watershed floods: the threshold, or 0 where p(interior) is p(cell)."""
-        return 0.0 if self.border_class else self.threshold
+        """The lowest p(interior) a watershed floods: the threshold, or 0 where p(interior) is p(cell) or blurred
+        (then it no longer bounds the foreground, and every foreground pixel must be reachable)."""
+        return 0.0 if self.border_class or self.smoothing > 0 else self.threshold
 
     def describe(self, num_classes: int) -> str:
         """The rule in words, for export descriptions."""
@@ -160,7 +174,7 @@ class DecisionRule:
         mask = foreground >= self.threshold
         if self.step.cut is not None or self.step.interior_cut is not None:
             foreground, interior = np.asarray(foreground, np.float32), np.asarray(interior, np.float32)
-            cut = _cut(self.step, foreground, interior, self.threshold, self.seeds, self.floor, compiled=True)
+            cut = _cut(self.step, foreground, interior, self.threshold, self.seeds, self.floor, True, self.smoothing)
             mask &= ~cut.numpy()
         return mask.astype(np.uint8)
 
@@ -175,5 +189,5 @@ class DecisionRule:
         if self.step.cut is not None or self.step.interior_cut is not None:
             interior = probabilities[..., 1] if self.border_class else foreground
             constants = [tf.constant(value, tf.float32) for value in (self.threshold, self.seeds, self.floor)]
-            mask &= ~_cut(self.step, foreground, interior, *constants, compiled=False)
+            mask &= ~_cut(self.step, foreground, interior, *constants, False, self.smoothing)
         return tf.cast(mask, tf.int32)

@@ -124,6 +124,7 @@ class InferenceSettings:
     threshold: float = 0.5
     postprocess: str = "none"
     seed_threshold: float = 0.9
+    seed_smoothing: float = 0.0
     test_time_mirroring: bool = False
     min_object_size: int = 0
     label_kind: str = "binary"
@@ -148,6 +149,7 @@ class InferenceSettings:
             "threshold": self.threshold,
             "postprocess": self.postprocess,
             "seed_threshold": self.seed_threshold,
+            "seed_smoothing": self.seed_smoothing,
             "test_time_mirroring": self.test_time_mirroring,
             "min_object_size": self.min_object_size,
             "label_kind": self.label_kind,

@@ -110,6 +110,7 @@ def _number_checks(config: PipelineConfig) -> list[tuple[str, Any, bool, str]]:
         ("train.momentum", train.momentum, 0.0 <= train.momentum < 1.0, "in [0, 1)"),
         ("inference.memory_budget_mb", inference.memory_budget_mb, inference.memory_budget_mb > 0, "positive"),
         ("inference.seed_threshold", inference.seed_threshold, 0.0 < inference.seed_threshold <= 1.0, "in (0, 1]"),
+        ("inference.seed_smoothing", inference.seed_smoothing, 0.0 <= inference.seed_smoothing <= 16.0, "in [0, 16]"),
         ("weights.sigma", weights.sigma, weights.sigma > 0, "positive"),
         ("weights.sigma_factor", weights.sigma_factor, weights.sigma_factor > 0, "positive"),
         ("weights.class_weights", weights.class_weights, all(w >= 0 for w in weights.class_weights), "at least 0"),

@@ -44,6 +44,24 @@ def label_components(mask):
     return labels
 
 
+def tf_gaussian_smooth(image, sigma):
+    """A 2-D float32 [H, W] map blurred by a Gaussian of ``sigma`` px (a scalar tensor), borders mirrored.
+
+    Separable, truncated at 3 sigma (and at the image's own size, for mirroring), normalised to sum 1, so a
+    constant map stays constant; ``sigma`` may change from call to call without retracing.
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    sigma = tf.cast(sigma, tf.float32)
+    radius = tf.cast(tf.math.ceil(3.0 * sigma), tf.int32)
+    radius = tf.minimum(radius, tf.minimum(tf.shape(image)[0], tf.shape(image)[1]) - 1)
+    offsets = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    kernel = tf.exp(-(offsets**2) / (2.0 * sigma**2))
+    kernel /= tf.reduce_sum(kernel)
+    padded = tf.pad(image, [[radius, radius], [radius, radius]], mode="REFLECT")[None, :, :, None]
+    rows = tf.nn.conv2d(padded, tf.reshape(kernel, [-1, 1, 1, 1]), 1, "VALID")
+    return tf.nn.conv2d(rows, tf.reshape(kernel, [1, -1, 1, 1]), 1, "VALID")[0, :, :, 0]
+
+
 def tf_watershed_lines(
     foreground, threshold, seed_threshold, levels: int = 8, min_seed_size: int = 10, interior=None, floor=None
 ):

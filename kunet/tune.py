@@ -29,6 +29,8 @@ THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 WATERSHED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 # A border net's seeds are on p(cell), which its borders hold low whatever the foreground threshold.
 BORDER_SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# Gaussian sigmas (px) of p(interior) before seeding: texture inside a cell breaks its seed without a blur.
+SEED_SMOOTHINGS = (0.0, 2.0, 4.0)
 
 
 def sweep(
@@ -38,12 +40,14 @@ def sweep(
     thresholds=THRESHOLDS,
     watershed_thresholds=WATERSHED_THRESHOLDS,
     seed_thresholds=None,
+    seed_smoothings=SEED_SMOOTHINGS,
     progress_factory: ProgressFactory | None = None,
 ) -> list[dict]:
     """Mean scores over ``split`` for every threshold, and the watershed on a coarser threshold grid.
 
     ``seed_thresholds`` default: 0.8, 0.9 and 0.95 above the threshold for a two-class net, and
-    :data:`BORDER_SEED_THRESHOLDS` on p(cell) for a border net.
+    :data:`BORDER_SEED_THRESHOLDS` on p(cell) for a border net; each watershed is tried with every blur of
+    ``seed_smoothings``.
 
     ``progress_factory`` (:mod:`kunet.progress`) reports the predictions (one per frame) and the decision
     rules scored (one per rule).
@@ -64,12 +68,16 @@ def sweep(
     rows = []
     if seed_thresholds is None:
         seed_thresholds = BORDER_SEED_THRESHOLDS if border_class else (0.8, 0.9, 0.95)
-    combinations = [(t, "none", None) for t in thresholds] + [
-        (t, "watershed", s) for t in watershed_thresholds for s in seed_thresholds if s > t or border_class
+    combinations = [(t, "none", None, 0.0) for t in thresholds] + [
+        (t, "watershed", s, sigma)
+        for t in watershed_thresholds
+        for s in seed_thresholds
+        if s > t or border_class
+        for sigma in seed_smoothings
     ]
     scored = progress_factory("scoring decision rules", len(combinations))
-    for threshold, postprocess, seed_threshold in combinations:
-        rule = DecisionRule(float(threshold), postprocess, seed_threshold or 0.9, border_class)
+    for threshold, postprocess, seed_threshold, smoothing in combinations:
+        rule = DecisionRule(float(threshold), postprocess, seed_threshold or 0.9, border_class, smoothing)
         per_frame = [
             score_frame(rule.decide_maps(*pair), frame, 2, settings.label_kind, settings.min_object_size)
             for pair, frame in zip(maps, frames)
@@ -77,7 +85,13 @@ def sweep(
         mean = mean_scores(per_frame)
         mean["rand_plus_pixel"] = mean["adapted_rand_error_grown"] + mean["pixel_error"]
         rows.append(
-            {"threshold": float(threshold), "postprocess": postprocess, "seed_threshold": seed_threshold, **mean}
+            {
+                "threshold": float(threshold),
+                "postprocess": postprocess,
+                "seed_threshold": seed_threshold,
+                "seed_smoothing": smoothing,
+                **mean,
+            }  # fmt: skip
         )
         scored()
     return rows
@@ -98,6 +112,7 @@ def store_settings(model_path: Path, chosen: dict) -> None:
         threshold=chosen["threshold"],
         postprocess=chosen["postprocess"],
         seed_threshold=chosen["seed_threshold"] or 0.9,
+        seed_smoothing=chosen.get("seed_smoothing") or 0.0,
         test_time_mirroring=bool(chosen.get("test_time_mirroring", False)),
     )
     rebuilt = model.__class__.from_config({**model.get_config(), "metadata": metadata})

@@ -145,3 +145,21 @@ def test_a_border_net_trains_tunes_predicts_and_exports_the_same_instances(tmp_p
     rule = segmenter.rule
     steady = np.abs(rule.foreground(reference.probabilities) - rule.threshold) > 1e-4
     np.testing.assert_array_equal(served["classes"].numpy()[0][steady], reference.classes[steady])
+
+
+def test_a_blur_before_seeding_keeps_a_textured_cell_whole_and_the_gap_between_cells_cut():
+    from kunet.postprocess import tf_gaussian_smooth
+
+    p = np.full((40, 80), 0.97, np.float32)
+    p[:, 38:42] = 0.05  # the membrane between two cells
+    p[18:22, 38:42] = 0.6  # with a faint stretch that merges them at the threshold
+    p[:, 18] = 0.7  # a thin dark texture line across the left cell: below the seeds, above the threshold
+    sharp = DecisionRule(0.5, "watershed", seed_threshold=0.9).foreground_classes(p)
+    assert metrics.segments_from_foreground(sharp).max() == 3  # the texture line splits the left cell
+    blurred = DecisionRule(0.5, "watershed", seed_threshold=0.9, smoothing=2.0)
+    assert metrics.segments_from_foreground(blurred.foreground_classes(p)).max() == 2
+    probabilities = np.stack([1 - p, p], axis=-1)
+    got = tf.function(blurred.tf_classes)(tf.constant(probabilities)).numpy()
+    np.testing.assert_array_equal(got, blurred.classes(probabilities))
+    constant = tf_gaussian_smooth(np.full((9, 11), 0.25, np.float32), 3.0).numpy()
+    np.testing.assert_allclose(constant, 0.25, rtol=1e-6)  # normalised kernel, mirrored borders

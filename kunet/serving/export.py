@@ -191,6 +191,7 @@ def client_info(model, settings: InferenceSettings, plan, training: dict | None 
             "rule": DecisionRule.of(settings).describe(model.num_classes),
             "postprocess": settings.postprocess,
             "seed_threshold": settings.seed_threshold,
+            "seed_smoothing": settings.seed_smoothing,
         },
         "inference": settings.to_metadata(),
         "model": model.get_config(),
