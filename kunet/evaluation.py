@@ -107,7 +107,11 @@ def _score_split(
         if decided_classes == 2:
             # Matched again (a few ms beside the warping error's seconds): score_frame keeps only the ratios.
             matchings.append(metrics.object_matching(*frame_objects(classes, frame, label_kind, min_object_size)))
-        if overlays:
+        if overlays and label_kind == "instance":  # objects apart: a merge or a split is what matters here
+            predicted, true = frame_objects(classes, frame, label_kind, min_object_size)
+            overlay = visualize.overlay_prediction(frame["image"], predicted, true, legend=True, instances=True)
+            visualize.save_png(overlays / f"{frame['frame_id']}_overlay.png", overlay)
+        elif overlays:
             overlay = visualize.overlay_prediction(frame["image"], classes, frame["classes"], legend=True)
             visualize.save_png(overlays / f"{frame['frame_id']}_overlay.png", overlay)
         if progress:

@@ -262,13 +262,20 @@ def _streams(segmenter: Segmenter, image: np.ndarray) -> bool:
     return segmenter.streams and image.shape[0] * image.shape[1] > STREAMING_PIXELS
 
 
+def _overlay(image: np.ndarray, result: Segmentation) -> np.ndarray:
+    """The overlay PNG's picture: predicted instances each in a tint of their own where there are any."""
+    if result.instances is None:
+        return visualize.overlay_prediction(image, result.classes, legend=True)
+    return visualize.overlay_prediction(image, result.instances, legend=True, instances=True)
+
+
 def _write_outputs(image: np.ndarray, result: Segmentation, plan: PredictionPlan, paths: dict[str, Path]) -> dict:
     outputs = {kind: paths[kind] for kind in ("probability", "probabilities") if kind in paths}
     outputs["mask"] = write_image(paths["mask"], result.label_values)
     if result.instances is not None:
         outputs["instances"] = write_image(paths["instances"], result.instances.astype(np.uint16))
     if plan.overlays:
-        overlay = visualize.overlay_prediction(image, result.classes, legend=True)
+        overlay = _overlay(image, result)
         outputs["overlay"] = write_image(paths["overlay"], overlay, reuse=True)
     return outputs
 
@@ -416,7 +423,7 @@ def _write(segmenter: Segmenter, plan: PredictionPlan, job: _Job) -> dict:
             instances.put(job.index, result.instances.astype(np.uint16))
         outputs = {"probabilities": paths["probabilities"]} if plan.probabilities == "npy" else {}
         if plan.overlays:
-            overlay = visualize.overlay_prediction(image, result.classes, legend=True)
+            overlay = _overlay(image, result)
             outputs["overlay"] = write_image(paths["overlay"], overlay, reuse=True)
     job.image = job.result = None  # a job waiting to be retired holds no pixels
     return {"name": item.name, "source": str(item.path), "page": item.page, "outputs": outputs}

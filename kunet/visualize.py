@@ -21,6 +21,9 @@ PREDICTION_COLOUR = (40, 220, 255)
 LEGEND_BACKGROUND = (32, 32, 32)
 LEGEND_TEXT = (235, 235, 235)
 LEGEND_ROWS = 24
+# Tints of predicted instances (by id, cycling): neighbours rarely share one, so a merge or a split shows.
+INSTANCE_COLOURS = np.array([(40, 220, 255), (255, 200, 40), (120, 255, 90), (255, 110, 220), (150, 130, 255),
+                             (255, 150, 90), (60, 255, 200), (230, 255, 80), (255, 80, 120)], np.float32)  # fmt: skip
 
 
 DISPLAY_PERCENTILES = (0.5, 99.5)
@@ -78,7 +81,11 @@ def overlay_outlines(image: np.ndarray, labels: np.ndarray, colour=OUTLINE_COLOU
 
 
 def overlay_prediction(
-    image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None, legend: bool = False
+    image: np.ndarray,
+    predicted: np.ndarray,
+    truth: np.ndarray | None = None,
+    legend: bool = False,
+    instances: bool = False,
 ) -> np.ndarray:
     """Predicted foreground tinted, its outline in cyan and (if given) the true outline in red.
 
@@ -91,6 +98,8 @@ def overlay_prediction(
         truth: True class indices [H, W], outlined if given.
         legend: Add the :func:`legend_band` naming the colours below the image (for an overlay file); the image
             keeps its pixel coordinates. Drawn into the result directly: appending it would copy the overlay.
+        instances: ``predicted`` (and ``truth``) hold instance ids: each predicted object gets a tint of its own
+            (:data:`INSTANCE_COLOURS`) and the outlines separate objects, so merged and split cells show.
 
     Returns:
         uint8 RGB [H, W, 3], or [H + legend_height(W), W, 3] with ``legend``.
@@ -103,7 +112,7 @@ def overlay_prediction(
         bottom = min(top + rows, height)
         context = slice(max(top - 1, 0), min(bottom + 1, height))
         block = _overlay_block(
-            image[context], predicted[context], None if truth is None else truth[context], value_range
+            image[context], predicted[context], None if truth is None else truth[context], value_range, instances
         )
         canvas[top:bottom] = block[top - context.start : bottom - context.start]
     if band is not None:
@@ -155,11 +164,14 @@ def legend_band(width: int, entries: Sequence[tuple[str, tuple[int, int, int]]])
     return band
 
 
-def _overlay_block(image, predicted, truth, value_range) -> np.ndarray:
+def _overlay_block(image, predicted, truth, value_range, instances: bool = False) -> np.ndarray:
     canvas = to_display(image, value_range).astype(np.float32)
-    tint = np.array(PREDICTION_COLOUR, np.float32)
     mask = predicted > 0
-    canvas[mask] = 0.75 * canvas[mask] + 0.25 * tint
+    if instances:
+        tint = INSTANCE_COLOURS[(predicted[mask].astype(np.int64) - 1) % len(INSTANCE_COLOURS)]
+        canvas[mask] = 0.6 * canvas[mask] + 0.4 * tint
+    else:
+        canvas[mask] = 0.75 * canvas[mask] + 0.25 * np.array(PREDICTION_COLOUR, np.float32)
     canvas = canvas.astype(np.uint8)
     canvas[label_boundaries(predicted)] = PREDICTION_COLOUR
     if truth is not None:

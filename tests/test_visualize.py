@@ -155,3 +155,15 @@ def test_predicted_and_evaluated_overlay_files_carry_the_legend(tiny_records, tm
         evaluated = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         assert evaluated.shape == (96 + 24, 96, 3)  # the blob frames are 96 x 96
         assert _has_colour(evaluated[96:], visualize.OUTLINE_COLOUR)
+
+
+def test_instance_overlay_tints_touching_objects_apart_and_outlines_their_contact():
+    image = np.full((20, 30), 100, np.uint8)
+    objects = np.zeros((20, 30), np.int32)
+    objects[4:16, 4:15], objects[4:16, 15:26] = 1, 2  # touching along a column
+    merged = visualize.overlay_prediction(image, (objects > 0).astype(np.uint8))
+    split = visualize.overlay_prediction(image, objects, instances=True)
+    assert not np.array_equal(split[10, 8], split[10, 22])  # a tint per object
+    assert np.array_equal(merged[10, 8], merged[10, 22])  # one foreground tint
+    assert (split[10, 14] == visualize.PREDICTION_COLOUR).all() or (split[10, 15] == visualize.PREDICTION_COLOUR).all()
+    assert not (merged[10, 14:16] == visualize.PREDICTION_COLOUR).all(axis=-1).any()  # no contact without ids
