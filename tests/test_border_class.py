@@ -163,3 +163,12 @@ def test_a_blur_before_seeding_keeps_a_textured_cell_whole_and_the_gap_between_c
     np.testing.assert_array_equal(got, blurred.classes(probabilities))
     constant = tf_gaussian_smooth(np.full((9, 11), 0.25, np.float32), 3.0).numpy()
     np.testing.assert_allclose(constant, 0.25, rtol=1e-6)  # normalised kernel, mirrored borders
+
+
+def test_balancing_caps_the_weight_of_a_class_as_rare_as_the_contacts():
+    from kunet.weightmap import MAX_BALANCE_WEIGHT, class_balance_weights
+
+    # DIC-HeLa's training split with border_width 2: background, cell, border pixels.
+    weights = class_balance_weights(np.array([1179520, 906565, 11067]))
+    np.testing.assert_allclose(weights, [1.0, 1179520 / 906565, MAX_BALANCE_WEIGHT])
+    np.testing.assert_allclose(class_balance_weights(np.array([300, 1000])), [1000 / 300, 1.0])  # under the cap
