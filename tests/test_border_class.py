@@ -172,3 +172,30 @@ def test_balancing_caps_the_weight_of_a_class_as_rare_as_the_contacts():
     weights = class_balance_weights(np.array([1179520, 906565, 11067]))
     np.testing.assert_allclose(weights, [1.0, 1179520 / 906565, MAX_BALANCE_WEIGHT])
     np.testing.assert_allclose(class_balance_weights(np.array([300, 1000])), [1000 / 300, 1.0])  # under the cap
+
+
+def test_dic_hela_border_records_hold_contacts_on_the_real_frames(tmp_path, hela_dir):
+    """pipelines/dic-hela-border.toml on the real CTC frames: every frame keeps dic-hela.toml's foreground,
+    and its border class lies where two different true cells meet."""
+    from pathlib import Path
+
+    from kunet.config import load_pipeline
+    from kunet.records import build_records, iterate_frames
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_pipeline(repo / "pipelines" / "dic-hela-border.toml")
+    config.source.root = str(hela_dir)
+    manifest = build_records(config, out=tmp_path / "rec")
+    assert manifest["labels"]["class_names"] == ["background", "cell", "border"]
+    assert manifest["weight_map"]["class_weights"][2] == 10.0  # the cap: 0.5 % of the pixels are contacts
+    for frame in iterate_frames(tmp_path / "rec", "train"):
+        two_class = interpret_label(frame["label"], LabelConfig(kind="instance"), frame["frame_id"]).classes
+        np.testing.assert_array_equal(frame["classes"] > 0, two_class > 0)
+        truth = frame["label"].astype(np.int64)
+        padded = np.pad(truth, 3)
+        near_other = np.zeros(truth.shape, bool)  # a different true cell within 3 px (ridge + 2)
+        for dy in range(-3, 4):
+            for dx in range(-3, 4):
+                other = padded[3 + dy : 3 + dy + truth.shape[0], 3 + dx : 3 + dx + truth.shape[1]]
+                near_other |= (other > 0) & (other != truth)
+        assert near_other[frame["classes"] == 2].all(), frame["frame_id"]
