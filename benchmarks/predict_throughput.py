@@ -24,7 +24,8 @@ what an image costs whatever share of the CPU other processes leave. The outputs
 compared byte for byte.
 
 Usage: ``.venv/bin/python benchmarks/predict_throughput.py`` (64 images, base 64: about 20 minutes on two
-quiet cores), ``--base32``, ``--quick`` (16 images, base 32, 2 rounds, while developing).
+quiet cores), ``--base32``, ``--quick`` (16 images, base 32, 2 rounds, while developing), ``--precision
+mixed_bfloat16`` (``kunet predict --precision mixed_bfloat16``; float32 by default, as ``kunet predict``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--base32", action="store_true", help="32 base filters instead of the paper's 64.")
     parser.add_argument("--base", type=int, default=None, help="Base filters (default 64; 32 with --base32).")
     parser.add_argument("--quick", action="store_true", help="16 images, base 32, 2 rounds: while developing.")
+    parser.add_argument("--precision", default="float32", help="float32 (predict's default) or mixed_bfloat16.")
     parser.add_argument("--concurrency", type=int, action="append", default=None,
                         help=f"Throughput mode's concurrency (repeatable; default {DEFAULT_CONCURRENCY}).")  # fmt: skip
     args = parser.parse_args()
@@ -92,7 +94,7 @@ def main() -> None:
     timing.header("kunet predict on a folder: throughput mode vs one image at a time")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"{count} synthetic {args.size}x{args.size} uint8 PNGs in {rounds} rounds of {per_round}; paper U-Net, "
-          f"base {base}, untrained, float32; outputs per image: mask PNG + overlay PNG")  # fmt: skip
+          f"base {base}, untrained, {args.precision}; outputs per image: mask PNG + overlay PNG")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="kunet-throughput-") as scratch:
         root = Path(scratch)
@@ -101,7 +103,7 @@ def main() -> None:
         write_images(root / "singles", count, rounds + 1, args.size)  # not in the folders
         singles = sorted((root / "singles").iterdir())
         UNet(base_filters=base, seed=0).save(root / "model.keras")
-        segmenter = Segmenter(root / "model.keras")
+        segmenter = Segmenter(root / "model.keras", precision=args.precision)
         predict_files(segmenter, [singles[0]], root / "warm-up", concurrency=0)  # tracing, oneDNN primitives
 
         latencies: list[tuple[float, float]] = []
