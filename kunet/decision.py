@@ -45,8 +45,9 @@ class Postprocessing:
             a strip at a time, as streaming prediction does).
         interior_cut: Instead of ``cut``, a step that also reads a second map: ``(p(foreground), p(interior),
             threshold, seed_threshold, floor) -> bool [H, W]``. ``p(interior)`` is ``p(foreground)`` for
-            two-class nets and ``p(cell)`` for border nets; ``floor`` is the lowest ``p(interior)`` to grow into
-            (the threshold, or 0 for border nets, whose borders have low p(cell)).
+            two-class nets and ``p(cell)`` for border nets (blurred if the rule says so); ``floor`` is the lowest
+            ``p(interior)`` to grow into (the threshold, or 0 for border nets and blurred maps, which no longer
+            bound the foreground).
     """
 
     cut: Callable | None = None
