@@ -54,6 +54,11 @@ class Postprocessing:
     per_pixel: bool = True
     interior_cut: Callable | None = None
 
+    @property
+    def cuts(self) -> bool:
+        """Whether the step cuts anything (either form)."""
+        return self.cut is not None or self.interior_cut is not None
+
 
 POSTPROCESSING: dict[str, Postprocessing] = {
     "none": Postprocessing(),
@@ -156,13 +161,16 @@ class DecisionRule:
         ``1 - p(background)``, else the last class's probability (``p(class 1)`` of a two-class net)."""
         return 1.0 - probabilities[..., 0] if self.border_class else probabilities[..., -1]
 
+    def interior(self, probabilities):
+        """p(interior) [H, W], what a watershed seeds and floods: a border net's ``p(cell)``, else
+        :meth:`foreground`."""
+        return probabilities[..., 1] if self.border_class else self.foreground(probabilities)
+
     def classes(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices, uint8 [H, W], of probabilities [H, W, K]."""
         if self.decided_classes(probabilities.shape[-1]) != 2:
             return np.argmax(probabilities, axis=-1).astype(np.uint8)
-        foreground = np.asarray(self.foreground(probabilities), np.float32)
-        interior = np.asarray(probabilities[..., 1], np.float32) if self.border_class else foreground
-        return self.decide_maps(foreground, interior)
+        return self.decide_maps(self.foreground(probabilities), self.interior(probabilities))
 
     def foreground_classes(self, foreground: np.ndarray) -> np.ndarray:
         """Class indices (0/1), uint8 [H, W], of a two-class net from p(class 1) [H, W]."""
@@ -173,7 +181,7 @@ class DecisionRule:
     def decide_maps(self, foreground: np.ndarray, interior: np.ndarray) -> np.ndarray:
         """Class indices (0/1), uint8 [H, W], from p(foreground) and p(interior) [H, W] (see ``Postprocessing``)."""
         mask = foreground >= self.threshold
-        if self.step.cut is not None or self.step.interior_cut is not None:
+        if self.step.cuts:
             foreground, interior = np.asarray(foreground, np.float32), np.asarray(interior, np.float32)
             cut = _cut(self.step, foreground, interior, self.threshold, self.seeds, self.floor, True, self.smoothing)
             mask &= ~cut.numpy()
@@ -187,8 +195,8 @@ class DecisionRule:
             return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         foreground = self.foreground(probabilities)
         mask = foreground >= self.threshold
-        if self.step.cut is not None or self.step.interior_cut is not None:
-            interior = probabilities[..., 1] if self.border_class else foreground
+        if self.step.cuts:
+            interior = self.interior(probabilities)
             constants = [tf.constant(value, tf.float32) for value in (self.threshold, self.seeds, self.floor)]
             mask &= ~_cut(self.step, foreground, interior, *constants, False, self.smoothing)
         return tf.cast(mask, tf.int32)

@@ -275,7 +275,7 @@ class Segmenter:
         per_pixel = rule.per_pixel(self.num_classes)
         decided = np.zeros((height, width), np.uint8) if per_pixel else np.zeros((height, width), np.float32)
         # A border net's watershed also needs p(cell), its seeds and flooding surface: 4 more bytes per pixel.
-        interior = np.zeros((height, width), np.float32) if not per_pixel and rule.border_class else decided
+        interior = np.zeros((height, width), np.float32) if not per_pixel and rule.border_class else None
 
         def strips():
             for top, probabilities in self.predictor.probability_strips(image):
@@ -284,13 +284,14 @@ class Segmenter:
                     decided[rows] = self.decide(probabilities)
                 else:
                     decided[rows] = rule.foreground(probabilities)
-                    interior[rows] = probabilities[..., 1]
+                    if interior is not None:
+                        interior[rows] = rule.interior(probabilities)
                 yield probabilities
 
         stream = strips()
         (consume_probabilities or _exhaust)(stream)
         _exhaust(stream)  # a consumer that stopped early must not leave rows undecided
-        classes = decided if per_pixel else rule.decide_maps(decided, interior)
+        classes = decided if per_pixel else rule.decide_maps(decided, decided if interior is None else interior)
         return Segmentation(None, classes, self.label_values(classes), self.instances(classes))
 
     def working_bytes(self, image_shape) -> int:

@@ -58,12 +58,11 @@ def sweep(
     settings = segmenter.settings
     progress_factory = progress_factory or no_progress
     predicted = progress_factory("predicting", len(frames))
-    border_class = segmenter.rule.border_class
-    maps = []  # p(foreground) and, for a border net, p(cell): all any rule of the sweep reads
+    stored, border_class = segmenter.rule, segmenter.rule.border_class
+    maps = []  # p(foreground) and p(interior): all any rule of the sweep reads
     for frame in frames:
         probabilities = segmenter.probabilities(frame["image"])
-        foreground = segmenter.rule.foreground(probabilities)
-        maps.append((foreground, probabilities[..., 1] if border_class else foreground))
+        maps.append((stored.foreground(probabilities), stored.interior(probabilities)))
         predicted()
     rows = []
     if seed_thresholds is None:
