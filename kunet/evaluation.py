@@ -104,15 +104,15 @@ def _score_split(
             stacks[frame["frame_id"]] = (segmentation.probabilities[..., 1], classes, frame["classes"])
         per_frame[frame["frame_id"]] = score_frame(classes, frame, decided_classes, label_kind, min_object_size,
                                                    warping=True)  # fmt: skip
-        if decided_classes == 2:
+        objects = frame_objects(classes, frame, label_kind, min_object_size) if decided_classes == 2 else None
+        if objects is not None:
             # Matched again (a few ms beside the warping error's seconds): score_frame keeps only the ratios.
-            matchings.append(metrics.object_matching(*frame_objects(classes, frame, label_kind, min_object_size)))
-        if overlays and label_kind == "instance":  # objects apart: a merge or a split is what matters here
-            predicted, true = frame_objects(classes, frame, label_kind, min_object_size)
-            overlay = visualize.overlay_prediction(frame["image"], predicted, true, legend=True, instances=True)
-            visualize.save_png(overlays / f"{frame['frame_id']}_overlay.png", overlay)
-        elif overlays:
-            overlay = visualize.overlay_prediction(frame["image"], classes, frame["classes"], legend=True)
+            matchings.append(metrics.object_matching(*objects))
+        if overlays:
+            if objects is not None and label_kind == "instance":  # a merge or a split is what matters here
+                overlay = visualize.overlay_prediction(frame["image"], *objects, legend=True, instances=True)
+            else:
+                overlay = visualize.overlay_prediction(frame["image"], classes, frame["classes"], legend=True)
             visualize.save_png(overlays / f"{frame['frame_id']}_overlay.png", overlay)
         if progress:
             progress()

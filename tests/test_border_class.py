@@ -101,6 +101,7 @@ def test_a_border_net_trains_tunes_predicts_and_exports_the_same_instances(tmp_p
     a rule on p(cell) seeds, and predict and the exported graph give the same masks and instances."""
     from helpers import tiny_pipeline_dict
 
+    from kunet.evaluation import evaluate
     from kunet.records import build_records, iterate_frames
     from kunet.segmenter import Segmenter
     from kunet.serving.export import export
@@ -134,6 +135,10 @@ def test_a_border_net_trains_tunes_predicts_and_exports_the_same_instances(tmp_p
     reference = segmenter.segment(image)
     assert set(np.unique(reference.classes)) <= {0, 1} and set(np.unique(reference.label_values)) <= {0, 255}
     np.testing.assert_array_equal(reference.instances, metrics.instances_from_foreground(reference.classes > 0, 20))
+    scores = evaluate(segmenter, tmp_path / "records", out_dir=tmp_path / "eval")
+    frame_scores = scores["frames"]["01_t003"]
+    assert {"seg", "iou", "ap50"} <= set(frame_scores) and "objects" in scores  # scored as a two-class decision
+    assert (tmp_path / "eval" / "01_t003_overlay.png").is_file()
     version_dir = export(run, "cells", tmp_path / "saved", log=lambda *a: None)
     info = json.loads((version_dir / "assets.extra" / "kunet.json").read_text())
     assert info["decision"]["rule"].startswith("1 - p(background)")
