@@ -77,6 +77,43 @@ class _Session:
     started: float = 0.0
 
 
+# A run whose loss or gradients stay non-finite this long diverged; single such steps are skipped.
+MAX_SKIPPED_STEPS_IN_A_ROW = 25
+
+
+def apply_if_finite(optimizer, gradients, variables, loss, gradient_norm) -> None:
+    """Applies the step's update unless its loss or gradients are not finite on some replica, as Keras's
+    LossScaleOptimizer does for float16. Without it, non-finite gradients in one step (in bfloat16 runs of
+    DIC-HeLa on a 2-core Xeon; a rerun of the same seed did not hit them) turned the first layers' weights into
+    NaN; ReLU maps NaN to 0, so the loss stayed finite and the net trained on as a constant predictor."""
+    unhealthy = tf.cast(~(tf.math.is_finite(loss) & tf.math.is_finite(gradient_norm)), tf.float32)
+    # Every replica must take the same branch: the update all-reduces the gradients.
+    unhealthy = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, unhealthy)
+
+    def skip():
+        return tf.constant(False)
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+
+        def update():
+            optimizer.apply(gradients, variables)
+            return tf.constant(True)
+
+        tf.cond(unhealthy > 0, skip, update)
+        return
+
+    # Strategies whose all-reduce is a merge_call cannot have it inside a cond in replica context; the cond
+    # goes to the cross-replica context, as in Keras's LossScaleOptimizer.
+    def cross_replica(distribution, unhealthy, gradients):
+        def update():
+            distribution.extended.call_for_each_replica(lambda g: optimizer.apply(g, variables), args=(gradients,))
+            return tf.constant(True)
+
+        tf.cond(distribution.experimental_local_results(unhealthy)[0] > 0, skip, update)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(unhealthy, gradients))
+
+
 class Trainer:
     """Trains one run. See the module docstring for the run directory.
 
@@ -136,6 +173,8 @@ class Trainer:
         self._epoch_logs: dict | None = None  # what the callbacks got at the last epoch's end
         self.resume = resume
         self.stop_signal: str | None = None  # set when a signal stopped fit() on this worker
+        self.skipped_steps = 0  # steps of this session whose update was skipped (non-finite loss or gradients)
+        self._skipped_in_a_row = 0
         self.manifest = read_manifest(self.records_dir)
         if self.manifest["counts"]["train"] == 0:
             raise RunError(f"{self.records_dir}: no training frames")
@@ -201,7 +240,8 @@ class Trainer:
                 state["stop_signal"] = self.stop_signal
             if self.chief:
                 write_state(self.paths, state)
-                self.log(f"{status} at step {current}; best {train.best_metric} = {state['best_value']:.4f}")
+                skipped = f"; {self.skipped_steps} step(s) skipped (non-finite)" if self.skipped_steps else ""
+                self.log(f"{status} at step {current}; best {train.best_metric} = {state['best_value']:.4f}{skipped}")
         self.model = session.model
         return state
 
@@ -288,9 +328,14 @@ class Trainer:
                                          train.loss, train.dice_weight)  # fmt: skip
                 scaled = optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply(gradients, model.trainable_variables)
+            gradient_norm = tf.cast(tf.linalg.global_norm(gradients), tf.float32)
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                optimizer.apply(gradients, model.trainable_variables)  # skips non-finite steps itself
+            else:
+                apply_if_finite(optimizer, gradients, model.trainable_variables, loss, gradient_norm)
             # The stop votes ride on the loss's all-reduce: every worker learns of a stop after the same step.
-            return tf.concat([tf.reshape(tf.cast(loss, tf.float32), [1]), stop_votes], axis=0)
+            return tf.concat([tf.reshape(tf.cast(loss, tf.float32), [1]), tf.reshape(gradient_norm, [1]), stop_votes],
+                             axis=0)  # fmt: skip
 
         compiled_step = tf.function(step_fn, jit_compile=train.jit_compile)
 
@@ -302,9 +347,11 @@ class Trainer:
             per_replica = strategy.run(compiled_step, args=(next(iterator), stop_votes))
             summed = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
             session.step.assign_add(1)
-            session.loss_sum.assign_add(tf.cast(summed[0], tf.float64))
-            session.loss_count.assign_add(1)
-            return summed, session.loss_sum / tf.cast(session.loss_count, tf.float64)
+            # A skipped step (see apply_if_finite) leaves the epoch's mean loss to the steps that were taken.
+            taken = tf.math.is_finite(summed[0]) & tf.math.is_finite(summed[1])
+            session.loss_sum.assign_add(tf.where(taken, tf.cast(summed[0], tf.float64), tf.constant(0.0, tf.float64)))
+            session.loss_count.assign_add(tf.cast(taken, tf.int64))
+            return summed, session.loss_sum / tf.cast(tf.maximum(session.loss_count, 1), tf.float64)
 
         return train_step
 
@@ -442,9 +489,18 @@ class Trainer:
         callbacks.on_train_batch_begin(batch_index)
         votes = tf.constant([1.0 if stop_requested else 0.0, 1.0 if out_of_time else 0.0])
         summed, epoch_mean = train_step(iterator, votes)
-        loss, signal_votes, time_votes = summed.numpy().tolist()  # one read: each eager op costs host time
-        if not math.isfinite(loss):
-            raise RunError(f"{self.paths.root}: loss became {loss} at step {current}; lower the learning rate")
+        loss, gradient_norm, signal_votes, time_votes = summed.numpy().tolist()  # one read: eager ops cost host time
+        if math.isfinite(loss) and math.isfinite(gradient_norm):
+            self._skipped_in_a_row = 0
+        else:
+            self._skipped_in_a_row += 1
+            self.skipped_steps += 1
+            self.log(f"step {current + 1}: loss {loss}, gradient norm {gradient_norm}; the update was skipped")
+            if self._skipped_in_a_row >= MAX_SKIPPED_STEPS_IN_A_ROW:
+                raise RunError(
+                    f"{self.paths.root}: loss or gradients were not finite in {self._skipped_in_a_row} steps in a "
+                    f"row (up to step {current + 1}); lower the learning rate"
+                )
         # The epoch's mean loss so far: one step's loss jumps with its tile.
         advance(loss=float(epoch_mean))
         callbacks.on_train_batch_end(batch_index, {"loss": loss})

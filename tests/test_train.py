@@ -280,6 +280,48 @@ def test_the_epochs_loss_is_the_mean_of_the_losses_its_steps_reported(tiny_recor
     assert float(row["loss"]) == pytest.approx(sum(seen) / 4, rel=1e-12)
 
 
+def test_a_step_with_non_finite_gradients_is_skipped_and_a_diverged_run_stops(tiny_records, tmp_path):
+    """A NaN pixel makes one step's gradients NaN: the step's update is skipped (weights and optimizer state as they
+    were, the epoch's mean loss left to the other steps), the next step trains; 25 such steps in a row stop
+    the run with an error instead of training a NaN net."""
+    from kunet.pipeline import training_dataset
+    from kunet.progress import no_progress
+    from kunet.runs import RunError
+    from kunet.train import MAX_SKIPPED_STEPS_IN_A_ROW
+
+    config, records = tiny_records
+    tiles, classes, weights = next(iter(training_dataset(config, records, config.train.batch_size)))
+    poisoned = tf.tensor_scatter_nd_update(tiles, [[0, 9, 9, 0]], [float("nan")])
+    lines: list[str] = []
+    trainer = Trainer(config, tmp_path / "run", records, log=lines.append)
+    session = trainer._new_session(100)
+    train_step = trainer._train_step_function(session, "host")
+    order = [poisoned, tiles] + [poisoned] * MAX_SKIPPED_STEPS_IN_A_ROW
+    batches = iter(tf.data.Dataset.from_tensor_slices(tf.stack(order)).map(lambda t: (t, classes, weights)))
+    callbacks = trainer._callback_list(session, 100)
+    advance = no_progress("step", 100)
+
+    def step(current: int) -> float:
+        return trainer._step(train_step, batches, current, current, False, False, advance, callbacks)[0]
+
+    def snapshot():
+        return [np.array(v) for v in session.model.weights + session.optimizer.variables]
+
+    before = snapshot()
+    step(0)  # its loss may well be finite: ReLU maps NaN to 0 in the forward pass, not in the backward one
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(before, snapshot()))
+    assert int(session.optimizer.iterations.numpy()) == 0 and "step 1: loss" in lines[-1] and "skipped" in lines[-1]
+    clean_loss = step(1)
+    assert np.isfinite(clean_loss) and int(session.optimizer.iterations.numpy()) == 1
+    assert all(np.all(np.isfinite(v)) for v in snapshot())
+    assert float(session.loss_sum.numpy()) / int(session.loss_count.numpy()) == pytest.approx(clean_loss)
+    assert int(session.step.numpy()) == 2 and trainer.skipped_steps == 1  # the poisoned batch was consumed
+    with pytest.raises(RunError, match=f"not finite in {MAX_SKIPPED_STEPS_IN_A_ROW} steps in a row"):
+        for current in range(2, 2 + MAX_SKIPPED_STEPS_IN_A_ROW):
+            step(current)
+    assert all(np.all(np.isfinite(v)) for v in session.model.weights)
+
+
 def test_the_pipelines_decision_rule_travels_with_the_model():
     from kunet.builders import build_model
 
