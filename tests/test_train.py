@@ -238,6 +238,49 @@ def test_mirrored_strategy_over_two_logical_cpus_trains(tiny_records, tmp_path):
     assert history.count("\n") >= 2
 
 
+_SKIP_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from kunet.config import pipeline_from_dict
+from kunet.pipeline import training_dataset
+from kunet.progress import no_progress
+from kunet.train import Trainer
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+config = pipeline_from_dict(json.loads(sys.argv[1]), sys.argv[2])
+tiles, classes, weights = next(iter(training_dataset(config, sys.argv[4], config.train.batch_size)))
+poisoned = tf.tensor_scatter_nd_update(tiles, [[0, 9, 9, 0]], [float("nan")])
+trainer = Trainer(config, sys.argv[3], sys.argv[4], strategy=strategy, log=print)
+session = trainer._new_session(10)
+train_step = trainer._train_step_function(session, "host")
+batches = iter(strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices(tf.concat([poisoned, tiles], 0)).map(lambda t: (t, classes[0], weights[0]))
+    .batch(2)))
+callbacks = trainer._callback_list(session, 10)
+snapshot = lambda: [np.array(v) for v in session.model.weights]
+before = snapshot()
+trainer._step(train_step, batches, 0, 0, False, False, no_progress("step", 10), callbacks)
+kept = all(np.array_equal(a, b) for a, b in zip(before, snapshot()))
+print("kept", kept, "iterations", int(session.optimizer.iterations.numpy()), "skipped", trainer.skipped_steps)
+"""
+
+
+@pytest.mark.slow
+def test_a_step_poisoned_on_one_replica_is_skipped_on_both(tiny_records, tmp_path):
+    """MirroredStrategy's all-reduce is a merge_call, so its skip takes the cross-replica path of
+    apply_if_finite: one replica's NaN gradients must leave both replicas' weights as they were."""
+    config, records = tiny_records
+    result = subprocess.run(
+        [sys.executable, "-c", _SKIP_SCRIPT, json.dumps(config.to_dict()), config.base_dir, str(tmp_path / "run"),
+         str(records)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kept True iterations 0 skipped 1" in result.stdout, result.stdout[-2000:]
+
+
 def test_config_round_trips_through_the_run_directory(tiny_records, tmp_path):
     from kunet.runs import load_run_config
 
