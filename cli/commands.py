@@ -130,6 +130,14 @@ def fit(
     strategy: Strategy = typer.Option("default", help="mirrored: all local devices; multiworker: TF_CONFIG's cluster."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the pipeline without data and exit."),
     verify_records: bool = VERIFY_RECORDS_OPTION,
+    final: bool = typer.Option(
+        False, "--final", help="The final model: train on the validation frames too, validate nothing "
+        "(train.final); best.keras is the last model.",
+    ),
+    rule_from: str = typer.Option(
+        None, "--rule-from", help="A tuned .keras model whose decision rule the new model keeps (with --final: "
+        "the rule chosen on the validation frames).",
+    ),
     set_: list[str] = SET_OPTION,
     quiet: bool = QUIET_OPTION,
     log_every: int = LOG_EVERY_OPTION,
@@ -140,10 +148,16 @@ def fit(
     from kunet.runs import load_run_config
     from kunet.train import Trainer
 
-    overrides = list(set_) + [f"train.precision={precision}"] * bool(precision)
+    overrides = list(set_) + [f"train.precision={precision}"] * bool(precision) + ["train.final=true"] * final
     if jit_compile is not None:
         overrides.append(f"train.jit_compile={str(jit_compile).lower()}")
     with user_errors():
+        if rule_from is not None:
+            if resume is not None or pipeline is None:
+                fail("--rule-from sets the rule of a new run: give a pipeline TOML, not --resume")
+            from kunet.tune import rule_overrides
+
+            overrides = rule_overrides(rule_from, load_config(pipeline, overrides).labels.names()) + overrides
         if auto_resume and resume is None:
             resume = _existing_run(run_dir, pipeline, overrides)
         if resume is not None:

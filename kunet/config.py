@@ -256,6 +256,9 @@ class TrainConfig:
     # A .keras model of the same architecture whose weights start the run (fine-tuning); relative paths
     # resolve against the pipeline's root like every other path.
     init_from: str = ""
+    # The paper's final model: the records' validation frames join the training stream and nothing is
+    # validated, after the settings (and the decision rule) were chosen on them; best.keras is the last model.
+    final: bool = False
 
 
 @dataclass

@@ -159,14 +159,29 @@ def training_dataset(
     return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
+def training_splits(config: PipelineConfig) -> tuple[str, ...]:
+    """The records' splits a run trains on: ``train``, and ``val`` too for a final run (``train.final``)."""
+    return ("train", "val") if config.train.final else ("train",)
+
+
+def training_frame_count(config: PipelineConfig, manifest: dict) -> int:
+    """How many frames a run of ``config`` trains on, from the records' manifest."""
+    return sum(manifest["counts"][split] for split in training_splits(config))
+
+
 def _seeded_frames(config: PipelineConfig, records_dir, batch_size: int, start_step: int, num_pipelines: int,
                    pipeline_id: int):  # fmt: skip
     """The shuffled, repeated frames of one input pipeline from ``start_step`` on, each with its own seed
     (the pipeline's seed and the element's position in the stream, so a resumed stream draws the same)."""
-    frame_count = read_manifest(records_dir)["counts"]["train"]
+    manifest = read_manifest(records_dir)
+    frame_count = training_frame_count(config, manifest)
+    splits = [split for split in training_splits(config) if manifest["counts"][split]]
     shard = num_pipelines > 1 and frame_count >= num_pipelines
-    frames = decoded_frames(records_dir, "train", num_pipelines if shard else 1, pipeline_id if shard else 0,
-                            config.image.normalize, config.image)  # fmt: skip
+    frames = None
+    for split in splits:
+        part = decoded_frames(records_dir, split, num_pipelines if shard else 1, pipeline_id if shard else 0,
+                              config.image.normalize, config.image)  # fmt: skip
+        frames = part if frames is None else frames.concatenate(part)
     if config.train.cache == "memory":
         frames = frames.cache()
     seed = config.train.seed + _WORKER_SEED_STRIDE * pipeline_id

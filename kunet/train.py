@@ -39,7 +39,7 @@ from kunet.checkpoints import restore_latest_intact, save_checkpoint
 from kunet.config import PipelineConfig
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
-from kunet.pipeline import device_tiles, resolve_placement, tile_shape, training_dataset
+from kunet.pipeline import device_tiles, resolve_placement, tile_shape, training_dataset, training_frame_count
 from kunet.precision import resolve_precision
 from kunet.progress import LineProgress, no_progress, reporting, resolve_mode
 from kunet.records import check_shards, find_damaged_shard, read_manifest
@@ -176,7 +176,7 @@ class Trainer:
         self.skipped_steps = 0  # steps of this session whose update was skipped (non-finite loss or gradients)
         self._skipped_in_a_row = 0
         self.manifest = read_manifest(self.records_dir)
-        if self.manifest["counts"]["train"] == 0:
+        if training_frame_count(config, self.manifest) == 0:
             raise RunError(f"{self.records_dir}: no training frames")
         check_shards(self.records_dir, checksums=verify_records, manifest=self.manifest)
         if self.chief:  # other workers of a multi-worker job share the chief's run directory
@@ -556,7 +556,8 @@ class Trainer:
             session.loss_sum.assign(0.0)
             session.loss_count.assign(0)
         validate_now = force_validation or (epoch + 1) % train.validate_every == 0
-        if self.chief and validate_now and self.manifest["counts"]["val"]:
+        validates = self.manifest["counts"]["val"] and not train.final  # a final run trains on the val frames
+        if self.chief and validate_now and validates:
             scores, example = validate(model, self.records_dir, self.config.inference.tiling())
             row.update(scores)
             value = scores.get(train.best_metric, float("nan"))
@@ -567,7 +568,7 @@ class Trainer:
                 with session.writer.as_default(step=current):
                     triptych = visualize.validation_triptych(example)
                     tf.summary.image("validation/input_prediction_label", triptych, max_outputs=3)
-        elif self.chief and validate_now and not uris.exists(self.paths.best_model):
+        elif self.chief and validate_now:  # nothing to choose by: the best model is the latest
             atomic_save(self.paths.best_model, model.save)
         if not self.chief:
             return row

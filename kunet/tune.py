@@ -165,3 +165,32 @@ def tune(
         "rows": rows,
         "stored_in": [str(t) for t in targets] if store else [],
     }
+
+
+# The metadata entries that make up a model's decision rule (what `kunet tune` stores, and min_object_size).
+RULE_KEYS = ("threshold", "postprocess", "seed_threshold", "seed_smoothing", "test_time_mirroring", "min_object_size")
+
+
+def rule_overrides(model_path: Path | str, class_names: list[str]) -> list[str]:
+    """``inference.*`` overrides that give a new run the decision rule stored in a model: for the paper's final
+    model, retrained on every labelled frame with the rule `kunet tune` chose on the validation frames.
+
+    Args:
+        model_path: A ``.keras`` model (a run's tuned ``best.keras``).
+        class_names: The new run's classes; the rule must decide between the same ones.
+
+    Example:
+        >>> rule_overrides("runs/isbi2012-s0/best.keras", ["membrane", "cell"])
+        ['inference.threshold=0.3', 'inference.postprocess="watershed"', ...]
+    """
+    import json
+
+    from kunet.segmenter import load_unet
+
+    metadata = load_unet(model_path).metadata
+    if list(metadata.get("class_names", class_names)) != list(class_names):
+        raise KunetError(
+            f"{model_path}: its rule decides between the classes {list(metadata['class_names'])}, "
+            f"the pipeline has {list(class_names)}"
+        )
+    return [f"inference.{key}={json.dumps(metadata[key])}" for key in RULE_KEYS if key in metadata]
