@@ -333,11 +333,14 @@ class Trainer:
                 optimizer.apply(gradients, model.trainable_variables)  # skips non-finite steps itself
             else:
                 apply_if_finite(optimizer, gradients, model.trainable_variables, loss, gradient_norm)
+            # Which variables' gradients were not finite, for the log line of a skipped step.
+            broken = tf.stack([tf.cast(~tf.reduce_all(tf.math.is_finite(g)), tf.float32) for g in gradients])
             # The stop votes ride on the loss's all-reduce: every worker learns of a stop after the same step.
-            return tf.concat([tf.reshape(tf.cast(loss, tf.float32), [1]), tf.reshape(gradient_norm, [1]), stop_votes],
-                             axis=0)  # fmt: skip
+            return tf.concat([tf.reshape(tf.cast(loss, tf.float32), [1]), tf.reshape(gradient_norm, [1]), stop_votes,
+                              broken], axis=0)  # fmt: skip
 
         compiled_step = tf.function(step_fn, jit_compile=train.jit_compile)
+        self._gradient_names = [variable.path for variable in model.trainable_variables]
 
         @tf.function
         def train_step(iterator, stop_votes):
@@ -489,13 +492,16 @@ class Trainer:
         callbacks.on_train_batch_begin(batch_index)
         votes = tf.constant([1.0 if stop_requested else 0.0, 1.0 if out_of_time else 0.0])
         summed, epoch_mean = train_step(iterator, votes)
-        loss, gradient_norm, signal_votes, time_votes = summed.numpy().tolist()  # one read: eager ops cost host time
+        loss, gradient_norm, signal_votes, time_votes, *broken = summed.numpy().tolist()  # one read: eager ops cost
         if math.isfinite(loss) and math.isfinite(gradient_norm):
             self._skipped_in_a_row = 0
         else:
             self._skipped_in_a_row += 1
             self.skipped_steps += 1
-            self.log(f"step {current + 1}: loss {loss}, gradient norm {gradient_norm}; the update was skipped")
+            names = [name for name, flag in zip(self._gradient_names, broken) if flag]
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            self.log(f"step {current + 1}: loss {loss}, gradient norm {gradient_norm} (not finite: {shown or 'none'});"
+                     " the update was skipped")  # fmt: skip
             if self._skipped_in_a_row >= MAX_SKIPPED_STEPS_IN_A_ROW:
                 raise RunError(
                     f"{self.paths.root}: loss or gradients were not finite in {self._skipped_in_a_row} steps in a "

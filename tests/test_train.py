@@ -354,6 +354,7 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_a_diverged_run_stops(ti
     step(0)  # its loss may well be finite: ReLU maps NaN to 0 in the forward pass, not in the backward one
     assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(before, snapshot()))
     assert int(session.optimizer.iterations.numpy()) == 0 and "step 1: loss" in lines[-1] and "skipped" in lines[-1]
+    assert "not finite: down0_conv1/kernel" in lines[-1]  # the layer that sees the NaN pixel
     clean_loss = step(1)
     assert np.isfinite(clean_loss) and int(session.optimizer.iterations.numpy()) == 1
     assert all(np.all(np.isfinite(v)) for v in snapshot())
