@@ -131,11 +131,15 @@ def fit(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the pipeline without data and exit."),
     verify_records: bool = VERIFY_RECORDS_OPTION,
     final: bool = typer.Option(
-        False, "--final", help="The final model: train on the validation frames too, validate nothing "
+        False,
+        "--final",
+        help="The final model: train on the validation frames too, validate nothing "
         "(train.final); best.keras is the last model.",
     ),
     rule_from: str = typer.Option(
-        None, "--rule-from", help="A tuned .keras model whose decision rule the new model keeps (with --final: "
+        None,
+        "--rule-from",
+        help="A tuned .keras model whose decision rule the new model keeps (with --final: "
         "the rule chosen on the validation frames).",
     ),
     set_: list[str] = SET_OPTION,
