@@ -352,7 +352,7 @@ def export(
     """Write a versioned SavedModel for TensorFlow Serving (tiling inside the graph), or --check one; or a
     bioimage.io model package for Fiji (deepImageJ), ilastik and napari (--format bioimageio).
 
-    bioimageio settings not given as flags come from the run's pipeline TOML, section [package]."""
+    bioimageio settings not given as flags come from the run's pipeline TOML, table "package"."""
     from kunet.serving import export as export_lib
     from kunet.serving.signatures import ServingLimits
     from kunet.tiling import TilingOptions
