@@ -188,8 +188,7 @@ def measure(net, precision, records, workdir, args) -> dict[str, float]:
     sides = kunet_sides(config, records, batch, workdir, args.legacy)
     sides["model.fit"] = model_fit_side(config, batch)
     seconds, losses = interleaved(sides, args.steps, args.repeats)
-    print(f"{label}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()),
-          flush=True)
+    print(f"{label}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()), flush=True)
     del sides
     gc.collect()
     if not args.skip_trainer:
@@ -215,8 +214,11 @@ def main():
     parser.add_argument("--probe", action="store_true", help="also a base-2 net on 188 tiles: per-step overhead")
     parser.add_argument("--legacy", action="store_true", help="also the step kunet ran before issue 21")
     parser.add_argument("--records", type=Path)
-    parser.add_argument("--peer-steps", type=int, help="PyTorch's timed steps (default 2 x --steps; 1 for bf16 "
-                        "on a CPU without native bf16)")
+    parser.add_argument(
+        "--peer-steps",
+        type=int,
+        help="PyTorch's timed steps (default 2 x --steps; 1 for bf16 on a CPU without native bf16)",
+    )
     parser.add_argument("--skip-trainer", action="store_true", help="no Trainer.fit and pipeline rows")
     args = parser.parse_args()
     title = "training step: kunet vs keras.Model.fit"
@@ -238,8 +240,11 @@ def main():
                 seconds = measure(net, precision, records, workdir, args)
                 for name, value in seconds.items():
                     rows.append((net[0], precision, name, value, flops / value / 1e9, seconds["model.fit"], peaks))
-                    print(f"{net[0]}, {precision}, {name}: {value:.3f} s/step, "
-                          f"{value / seconds['model.fit']:.3f}x model.fit", flush=True)  # a long run's partial result
+                    print(
+                        f"{net[0]}, {precision}, {name}: {value:.3f} s/step, "
+                        f"{value / seconds['model.fit']:.3f}x model.fit",
+                        flush=True,
+                    )  # a long run's partial result
         rate = None if args.skip_trainer else pipeline_tiles_per_second(records)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -251,6 +256,7 @@ def main():
     for precision, values in peaks.items():
         print(f"peak {precision}: " + ", ".join(f"{key} {value:.0f} GFLOP/s" for key, value in values.items()))
     timing.footer()
+
 
 def print_table(rows) -> None:
     print("\n| net | precision | what | s/step (median) | GFLOP/s | % of conv peak | vs model.fit |")
