@@ -14,6 +14,9 @@ TensorFlow start-up, model loading and the first call's tracing (a warm-up call 
 * (b) a folder in one call, one image at a time (``concurrency=0``: ``kunet predict`` before the throughput mode).
 * (c) the same folder in one call in throughput mode (``concurrency`` N: the next images read and the previous
   written while the net works on N images at once); N = the default and any ``--concurrency`` given.
+* (d) with ``--batch-images B`` (repeatable): throughput mode with B images of one size per model call
+  (``kunet predict --batch-images B``). Its outputs may differ from (b)'s where a float32 probability lies
+  within about 1e-6 of the threshold, so its masks are compared pixel by pixel and the differences counted.
 
 On a shared machine the CPU share changes within minutes, so the figures are interleaved: the images are
 split into ``--rounds`` folders, and each round times (a) on one image, then (b) and (c) on that round's
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--precision", default="float32", help="float32 (predict's default) or mixed_bfloat16.")
     parser.add_argument("--concurrency", type=int, action="append", default=None,
                         help=f"Throughput mode's concurrency (repeatable; default {DEFAULT_CONCURRENCY}).")  # fmt: skip
+    parser.add_argument("--batch-images", type=int, action="append", default=[],
+                        help="Also time throughput mode with this many images per call (repeatable).")  # fmt: skip
     args = parser.parse_args()
     count = args.images or (16 if args.quick else 64)
     rounds = args.rounds or (2 if args.quick else 4)
@@ -88,9 +93,11 @@ def main() -> None:
     if count % rounds:
         raise SystemExit(f"--images {count} must be a multiple of --rounds {rounds}")
     per_round = count // rounds
-    modes = {"(b) one image at a time (concurrency 0)": 0}
+    modes = {"(b) one image at a time (concurrency 0)": (0, 1)}  # label: (concurrency, images per call)
     for concurrency in args.concurrency or [DEFAULT_CONCURRENCY]:
-        modes[f"(c) throughput mode (concurrency {concurrency})"] = concurrency
+        modes[f"(c) throughput mode (concurrency {concurrency})"] = (concurrency, 1)
+    for batch in args.batch_images:
+        modes[f"(d) {batch} images per call (concurrency {DEFAULT_CONCURRENCY})"] = (DEFAULT_CONCURRENCY, batch)
     timing.header("kunet predict on a folder: throughput mode vs one image at a time")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"{count} synthetic {args.size}x{args.size} uint8 PNGs in {rounds} rounds of {per_round}; paper U-Net, "
@@ -118,18 +125,26 @@ def main() -> None:
                     wall, cpu, what = *latencies[-1], "1 image"
                 else:
                     folder, out = root / f"images{round_}", root / f"{modes[step]}-{round_}"
-                    wall, cpu = timed(lambda f=folder, o=out, c=modes[step]: predict_files(segmenter, [f], o,
-                                                                                          concurrency=c))  # fmt: skip
+                    concurrency, batch = modes[step]
+                    wall, cpu = timed(lambda f=folder, o=out, c=concurrency, b=batch: predict_files(
+                        segmenter, [f], o, concurrency=c, batch_images=b))  # fmt: skip
                     totals[step][0] += wall
                     totals[step][1] += cpu
                     what = f"{per_round} images"
                 print(f"round {round_ + 1}/{rounds} {step:<40} {what:>10}: {wall:6.1f} s, CPU {cpu:6.1f} s; "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+        differences = {mode: [0, 0] for mode in modes.values() if mode[1] > 1}  # masks differing, pixels differing
         for round_ in range(rounds):
-            reference = digests(root / f"0-{round_}")
-            for concurrency in modes.values():
-                if digests(root / f"{concurrency}-{round_}") != reference:
-                    raise SystemExit(f"outputs of concurrency {concurrency} differ from one image at a time")
+            reference = digests(root / f"{(0, 1)}-{round_}")
+            for mode in modes.values():
+                outputs = digests(root / f"{mode}-{round_}")
+                if mode[1] == 1 and outputs != reference:
+                    raise SystemExit(f"outputs of concurrency {mode[0]} differ from one image at a time")
+                for name in (name for name in reference if name.endswith("_mask.png") and mode[1] > 1):
+                    if outputs[name] != reference[name]:
+                        masks = [cv2.imread(str(root / f"{m}-{round_}" / name), -1) for m in ((0, 1), mode)]
+                        differences[mode][0] += 1
+                        differences[mode][1] += int((masks[0] != masks[1]).sum())
 
     single = statistics.median(wall for wall, _ in latencies)
     single_cpu = statistics.median(cpu for _, cpu in latencies)
@@ -142,6 +157,9 @@ def main() -> None:
         wall, cpu = wall / count, cpu / count
         print(f"{label:<48} {wall:8.2f} {1 / wall:9.3f} {cpu:12.2f} {single / wall:9.2f} {one_at_a_time / wall:7.2f}")
     print("outputs of (b) and (c) identical byte for byte")
+    for (_, batch), (masks, pixels) in differences.items():
+        print(f"(d) {batch} images per call: masks differing from (b) in {masks} of {count} images, "
+              f"{pixels} of {count * args.size**2} pixels")  # fmt: skip
     timing.footer()
 
 

@@ -72,6 +72,12 @@ def predict(
         "ones written; outputs are the same bit for bit. 0: one image at a time, nothing read ahead (least memory). "
         "Default: 2.",
     ),
+    batch_images: int = typer.Option(
+        1,
+        min=1,
+        help="Images of one size per model call: faster on small images (e.g. 1.2x at 4 for 512x512 on 2 cores), "
+        "but in float32 probabilities then differ from one image per call in the 6th-7th digit. Not with --shard.",
+    ),
 ):
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
@@ -86,6 +92,8 @@ def predict(
         check_prediction_options(precision, tile_size, threshold)
         if overwrite and shard is None:
             fail("--overwrite goes with --shard (without it, predict always writes every output anew)")
+        if batch_images > 1 and shard is not None:
+            fail("--batch-images goes without --shard (a shard predicts its inputs one file at a time)")
         shard_spec = None if shard is None else parse_shard(shard)
         model_path = resolve_model_path(model)
         plan = plan_predictions(inputs, out, mask_format, probabilities, overlays, axes, channel)
@@ -100,7 +108,7 @@ def predict(
         with progress_bars(quiet, log_every) as factory:
             started = time.perf_counter()
             written = predict_planned(segmenter, plan, progress=factory(_predicting(plan), len(plan.images)),
-                                      concurrency=concurrency)  # fmt: skip
+                                      concurrency=concurrency, batch_images=batch_images)  # fmt: skip
             seconds = time.perf_counter() - started
     typer.echo(f"wrote outputs for {len(written)} image(s) to {out}: {_rate(len(written), seconds)}")
 

@@ -542,24 +542,48 @@ class _Abandoned(Exception):
     """A job after one that failed: never written (the failure is what the caller sees)."""
 
 
-def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job], progress, concurrency: int):
+def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job], progress, concurrency: int,
+               batch_images: int = 1):  # fmt: skip
     """:func:`_one_at_a_time` with reading, the net and writing overlapped: a reader thread decodes the next
-    images, ``concurrency`` threads run the net on as many images at once, and one writer thread writes the
-    outputs in input order. Records, progress and errors come in input order, as one at a time: when an image
-    fails, every image before it is written and none after it is."""
+    images, ``concurrency`` threads run the net on as many groups of up to ``batch_images`` consecutive
+    images of one shape at once, and one writer thread writes the outputs in input order. Records, progress
+    and errors come in input order, as one at a time: when an image fails, every image before it is written
+    and none after it is (a group that fails: none of its images)."""
     written: list[dict] = []
     failed = threading.Event()  # set, in input order, by the writer: later jobs are skipped
     window: collections.deque = collections.deque()  # (job, future of its record), in input order
-    capacity = 2 * concurrency + 1  # images between read and written: computing, waiting, writing
+    capacity = (2 * concurrency + 1) * batch_images  # images between read and written: computing, waiting, writing
     memory = _MemoryBudget(segmenter.memory_budget_bytes())
-    reader = _ReadAhead(jobs, concurrency + 1, READ_AHEAD_PIXELS)
+    reader = _ReadAhead(jobs, (concurrency + 1) * batch_images, READ_AHEAD_PIXELS)
     compute = ThreadPoolExecutor(concurrency, thread_name_prefix="kunet-predict")
     writer = ThreadPoolExecutor(1, thread_name_prefix="kunet-write")
+    group: list[_Job] = []  # images read, waiting to share a model call
 
-    def predict(job: _Job) -> None:
-        if not failed.is_set():
-            with memory.hold(segmenter.working_bytes(job.image.shape)):
-                _compute(segmenter, plan, job)
+    def predict(batch: list[_Job]) -> None:
+        if failed.is_set():
+            return
+        with memory.hold(sum(segmenter.working_bytes(job.image.shape) for job in batch)):
+            if len(batch) == 1:
+                _compute(segmenter, plan, batch[0])
+                return
+            for job, result in zip(batch, segmenter.segment_images([job.image for job in batch]), strict=True):
+                job.result = result
+
+    def flush() -> None:
+        if group:
+            computed = compute.submit(predict, list(group))
+            for job in group:
+                window.append((job, writer.submit(write, job, computed)))
+            group.clear()
+
+    def joins(job: _Job) -> bool:
+        """Whether ``job`` may share the waiting group's model calls: same shape and dtype, within memory."""
+        if not group:
+            return True
+        first = group[0].image
+        held = sum(segmenter.working_bytes(waiting.image.shape) for waiting in group)
+        fits = held + segmenter.working_bytes(job.image.shape) <= segmenter.memory_budget_bytes()
+        return job.image.shape == first.shape and job.image.dtype == first.dtype and fits
 
     def write(job: _Job, computed: Future | None):
         pixels = job.pixels
@@ -595,6 +619,8 @@ def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job],
             except Exception as error:  # the next image's: raised after every image before it is written
                 pending = error
                 break
+            if job.commit or _streams(segmenter, job.image) or not joins(job):
+                flush()
             if not job.commit and _streams(segmenter, job.image):
                 # Alone and in this thread, as one at a time: its probabilities go to their file while the net
                 # runs, and Ctrl-C stops it between two rows of tiles.
@@ -610,10 +636,15 @@ def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job],
                 if progress:
                     progress()
                 continue
-            computed = None if job.commit else compute.submit(predict, job)
-            window.append((job, writer.submit(write, job, computed)))
+            if job.commit:
+                window.append((job, writer.submit(write, job, None)))
+            else:
+                group.append(job)
+                if len(group) == batch_images:
+                    flush()
             while window and (len(window) > capacity or window[0][1].done()):
                 retire()
+        flush()
         while window:
             retire()
         if pending is not None:
@@ -627,12 +658,15 @@ def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job],
 
 
 def predict_planned(segmenter: Segmenter, plan: PredictionPlan, channels: int | None = None, progress=None,
-                    concurrency: int | None = None) -> list[dict]:  # fmt: skip
+                    concurrency: int | None = None, batch_images: int = 1) -> list[dict]:  # fmt: skip
     """Predicts every image of ``plan`` and writes its outputs; returns one record per image.
 
     A stack's mask, instances and probability TIFFs are renamed into place after its last plane and are
     listed in that plane's record. Outputs, records and progress are the same for every ``concurrency``, bit
     for bit; an image that fails stops the run with every image before it written and none after it.
+    ``batch_images`` above 1 trades that for speed: up to that many consecutive images of one shape share
+    their model calls (:meth:`kunet.segmenter.Segmenter.segment_images`), which keeps two cores busier on
+    small images; in float32 their probabilities can then differ from one image at a time in the 6th-7th digit.
 
     Args:
         segmenter: The loaded model.
@@ -642,18 +676,23 @@ def predict_planned(segmenter: Segmenter, plan: PredictionPlan, channels: int | 
         concurrency: Images the net works on at once while the next images are read and the previous ones
             written, each in a thread of its own; 0 reads, predicts and writes one image at a time (the least
             memory); None: :data:`DEFAULT_CONCURRENCY`.
+        batch_images: Images of one shape per model call (1: each image alone); needs ``concurrency`` >= 1.
     """
     channels = channels or segmenter.input_channels
     concurrency = DEFAULT_CONCURRENCY if concurrency is None else concurrency
     if concurrency < 0:
         raise PredictionInputError(f"--concurrency must be 0 (one image at a time) or more, got {concurrency}")
+    if batch_images < 1:
+        raise PredictionInputError(f"--batch-images must be 1 (each image alone) or more, got {batch_images}")
+    if batch_images > 1 and concurrency == 0:
+        raise PredictionInputError("--batch-images above 1 needs --concurrency 1 or more (images read ahead)")
     plan.out.mkdir(parents=True, exist_ok=True)
     opened: list[_Stacks] = []
     jobs = _jobs(plan, channels, segmenter.depth, opened)
     try:
         if concurrency == 0:
             return _one_at_a_time(segmenter, plan, jobs, progress)
-        return _pipelined(segmenter, plan, jobs, progress, concurrency)
+        return _pipelined(segmenter, plan, jobs, progress, concurrency, batch_images)
     finally:
         jobs.close()
         for stacks in opened:  # a stack cut short by an error leaves no temporary behind
@@ -672,6 +711,7 @@ def predict_files(
     axes: str | None = None,
     channel: int | None = None,
     concurrency: int | None = None,
+    batch_images: int = 1,
 ) -> list[dict]:
     """Predicts every input image and writes its outputs into ``out_dir``.
 
@@ -687,9 +727,10 @@ def predict_files(
         axes: Declares the axes of the input TIFFs (e.g. ``ZCYX``) instead of what the files say.
         channel: Predict only this channel (0-based) of each image, for a 1-channel model.
         concurrency: Images the net works on at once (see :func:`predict_planned`); 0: one at a time.
+        batch_images: Images of one shape sharing model calls (see :func:`predict_planned`); 1: each alone.
 
     Returns:
         One record per image: name, source, outputs written.
     """
     plan = plan_predictions(inputs, out_dir, mask_format, probabilities, overlays, axes, channel)
-    return predict_planned(segmenter, plan, channels, progress, concurrency)
+    return predict_planned(segmenter, plan, channels, progress, concurrency, batch_images)

@@ -51,6 +51,26 @@ def test_automatic_tiles_and_batched_tiles_give_the_same_result(small_net):
     np.testing.assert_allclose(automatic, batched, atol=2e-5)
 
 
+@pytest.mark.parametrize(
+    "height,width,mirror,batch_size", [(229, 130, False, 1), (37, 53, True, 2), (100, 100, True, 1)]
+)
+def test_images_batched_into_shared_calls_give_each_image_its_own_probabilities(
+    small_net, height, width, mirror, batch_size
+):
+    rng = np.random.default_rng(height + width)
+    images = [rng.integers(0, 255, (height, width), dtype=np.uint8) for _ in range(3)]
+    images[1] = images[1] // 4  # another intensity range: normalisation stays per image
+    tiling = TilingOptions(tile_size=220, batch_size=batch_size)
+    predictor = Predictor(small_net, tiling=tiling, test_time_mirroring=mirror)
+    batched = predictor.probabilities_of_images(images)
+    assert batched.shape == (3, height, width, 2)
+    for image, probabilities in zip(images, batched, strict=True):
+        np.testing.assert_allclose(probabilities, predictor.probabilities(image), atol=2e-5)
+    assert predictor.plan((height, width)).num_tiles >= 4 or min(height, width) < 64
+    with pytest.raises(ValueError, match="one shape"):
+        predictor.probabilities_of_images([images[0], images[0][:, :-1]])
+
+
 def test_a_stride_that_is_not_a_multiple_of_16_would_leave_seams(small_net):
     """Why tiles advance by 16k: with the full 36-px output as stride the pooling grid shifts per tile."""
     from kunet.inference import tiled_probabilities

@@ -83,6 +83,52 @@ def test_throughput_mode_writes_the_same_bytes_records_and_progress(instance_seg
         assert results[concurrencies[1]] == results[0]
 
 
+def test_batched_images_share_model_calls_and_write_what_one_at_a_time_writes(instance_segmenter, tmp_path):
+    inputs = _inputs(tmp_path, sizes=((96, 96), (96, 96), (96, 96), (96, 96), (64, 80)))
+    groups = []
+    segment_images = instance_segmenter.segment_images
+
+    def spy(images):
+        groups.append([image.shape for image in images])
+        return segment_images(images)
+
+    instance_segmenter.segment_images = spy
+    outputs = {}
+    for batch_images in (1, 3):
+        out, ticks = tmp_path / f"batch{batch_images}", []
+        options = {"probabilities": "npy", "concurrency": 2, "batch_images": batch_images}
+        records = predict_files.predict_files(instance_segmenter, inputs, out, progress=lambda t=ticks: t.append(1),
+                                              **options)  # fmt: skip
+        outputs[batch_images] = ([record["name"] for record in records], len(ticks), out)
+    # Consecutive images of one shape share calls, at most 3: img0-2, then img3 alone (img4 differs), the stack's 3
+    # planes (its commit ends the group); the rest alone. Batch 1 never groups.
+    assert groups == [[(96, 96, 1)] * 3, [(56, 56, 1)] * 3]
+    assert outputs[3][:2] == outputs[1][:2] and outputs[1][1] == 9
+    one, batched = outputs[1][2], outputs[3][2]
+    assert _files(one).keys() == _files(batched).keys()
+    for name in outputs[1][0]:
+        stem = "stack" if name.startswith("stack") else name
+        probabilities = np.load(one / f"{name}_probabilities.npy")
+        np.testing.assert_allclose(np.load(batched / f"{name}_probabilities.npy"), probabilities, atol=1e-5)
+        mask_file = f"{stem}_mask.tif" if stem == "stack" else f"{name}_mask.png"
+        masks = [tifffile.imread(f / mask_file) if stem == "stack" else cv2.imread(str(f / mask_file), -1)
+                 for f in (one, batched)]  # fmt: skip
+        undecided = np.abs(probabilities[..., 1] - instance_segmenter.settings.threshold) < 1e-5
+        assert np.array_equal(masks[0][..., ~undecided] if stem == "stack" else masks[0][~undecided],
+                              masks[1][..., ~undecided] if stem == "stack" else masks[1][~undecided])  # fmt: skip
+
+
+def test_batch_images_is_refused_where_it_cannot_apply(trained_tiny_run, tmp_path):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), blob_image(np.random.default_rng(0), 64)[0])
+    for flags, message in ((["--batch-images", "2", "--concurrency", "0"], "--batch-images above 1 needs"),
+                           (["--batch-images", "2", "--shard", "0/2"], "--batch-images goes without --shard"),
+                           (["--batch-images", "0"], "--batch-images")):  # fmt: skip
+        args = ["predict", str(trained_tiny_run), str(image), "--out", str(tmp_path / "o"), *flags]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_the_cli_reports_images_per_second_and_concurrency_0_is_the_same(trained_tiny_run, tmp_path):
     inputs = _inputs(tmp_path, sizes=((96, 96), (64, 80)))
     outputs = {}
