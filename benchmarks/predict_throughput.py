@@ -15,8 +15,9 @@ TensorFlow start-up, model loading and the first call's tracing (a warm-up call 
 * (c) the same folder in one call in throughput mode (``concurrency`` N: the next images read and the previous
   written while the net works on N images at once); N = the default and any ``--concurrency`` given.
 * (d) with ``--batch-images B`` (repeatable): throughput mode with B images of one size per model call
-  (``kunet predict --batch-images B``). Its outputs may differ from (b)'s where a float32 probability lies
-  within about 1e-6 of the threshold, so its masks are compared pixel by pixel and the differences counted.
+  (``kunet predict --batch-images B``), at each concurrency of (c). Its outputs may differ from (b)'s where a
+  float32 probability lies within about 1e-6 of the threshold, so its masks are compared pixel by pixel and the
+  differences counted.
 
 On a shared machine the CPU share changes within minutes, so the figures are interleaved: the images are
 split into ``--rounds`` folders, and each round times (a) on one image, then (b) and (c) on that round's
@@ -97,7 +98,8 @@ def main() -> None:
     for concurrency in args.concurrency or [DEFAULT_CONCURRENCY]:
         modes[f"(c) throughput mode (concurrency {concurrency})"] = (concurrency, 1)
     for batch in args.batch_images:
-        modes[f"(d) {batch} images per call (concurrency {DEFAULT_CONCURRENCY})"] = (DEFAULT_CONCURRENCY, batch)
+        for concurrency in args.concurrency or [DEFAULT_CONCURRENCY]:
+            modes[f"(d) {batch} images per call (concurrency {concurrency})"] = (concurrency, batch)
     timing.header("kunet predict on a folder: throughput mode vs one image at a time")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"{count} synthetic {args.size}x{args.size} uint8 PNGs in {rounds} rounds of {per_round}; paper U-Net, "
@@ -157,9 +159,9 @@ def main() -> None:
         wall, cpu = wall / count, cpu / count
         print(f"{label:<48} {wall:8.2f} {1 / wall:9.3f} {cpu:12.2f} {single / wall:9.2f} {one_at_a_time / wall:7.2f}")
     print("outputs of (b) and (c) identical byte for byte")
-    for (_, batch), (masks, pixels) in differences.items():
-        print(f"(d) {batch} images per call: masks differing from (b) in {masks} of {count} images, "
-              f"{pixels} of {count * args.size**2} pixels")  # fmt: skip
+    for (concurrency, batch), (masks, pixels) in differences.items():
+        print(f"(d) {batch} images per call, concurrency {concurrency}: masks differing from (b) in {masks} of "
+              f"{count} images, {pixels} of {count * args.size**2} pixels")  # fmt: skip
     timing.footer()
 
 
