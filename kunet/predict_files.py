@@ -562,7 +562,7 @@ def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job],
     def predict(batch: list[_Job]) -> None:
         if failed.is_set():
             return
-        with memory.hold(sum(segmenter.working_bytes(job.image.shape) for job in batch)):
+        with memory.hold(len(batch) * segmenter.working_bytes(batch[0].image.shape)):  # one shape per group
             if len(batch) == 1:
                 _compute(segmenter, plan, batch[0])
                 return
@@ -581,9 +581,9 @@ def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job],
         if not group:
             return True
         first = group[0].image
-        held = sum(segmenter.working_bytes(waiting.image.shape) for waiting in group)
-        fits = held + segmenter.working_bytes(job.image.shape) <= segmenter.memory_budget_bytes()
-        return job.image.shape == first.shape and job.image.dtype == first.dtype and fits
+        if job.image.shape != first.shape or job.image.dtype != first.dtype:
+            return False
+        return (len(group) + 1) * segmenter.working_bytes(first.shape) <= segmenter.memory_budget_bytes()
 
     def write(job: _Job, computed: Future | None):
         pixels = job.pixels
@@ -619,9 +619,10 @@ def _pipelined(segmenter: Segmenter, plan: PredictionPlan, jobs: Iterator[_Job],
             except Exception as error:  # the next image's: raised after every image before it is written
                 pending = error
                 break
-            if job.commit or _streams(segmenter, job.image) or not joins(job):
+            streamed = not job.commit and _streams(segmenter, job.image)
+            if job.commit or streamed or not joins(job):
                 flush()
-            if not job.commit and _streams(segmenter, job.image):
+            if streamed:
                 # Alone and in this thread, as one at a time: its probabilities go to their file while the net
                 # runs, and Ctrl-C stops it between two rows of tiles.
                 while window:

@@ -106,16 +106,17 @@ def test_batched_images_share_model_calls_and_write_what_one_at_a_time_writes(in
     assert outputs[3][:2] == outputs[1][:2] and outputs[1][1] == 9
     one, batched = outputs[1][2], outputs[3][2]
     assert _files(one).keys() == _files(batched).keys()
+
+    def mask(folder, name):  # a stack's plane is its page of the stack's mask TIFF
+        if name.startswith("stack_p"):
+            return tifffile.imread(folder / "stack_mask.tif")[int(name.removeprefix("stack_p"))]
+        return cv2.imread(str(folder / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
+
     for name in outputs[1][0]:
-        stem = "stack" if name.startswith("stack") else name
         probabilities = np.load(one / f"{name}_probabilities.npy")
         np.testing.assert_allclose(np.load(batched / f"{name}_probabilities.npy"), probabilities, atol=1e-5)
-        mask_file = f"{stem}_mask.tif" if stem == "stack" else f"{name}_mask.png"
-        masks = [tifffile.imread(f / mask_file) if stem == "stack" else cv2.imread(str(f / mask_file), -1)
-                 for f in (one, batched)]  # fmt: skip
-        undecided = np.abs(probabilities[..., 1] - instance_segmenter.settings.threshold) < 1e-5
-        assert np.array_equal(masks[0][..., ~undecided] if stem == "stack" else masks[0][~undecided],
-                              masks[1][..., ~undecided] if stem == "stack" else masks[1][~undecided])  # fmt: skip
+        decided = np.abs(probabilities[..., 1] - instance_segmenter.settings.threshold) >= 1e-5
+        assert np.array_equal(mask(one, name)[decided], mask(batched, name)[decided])
 
 
 def test_batch_images_is_refused_where_it_cannot_apply(trained_tiny_run, tmp_path):
