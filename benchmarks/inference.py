@@ -6,7 +6,9 @@ Rows, each end to end (normalisation, mirror extension, tiling, the net, softmax
   outputs) in one batch through ``tf.function(lambda x: model(x, training=False))``, softmax, stitch;
   float32 and mixed_bfloat16. **Every ratio is against this row in the same precision.**
 * kunet ``Predictor``: one ``tf.function`` per tile size, tile chosen for the fewest FLOPs (a single
-  700x700 tile for 512x512), float32 and mixed_bfloat16.
+  700x700 tile for 512x512), float32 and mixed_bfloat16; and the same with ``constant_weights=True``
+  (``--constant-weights``: the weights compiled into the graph). Each row's first call (tracing, graph
+  optimisation) is printed below the table.
 * PyTorch (``benchmarks/torch_peer.py``): the same net and the same four tiles as the Keras row, under
   ``torch.inference_mode()``, bf16 through ``torch.autocast("cpu", dtype=torch.bfloat16)``.
 * naive: the four tiles one by one through ``model.predict`` (float32), the recipe of most Keras U-Nets.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,7 +44,14 @@ from kunet.sizes import forward_flops  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 TILE, OUT = 572, 388
-SCHEMES = ("Keras tf.function", "kunet Predictor", "PyTorch", "PyTorch, autocast bf16", "naive: model.predict per tile")
+SCHEMES = (
+    "Keras tf.function",
+    "kunet Predictor",
+    "kunet Predictor, constant weights",
+    "PyTorch",
+    "PyTorch, autocast bf16",
+    "naive: model.predict per tile",
+)
 
 
 def four_tiles(image: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -84,9 +94,15 @@ def keras_predict(model):
     return predict
 
 
-def timed(function, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call (tracing, oneDNN primitive creation)."""
+# Seconds of each row's first call (tracing, graph optimisation, oneDNN primitive creation), by row name.
+FIRST_CALLS: dict[str, float] = {}
+
+
+def timed(function, repeats: int, name: str = "") -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call, whose time goes to FIRST_CALLS[name]."""
+    started = time.perf_counter()
     function()
+    FIRST_CALLS[name] = time.perf_counter() - started
     return median_ms(function, repeats) / 1000
 
 
@@ -112,10 +128,13 @@ def measure(base: int, image: np.ndarray, repeats: int) -> list[tuple[str, str, 
     rows = []
     for precision in PRECISIONS:
         net = with_precision(model, precision)
-        seconds = timed(lambda f=keras_function(net): f(image), repeats)
+        seconds = timed(lambda f=keras_function(net): f(image), repeats, f"base {base} Keras {precision}")
         rows.append(("Keras tf.function", precision, "4 x 572", four, seconds))
-        seconds = timed(lambda p=Predictor(net): p.probabilities(image), repeats)
+        seconds = timed(lambda p=Predictor(net): p.probabilities(image), repeats, f"base {base} kunet {precision}")
         rows.append(("kunet Predictor", precision, kunet_tiles, kunet_flops, seconds))
+        name = f"base {base} kunet constant weights {precision}"
+        seconds = timed(lambda p=Predictor(net, constant_weights=True): p.probabilities(image), repeats, name)
+        rows.append(("kunet Predictor, constant weights", precision, kunet_tiles, kunet_flops, seconds))
     naive = keras_predict(model)
     rows.append(("naive: model.predict per tile", "float32", "4 x 572", four, timed(lambda: naive(image), repeats)))
     for precision, scheme in zip(PRECISIONS, ("PyTorch", "PyTorch, autocast bf16")):
@@ -180,6 +199,7 @@ def main():
                   f"{share:.0f} % | {ratio:.2f}x |")  # fmt: skip
         notes.append(f"base {base}: {agreement(base, image)}")
     print("\n(vs Keras tf.function: its seconds / the row's seconds, same precision; > 1 is faster.)")
+    print("first call, s: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in FIRST_CALLS.items()))
     print("\n".join(notes))
     footer()
 

@@ -30,6 +30,13 @@ from .common import (
     user_errors,
 )
 
+CONSTANT_WEIGHTS_OPTION = typer.Option(
+    False,
+    "--constant-weights",
+    help="Compile the weights into the graph as constants (.keras models): in float32 oneDNN then keeps its own "
+    "filter layout; faster per image once compiled, several seconds slower to compile (docs/BENCHMARKS.md).",
+)
+
 
 @app.command()
 def predict(
@@ -79,6 +86,7 @@ def predict(
         "11 % less CPU per image), but probabilities then differ from one image per call in the 6th-7th digit. "
         "Not with --shard.",
     ),
+    constant_weights: bool = CONSTANT_WEIGHTS_OPTION,
 ):
     """Segment images of any size with overlap-tile prediction."""
     from kunet.imageio import READABLE_SUFFIXES
@@ -102,10 +110,12 @@ def predict(
             typer.echo(f"skipped {path}: not an image kunet reads ({', '.join(READABLE_SUFFIXES)})", err=True)
         if shard_spec is not None:
             options = {"precision": precision, "tile_size": tile_size, "mirror": mirror, "threshold": threshold}
+            # Only a set option joins the shard's settings digest: outputs of earlier runs stay complete.
             options |= {key: value for key, value in (("axes", axes), ("channel", channel)) if value is not None}
+            options |= {"constant_weights": True} if constant_weights else {}
             _predict_shard(model, model_path, plan, shard_spec, options, overwrite, (quiet, log_every), concurrency)
             return
-        segmenter = Segmenter(model, precision, TilingOptions(tile_size=tile_size), mirror, threshold)
+        segmenter = Segmenter(model, precision, TilingOptions(tile_size=tile_size), mirror, threshold, constant_weights)
         with progress_bars(quiet, log_every) as factory:
             started = time.perf_counter()
             written = predict_planned(segmenter, plan, progress=factory(_predicting(plan), len(plan.images)),
@@ -138,7 +148,8 @@ def _predict_shard(model: Path, model_path: Path, plan, shard, options: dict, ov
         segmenter = None
         if job.todo:
             tiling = TilingOptions(tile_size=options["tile_size"])
-            segmenter = Segmenter(model, options["precision"], tiling, options["mirror"], options["threshold"])
+            segmenter = Segmenter(model, options["precision"], tiling, options["mirror"], options["threshold"],
+                                  options.get("constant_weights", False))  # fmt: skip
         with progress_bars(*reporting) as factory:
             started = time.perf_counter()
             summary = job.run(segmenter, progress=factory(f"predicting shard {shard}", job.image_count),
@@ -176,6 +187,7 @@ def evaluate(
     ),
     quiet: bool = QUIET_OPTION,
     log_every: int = LOG_EVERY_OPTION,
+    constant_weights: bool = CONSTANT_WEIGHTS_OPTION,
 ):
     """Score a model on a records split: pixel, Rand and warping errors, IoU/Dice, SEG, object AP/F1."""
     from rich.console import Console
@@ -192,7 +204,7 @@ def evaluate(
             check_shards(records, [split], checksums=True)
         if out is None and uris.is_remote(model):
             fail(f"{model}: give --out for a remote model (evaluation outputs are written to a local folder)")
-        segmenter = Segmenter(model, precision, None, mirror, threshold)
+        segmenter = Segmenter(model, precision, None, mirror, threshold, constant_weights)
         counts = read_manifest(records)["counts"]
         if split not in counts:
             fail(f"{records}: no {split!r} split; these records hold {' and '.join(counts)}")

@@ -173,6 +173,27 @@ class InferenceSettings:
         }
 
 
+def _constant_weights_call(model):
+    """A ``tf.function`` computing ``model(tiles)`` with today's weights as graph constants.
+
+    The constants must sit in the graph that calls the convolutions (not be captured from an outer one):
+    only then does TensorFlow mark the filter constant and let oneDNN cache its reordered copy. One shared
+    function keeps a single copy of the weights however often the tiling code calls the net.
+    """
+    trainable = [variable.numpy() for variable in model.trainable_variables]
+    non_trainable = [variable.numpy() for variable in model.non_trainable_variables]
+
+    @tf.function(reduce_retracing=True)
+    def call(tiles):
+        logits, _ = model.stateless_call(
+            [tf.constant(value) for value in trainable], [tf.constant(value) for value in non_trainable],
+            tiles, training=False,
+        )  # fmt: skip
+        return logits
+
+    return call
+
+
 class Predictor:
     """Overlap-tile prediction with one compiled ``tf.function`` per tile size (not ``model.predict``).
 
@@ -181,6 +202,11 @@ class Predictor:
         settings: Normalisation and decision rule; defaults to the model's metadata.
         tiling: Tile size or rule, tiles per call and memory budgets (default :class:`TilingOptions`).
         test_time_mirroring: Average over the four flips (default: the settings').
+        constant_weights: Compile the weights into the graph as constants, from a snapshot taken now:
+            TensorFlow's oneDNN convolutions then keep each filter in their own blocked layout instead of
+            reading the variable's plain one every call. Faster in float32 once compiled, but the first
+            call per tile size takes several seconds more, and later changes to the model's weights are
+            not seen (make a new Predictor). See docs/BENCHMARKS.md.
 
     Example:
         >>> predictor = Predictor(model, tiling=TilingOptions(tile_size=572))
@@ -193,8 +219,11 @@ class Predictor:
         settings: InferenceSettings | None = None,
         tiling: TilingOptions | None = None,
         test_time_mirroring: bool | None = None,
+        constant_weights: bool = False,
     ):
         self.model = model
+        self.constant_weights = constant_weights
+        self._model_call = _constant_weights_call(model) if constant_weights else None
         self.settings = settings or InferenceSettings.from_metadata(getattr(model, "metadata", {}))
         self.tiling = tiling or TilingOptions()
         if test_time_mirroring is None:
@@ -225,6 +254,8 @@ class Predictor:
         stride_hw = (plan.output_hw[0], plan.stride_hw[1]) if strip else plan.stride_hw
 
         def model_fn(tiles):
+            if self._model_call is not None:
+                return self._model_call(tiles)
             return model(tiles, training=False)
 
         def predict(image):

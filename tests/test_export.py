@@ -73,6 +73,8 @@ def test_export_loads_in_a_separate_process_and_both_signatures_match_predict(tr
     printed = [json.loads(line) for line in result.stdout.strip().splitlines() if line.startswith("{")]
     assert len(printed) == len(images)
     segmenter = Segmenter(trained_run)
+    with pytest.raises(ValueError, match="constant weights are for .keras models"):
+        Segmenter(version_dir, constant_weights=True)
     for index, (source, image) in enumerate(images.items()):
         shape = image.shape
         assert printed[index] == {"probabilities": [1, *shape, 2], "labels": [1, *shape], "classes": [1, *shape]}

@@ -149,6 +149,32 @@ def test_the_cli_reports_images_per_second_and_concurrency_0_is_the_same(trained
     assert f"Default: {predict_files.DEFAULT_CONCURRENCY}." in shown  # the help says the library's default
 
 
+def test_constant_weights_write_the_probabilities_and_masks_of_variable_weights(trained_tiny_run, tmp_path):
+    inputs = _inputs(tmp_path, sizes=((96, 96), (64, 80)))
+    outputs = {}
+    for flags in ((), ("--constant-weights",)):
+        out = tmp_path / f"out{len(flags)}"
+        args = ["predict", str(trained_tiny_run), *map(str, inputs), "--out", str(out), "--probabilities", "npy",
+                "--quiet", *flags]  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs[flags] = out
+    probabilities = sorted(outputs[()].glob("*.npy"))
+    assert len(probabilities) == 6  # 2 PNGs, the stack's 3 planes and the lone PNG
+    threshold = Segmenter(trained_tiny_run).settings.threshold
+    for path in probabilities:
+        variable, constant = np.load(path), np.load(outputs[("--constant-weights",)] / path.name)
+        np.testing.assert_allclose(constant, variable, atol=2e-5)
+        if path.name.startswith("stack"):
+            continue  # the stack's masks are one TIFF, compared below
+        masks = [cv2.imread(str(out / path.name.replace("_probabilities.npy", "_mask.png")), cv2.IMREAD_UNCHANGED)
+                 for out in outputs.values()]  # fmt: skip
+        clear = np.abs(variable[..., -1] - threshold) > 1e-4
+        assert masks[0] is not None and np.array_equal(masks[0][clear], masks[1][clear])
+    stacks = [tifffile.imread(out / "stack_mask.tif") for out in outputs.values()]
+    assert stacks[0].shape == (3, 56, 56) and np.mean(stacks[0] != stacks[1]) < 1e-3
+
+
 def test_an_unreadable_image_stops_the_run_after_every_image_before_it(trained_tiny_run, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
