@@ -52,7 +52,9 @@ def predict(
     ),
     threshold: float = typer.Option(None, help="Foreground probability threshold (default: the model's)."),
     probabilities: ProbabilityFormat = typer.Option(
-        None, help="Also write probabilities: tif (foreground) or npy (all classes)."
+        None,
+        help="Also write probabilities: tif (foreground), npy (all classes) or cut (the foreground with the decision "
+        "rule's watershed lines at 0: one map for the ISBI 2012 leaderboard's threshold sweeps, as Table 1 scored it).",
     ),
     mask_format: MaskFormat = typer.Option(
         "png", help="Mask file format (a TIFF stack's masks are always one ImageJ TIFF stack)."
@@ -267,7 +269,8 @@ def _objects_table(objects: dict):
 
 _LEADERBOARD_NOTES = (
     "ISBI rows: the challenge's Fiji definitions, the whole split as one stack (kunet.metrics.leaderboard);",
-    "  probs = the probability map swept over thresholds, decision = the stored rule's binary mask:",
+    "  probs = the probability map swept over thresholds, decision = the stored rule's binary mask,",
+    "  cut map = probs with the rule's watershed lines (flooded to p = 0) set to 0, swept like probs:",
     "  pixel err = 1 - max F of pixel similarity over thresholds (whole-stack counts);",
     "  Rand err = 1 - max F of the foreground-restricted Rand index (N^2 pairs, whole-stack counts);",
     "  warping = min over thresholds of split + merger pixels / all pixels;",
@@ -290,12 +293,20 @@ def _leaderboard_table(report: dict):
     for column in ("pixel", "Rand", "warping", "V_rand", "V_info"):
         table.add_column(column, justify="right", no_wrap=True)
     keys = ("pixel_error", "rand_error", "warping_error", "v_rand", "v_info")
-    for name, caption in (("probabilities", "ISBI, probs"), ("decision", "ISBI, decision")):
-        table.add_row(caption, *[f"{board[name][k]:.6f}" for k in keys])
+    for name, caption in (
+        ("probabilities", "ISBI, probs"),
+        ("decision", "ISBI, decision"),
+        ("cut_map", "ISBI, cut map"),
+    ):
+        if name in board:
+            table.add_row(caption, *[f"{board[name][k]:.6f}" for k in keys])
     own = ("pixel_error", "adapted_rand_error", "warping_error")
     table.add_row("kunet, decision", *[f"{mean[k]:.6f}" if k in mean else "-" for k in own], "-", "-")
-    best = board["probabilities"]
-    table.caption = "best thresholds (probs): " + ", ".join(f"{best[k + '_threshold']:.1f}" for k in keys)
+    table.caption = "\n".join(
+        f"best thresholds ({caption}): " + ", ".join(f"{board[name][k + '_threshold']:.1f}" for k in keys)
+        for name, caption in (("probabilities", "probs"), ("cut_map", "cut map"))
+        if name in board
+    )
     return table
 
 
@@ -306,7 +317,8 @@ def tune(
     objective: Objective = typer.Option(
         "rand",
         help="What the sweep optimises: rand (V_rand grown), rand+pixel (their sum), rand_raw, pixel, iou, seg, "
-        "ap (object AP at IoU 0.5), ap50_95 (AP averaged over IoU 0.5:0.05:0.95).",
+        "ap (object AP at IoU 0.5), ap50_95 (AP averaged over IoU 0.5:0.05:0.95), leaderboard (ISBI 2012: Table 1's "
+        "Rand + pixel error of the rule's cut map, the split as one stack; then rand+pixel among equals).",
     ),
     records: str = RECORDS_OPTION,
     mirror: bool = typer.Option(False, "--mirror", help="Tune with (and store) test-time mirroring."),
@@ -341,6 +353,7 @@ def tune(
             f"IoU {row['iou']:.4f} V_rand {row['adapted_rand_error']:.4f} grown {row['adapted_rand_error_grown']:.4f}"
             + (f" SEG {row['seg']:.4f}" if "seg" in row else "")
             + (f" AP50 {row['ap50']:.4f}" if "ap50" in row else "")
+            + (f" cut map {row['leaderboard_cut_map']:.4f}" if "leaderboard_cut_map" in row else "")
             + mark
         )
     chosen = result["chosen"]

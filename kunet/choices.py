@@ -26,11 +26,13 @@ OBJECTIVES = {
     "seg": ("seg", False),
     "ap": ("ap50", False),
     "ap50_95": ("ap50_95", False),
+    # ISBI 2012: Table 1's Rand + pixel error of the rule's cut map over the split as one stack (kunet.tune).
+    "leaderboard": ("leaderboard_cut_map", True),
 }
 
 # kunet.predict_files: file formats of the masks and of the probabilities prediction writes.
 MASK_FORMATS = ("png", "tif")
-PROBABILITY_FORMATS = ("tif", "npy")
+PROBABILITY_FORMATS = ("tif", "npy", "cut")
 
 # kunet.synthetic: the data sets ``kunet synth`` writes (write_em_dataset, write_cells_dataset).
 SYNTHETIC_KINDS = ("em", "cells")

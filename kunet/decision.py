@@ -187,6 +187,21 @@ class DecisionRule:
             mask &= ~cut.numpy()
         return mask.astype(np.uint8)
 
+    def cut_map(self, probabilities: np.ndarray) -> np.ndarray:
+        """p(foreground), float32 [H, W], with the rule's cut lines set to 0, flooded down to p = 0.
+
+        One map that serves both of the ISBI 2012 leaderboard's sweeps: thresholded at 0 it is every pixel but
+        the 1-px lines between seeds (thin membranes, what its Rand error rewards); thresholded higher it is
+        the plain map cut (what its pixel error rewards). The 2015 leaderboard scored one such map per method
+        (:mod:`kunet.metrics.leaderboard`). A rule that cuts nothing returns p(foreground).
+        """
+        foreground = np.asarray(self.foreground(probabilities), np.float32)
+        if not self.step.cuts:
+            return foreground
+        interior = np.asarray(self.interior(probabilities), np.float32)
+        cut = _cut(self.step, foreground, interior, 0.0, self.seed_threshold, 0.0, True, self.smoothing)
+        return np.where(cut.numpy(), np.float32(0.0), foreground)
+
     def tf_classes(self, probabilities):
         """Class indices, int32 [H, W], of probabilities [H, W, K] inside a TensorFlow graph."""
         import tensorflow as tf

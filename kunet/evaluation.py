@@ -101,7 +101,8 @@ def _score_split(
         segmentation = segmenter.segment(frame["image"])
         classes = segmentation.classes
         if leaderboard:
-            stacks[frame["frame_id"]] = (segmentation.probabilities[..., 1], classes, frame["classes"])
+            cut_map = segmenter.rule.cut_map(segmentation.probabilities) if segmenter.rule.step.cuts else None
+            stacks[frame["frame_id"]] = (segmentation.probabilities[..., 1], classes, frame["classes"], cut_map)
         per_frame[frame["frame_id"]] = score_frame(classes, frame, decided_classes, label_kind, min_object_size,
                                                    warping=True)  # fmt: skip
         objects = frame_objects(classes, frame, label_kind, min_object_size) if decided_classes == 2 else None
@@ -138,7 +139,8 @@ def _score_split(
 def _leaderboard(stacks: dict) -> dict:
     """The leaderboard scores of the split's frames, stacked in frame order (Fiji scores one stack)."""
     frames = [stacks[frame_id] for frame_id in sorted(stacks)]
-    if len({truth.shape for _, _, truth in frames}) != 1:
+    if len({truth.shape for _, _, truth, _ in frames}) != 1:
         raise LeaderboardLabelError("--leaderboard needs frames of one size (the challenge scores one stack)")
-    probabilities, decided, truth = (np.stack(parts) for parts in zip(*frames, strict=True))
-    return {"frames": sorted(stacks), **leaderboard_scores(probabilities, decided, truth)}
+    probabilities, decided, truth = (np.stack(parts) for parts in list(zip(*frames, strict=True))[:3])
+    cut_maps = None if frames[0][3] is None else np.stack([frame[3] for frame in frames])
+    return {"frames": sorted(stacks), **leaderboard_scores(probabilities, decided, truth, cut_maps)}

@@ -100,6 +100,8 @@ class PredictionPlan:
         paths = {"mask": self.out / f"{whole}_mask.{mask_format}", "instances": self.out / f"{whole}_instances.tif"}
         if self.probabilities == "tif":
             paths["probability"] = self.out / f"{whole}_probability.tif"
+        elif self.probabilities == "cut":
+            paths["probability"] = self.out / f"{whole}_cut_map.tif"
         elif self.probabilities == "npy":
             paths["probabilities"] = self.out / f"{name}_probabilities.npy"
         if self.overlays:
@@ -112,7 +114,8 @@ def check_output_options(mask_format: str, probabilities: str | None) -> None:
         raise PredictionInputError(f"--mask-format must be png or tif, got {mask_format!r}")
     if probabilities is not None and probabilities not in PROBABILITY_FORMATS:
         raise PredictionInputError(
-            f"--probabilities must be tif (foreground probability) or npy (all classes), got {probabilities!r}"
+            f"--probabilities must be tif (foreground probability), npy (all classes) or cut (the foreground "
+            f"probability with the decision rule's cut lines at 0), got {probabilities!r}"
         )
 
 
@@ -242,10 +245,11 @@ def _probability_writer(plan: PredictionPlan, paths: dict[str, Path], shape: tup
     if plan.probabilities is None:
         return None
     height, width = shape
-    path = paths["probability" if plan.probabilities == "tif" else "probabilities"]
+    path = paths["probabilities" if plan.probabilities == "npy" else "probability"]
+    rule = _CutMaps(rule) if plan.probabilities == "cut" else rule
 
     def save(temporary: Path, strips) -> None:
-        if plan.probabilities == "tif":
+        if plan.probabilities != "npy":
             write_float_strips(temporary, height, width, (rule.foreground(strip) for strip in strips))
         else:
             write_npy_strips(temporary, (height, width, classes), np.float32, strips)
@@ -387,15 +391,32 @@ def _jobs(plan: PredictionPlan, channels: int, depth: int, opened: list[_Stacks]
 def _probability_sink(segmenter: Segmenter, plan: PredictionPlan, job: _Job, paths: dict[str, Path]):
     """Where ``job``'s probability strips go: its file, its plane of the stack's probability TIFF, or None."""
     hw = job.image.shape[:2]
-    if job.stacks is not None and plan.probabilities == "tif":
+    if job.stacks is not None and plan.probabilities in ("tif", "cut"):
         probability = job.stacks.file("probability", paths["probability"], hw, np.float32)
-        return lambda strips: probability.put_strips(job.index, strips, segmenter.rule)
+        rule = _CutMaps(segmenter.rule) if plan.probabilities == "cut" else segmenter.rule
+        return lambda strips: probability.put_strips(job.index, strips, rule)
     return _probability_writer(plan, paths, hw, segmenter.rule, segmenter.num_classes)
+
+
+class _CutMaps:
+    """A decision rule whose ``foreground`` of whole-image probabilities is the rule's cut map (what
+    ``--probabilities cut`` writes; :meth:`kunet.decision.DecisionRule.cut_map`)."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def foreground(self, probabilities: np.ndarray) -> np.ndarray:
+        return self.rule.cut_map(probabilities)
 
 
 def _compute(segmenter: Segmenter, plan: PredictionPlan, job: _Job) -> None:
     """Predicts ``job``'s image into ``job.result``; an image above :data:`STREAMING_PIXELS` is streamed, its
     probabilities written strip by strip as they come."""
+    if _streams(segmenter, job.image) and plan.probabilities == "cut":
+        raise PredictionInputError(
+            f"{job.item.path}: --probabilities cut needs the whole probability map at once, and this image "
+            f"({job.image.shape[0]}x{job.image.shape[1]}) is predicted a row of tiles at a time"
+        )
     if _streams(segmenter, job.image):
         sink = _probability_sink(segmenter, plan, job, plan.output_paths(job.item.name, job.item.stack))
         job.result = segmenter.segment_streaming(job.image, sink)

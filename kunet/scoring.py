@@ -201,8 +201,11 @@ class LeaderboardLabelError(KunetError):
     """Labels or predictions the ISBI 2012 leaderboard metrics cannot score (they need binary labels)."""
 
 
-def leaderboard_scores(cell_probabilities: np.ndarray, decided: np.ndarray, truth: np.ndarray) -> dict[str, dict]:
-    """The five leaderboard scores of a stack, on the probability map and on the model's decision.
+def leaderboard_scores(
+    cell_probabilities: np.ndarray, decided: np.ndarray, truth: np.ndarray, cut_maps: np.ndarray | None = None
+) -> dict[str, dict]:
+    """The five leaderboard scores of a stack, on the probability map and on the model's decision (and on the
+    cut map, if given).
 
     Args:
         cell_probabilities: p(cell) [S, H, W] (class 1 of a two-class net), swept over Fiji's thresholds
@@ -210,16 +213,21 @@ def leaderboard_scores(cell_probabilities: np.ndarray, decided: np.ndarray, trut
         decided: The stored decision rule's classes [S, H, W] (nonzero = cell), scored at the single
             threshold 0.0, as the challenge's script scores binary proposals.
         truth: True classes [S, H, W] (nonzero = cell, 0 = membrane).
+        cut_maps: p(cell) [S, H, W] with the rule's watershed lines set to 0
+            (:meth:`kunet.decision.DecisionRule.cut_map`), swept like the probability map.
 
     Returns:
-        ``{"probabilities": {...}, "decision": {...}}``, each with the five values and ``<name>_threshold``
-        (the first threshold reaching it).
+        ``{"probabilities": {...}, "decision": {...}}`` (and ``"cut_map"``), each with the five values and
+        ``<name>_threshold`` (the first threshold reaching it).
     """
     report = {}
-    for name, proposal, sweep, warping_sweep in (
+    proposals = [
         ("probabilities", cell_probabilities, metrics.THRESHOLDS, metrics.WARPING_THRESHOLDS),
         ("decision", (decided > 0).astype(np.float32), metrics.BINARY_THRESHOLDS, metrics.BINARY_THRESHOLDS),
-    ):
+    ]
+    if cut_maps is not None:
+        proposals.append(("cut_map", cut_maps, metrics.THRESHOLDS, metrics.WARPING_THRESHOLDS))
+    for name, proposal, sweep, warping_sweep in proposals:
         v_rand, v_info = metrics.leaderboard_thinned_scores(proposal, truth, sweep)
         results = {
             "pixel_error": metrics.leaderboard_pixel_error(proposal, truth, sweep),

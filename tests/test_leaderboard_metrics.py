@@ -260,6 +260,41 @@ def test_evaluate_leaderboard_reports_both_rows_and_leaves_the_plain_report_alon
     assert "kunet, decision" in result.output and "1 - max F of pixel similarity" in result.output
 
 
+def test_evaluate_leaderboard_adds_the_cut_map_of_a_watershed_rule(trained_tiny_run, tiny_records, tmp_path):
+    import json
+
+    from kunet_cli.main import app
+    from typer.testing import CliRunner
+
+    from kunet.decision import DecisionRule
+    from kunet.records import iterate_frames
+    from kunet.segmenter import Segmenter
+    from kunet.tune import store_settings
+
+    _, records = tiny_records
+    model = tmp_path / "watershed.keras"
+    model.write_bytes((trained_tiny_run / "best.keras").read_bytes())
+    rule = {"threshold": 0.4, "postprocess": "watershed", "seed_threshold": 0.6, "seed_smoothing": 1.0}
+    store_settings(model, rule)
+    toml = tmp_path / "tiny.toml"
+    toml.write_text('name = "tiny"\n[model]\nbase_filters = 4\ndepth = 2\n[train]\ntile_size = 124\n')
+    args = ["evaluate", str(model), str(toml), "--records", str(records), "--out", str(tmp_path / "e"), "--leaderboard"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ISBI, cut map" in result.output and "best thresholds (cut map)" in result.output
+    board = json.loads((tmp_path / "e" / "scores.json").read_text())["leaderboard"]
+    # The row scores the stored rule's cut map of each frame, stacked in frame order.
+    segmenter = Segmenter(model)
+    assert DecisionRule.of(segmenter.settings) == DecisionRule(0.4, "watershed", 0.6, False, 1.0)
+    frames = sorted(iterate_frames(records, "val"), key=lambda frame: frame["frame_id"])
+    cut_maps = np.stack([segmenter.rule.cut_map(segmenter.probabilities(frame["image"])) for frame in frames])
+    truth = np.stack([frame["classes"] for frame in frames])
+    assert (cut_maps == 0).any()
+    expected = leaderboard_rand_error(cut_maps, truth)
+    assert board["cut_map"]["rand_error"] == pytest.approx(expected.value, abs=1e-12)
+    assert board["cut_map"]["pixel_error"] == pytest.approx(leaderboard_pixel_error(cut_maps, truth).value, abs=1e-12)
+
+
 def test_leaderboard_refuses_labels_that_are_not_binary():
     from kunet.evaluation import _check_leaderboard_labels
     from kunet.scoring import LeaderboardLabelError

@@ -299,3 +299,38 @@ def test_a_streamed_image_runs_alone_and_streams_as_before(trained_tiny_run, tmp
         files[concurrency] = _files(out)
     assert files[2] == files[0] and len(files[0]) == 18
     assert len(overlaps) == 12 and not any(overlaps)  # no image predicted while a streamed one was
+
+
+def test_cut_maps_are_written_per_image_and_per_stack_and_refused_for_streamed_images(
+    trained_tiny_run, tmp_path, monkeypatch
+):
+    from kunet.predict_files import PredictionInputError
+    from kunet.tune import store_settings
+
+    model = tmp_path / "watershed.keras"
+    model.write_bytes((trained_tiny_run / "best.keras").read_bytes())
+    store_settings(model, {"threshold": 0.4, "postprocess": "watershed", "seed_threshold": 0.6, "seed_smoothing": 0})
+    inputs = _inputs(tmp_path, sizes=((96, 96), (64, 80)))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(model), *map(str, inputs), "--out", str(out), "--probabilities", "cut",
+                                 "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    segmenter = Segmenter(model)
+    images = sorted((inputs[0]).glob("img*.png")) + [inputs[1]]
+    lines = 0
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        expected = segmenter.rule.cut_map(segmenter.probabilities(image))
+        written = tifffile.imread(out / f"{path.stem}_cut_map.tif")
+        assert written.dtype == np.float32
+        np.testing.assert_array_equal(written, expected)
+        lines += int((written == 0).sum())
+    assert lines > 0  # the watershed cut somewhere, so the maps are not plain p(cell)
+    planes = tifffile.imread(inputs[0] / "stack.tif")
+    written = tifffile.imread(out / "stack_cut_map.tif")
+    assert written.shape == planes.shape and written.dtype == np.float32
+    for plane, page in zip(planes, written, strict=True):
+        np.testing.assert_array_equal(page, segmenter.rule.cut_map(segmenter.probabilities(plane)))
+    monkeypatch.setattr(predict_files, "STREAMING_PIXELS", 64 * 64)  # the 96x96 images stream
+    with pytest.raises(PredictionInputError, match="img0.png: --probabilities cut needs the whole probability map"):
+        predict_files.predict_files(segmenter, [inputs[0]], tmp_path / "streamed", probabilities="cut", concurrency=0)
