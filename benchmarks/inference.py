@@ -136,7 +136,8 @@ def measure(base: int, image: np.ndarray, repeats: int) -> list[tuple[str, str, 
         seconds = timed(lambda p=Predictor(net, constant_weights=True): p.probabilities(image), repeats, name)
         rows.append(("kunet Predictor, constant weights", precision, kunet_tiles, kunet_flops, seconds))
     naive = keras_predict(model)
-    rows.append(("naive: model.predict per tile", "float32", "4 x 572", four, timed(lambda: naive(image), repeats)))
+    seconds = timed(lambda: naive(image), repeats, f"base {base} model.predict float32")
+    rows.append(("naive: model.predict per tile", "float32", "4 x 572", four, seconds))
     for precision, scheme in zip(PRECISIONS, ("PyTorch", "PyTorch, autocast bf16")):
         seconds = None
         if torch_peer.version() is not None:

@@ -29,7 +29,8 @@ compared byte for byte.
 
 Usage: ``.venv/bin/python benchmarks/predict_throughput.py`` (64 images, base 64: about 20 minutes on two
 quiet cores), ``--base32``, ``--quick`` (16 images, base 32, 2 rounds, while developing), ``--precision
-mixed_bfloat16`` (``kunet predict --precision mixed_bfloat16``; float32 by default, as ``kunet predict``).
+mixed_bfloat16`` (``kunet predict --precision mixed_bfloat16``; float32 by default, as ``kunet predict``),
+``--constant-weights`` (every mode, and the warm-up, with ``kunet predict --constant-weights``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main() -> None:
                         help=f"Throughput mode's concurrency (repeatable; default {DEFAULT_CONCURRENCY}).")  # fmt: skip
     parser.add_argument("--batch-images", type=int, action="append", default=[],
                         help="Also time throughput mode with this many images per call (repeatable).")  # fmt: skip
+    parser.add_argument("--constant-weights", action="store_true",
+                        help="Every mode with the weights compiled in (kunet predict --constant-weights).")  # fmt: skip
     args = parser.parse_args()
     count = args.images or (16 if args.quick else 64)
     rounds = args.rounds or (2 if args.quick else 4)
@@ -103,7 +106,8 @@ def main() -> None:
     timing.header("kunet predict on a folder: throughput mode vs one image at a time")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"{count} synthetic {args.size}x{args.size} uint8 PNGs in {rounds} rounds of {per_round}; paper U-Net, "
-          f"base {base}, untrained, {args.precision}; outputs per image: mask PNG + overlay PNG")  # fmt: skip
+          f"base {base}, untrained, {args.precision}{', constant weights' * args.constant_weights}; "
+          f"outputs per image: mask PNG + overlay PNG")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="kunet-throughput-") as scratch:
         root = Path(scratch)
@@ -112,7 +116,7 @@ def main() -> None:
         write_images(root / "singles", count, rounds + 1, args.size)  # not in the folders
         singles = sorted((root / "singles").iterdir())
         UNet(base_filters=base, seed=0).save(root / "model.keras")
-        segmenter = Segmenter(root / "model.keras", precision=args.precision)
+        segmenter = Segmenter(root / "model.keras", precision=args.precision, constant_weights=args.constant_weights)
         predict_files(segmenter, [singles[0]], root / "warm-up", concurrency=0)  # tracing, oneDNN primitives
 
         latencies: list[tuple[float, float]] = []

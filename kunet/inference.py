@@ -204,9 +204,9 @@ class Predictor:
         test_time_mirroring: Average over the four flips (default: the settings').
         constant_weights: Compile the weights into the graph as constants, from a snapshot taken now:
             TensorFlow's oneDNN convolutions then keep each filter in their own blocked layout instead of
-            reading the variable's plain one every call. Faster in float32 once compiled, but the first
-            call per tile size takes several seconds more, and later changes to the model's weights are
-            not seen (make a new Predictor). See docs/BENCHMARKS.md.
+            reading the variable's plain one every call. Faster in float32 once compiled (slower in
+            mixed_bfloat16 on the AMX machine), but the first call per tile size takes about 10 s more, and
+            later changes to the model's weights are not seen (make a new Predictor). See docs/BENCHMARKS.md.
 
     Example:
         >>> predictor = Predictor(model, tiling=TilingOptions(tile_size=572))
@@ -312,7 +312,9 @@ class Predictor:
         Memory is bounded by ``streaming_memory_mb`` (tiles and strip buffers), not by the image: the
         whole-image statistics are computed a block at a time and each strip is normalised on its own
         (with those statistics), so no float copy of the image is ever made. The concatenated strips equal
-        :meth:`probabilities` (to float tolerance).
+        :meth:`probabilities` (to float tolerance) without test-time mirroring. With it they are a mirrored
+        average too, but not the same one: a strip flipped upside down is pooled on its own 16-px grid, not on
+        the grid of the whole image flipped, so the two can differ (by up to 0.28 for an untrained net).
 
         Args:
             image: Raw image [H, W] or [H, W, C] (may be a memory-mapped array).
