@@ -174,21 +174,29 @@ class InferenceSettings:
 
 
 def _constant_weights_call(model):
-    """A ``tf.function`` computing ``model(tiles)`` with today's weights as graph constants.
+    """A ``tf.function`` computing ``model(tiles)`` with today's filters as graph constants.
 
-    The constants must sit in the graph that calls the convolutions (not be captured from an outer one):
-    only then does TensorFlow mark the filter constant and let oneDNN cache its reordered copy. One shared
-    function keeps a single copy of the weights however often the tiling code calls the net.
+    The filters must sit in the graph that calls the convolutions (not be captured from an outer one): only
+    then does TensorFlow mark a filter constant and let oneDNN cache its reordered copy. Biases and other
+    vectors are eager tensors the function captures (TensorFlow embeds the small ones itself): made with
+    ``tf.constant`` inside the function they left oneDNN's convolutions without their fused bias and ReLU
+    (``ONEDNN_VERBOSE``: ``bia:undef``, tested), for a reason not found. One shared function keeps a single
+    copy of the weights however often the tiling code calls the net.
     """
-    trainable = [variable.numpy() for variable in model.trainable_variables]
-    non_trainable = [variable.numpy() for variable in model.non_trainable_variables]
+
+    def snapshot(variables):
+        # Kernels (rank > 1) become constants when traced; vectors are captured now, as eager tensors.
+        values = [variable.numpy() for variable in variables]
+        return [value if value.ndim > 1 else tf.constant(value) for value in values]
+
+    trainable, non_trainable = snapshot(model.trainable_variables), snapshot(model.non_trainable_variables)
+
+    def in_graph(values):
+        return [tf.constant(value) if isinstance(value, np.ndarray) else value for value in values]
 
     @tf.function(reduce_retracing=True)
     def call(tiles):
-        logits, _ = model.stateless_call(
-            [tf.constant(value) for value in trainable], [tf.constant(value) for value in non_trainable],
-            tiles, training=False,
-        )  # fmt: skip
+        logits, _ = model.stateless_call(in_graph(trainable), in_graph(non_trainable), tiles, training=False)
         return logits
 
     return call
@@ -204,9 +212,9 @@ class Predictor:
         test_time_mirroring: Average over the four flips (default: the settings').
         constant_weights: Compile the weights into the graph as constants, from a snapshot taken now:
             TensorFlow's oneDNN convolutions then keep each filter in their own blocked layout instead of
-            reading the variable's plain one every call. Faster in float32 once compiled (slower in
-            mixed_bfloat16 on the AMX machine), but the first call per tile size takes about 10 s more, and
-            later changes to the model's weights are not seen (make a new Predictor). See docs/BENCHMARKS.md.
+            reading the variable's plain one every call. Faster once compiled, but the first call per tile
+            size takes about 9 s more, and later changes to the model's weights are not seen (make a new
+            Predictor). See docs/BENCHMARKS.md.
 
     Example:
         >>> predictor = Predictor(model, tiling=TilingOptions(tile_size=572))

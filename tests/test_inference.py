@@ -152,9 +152,8 @@ def test_percentile_settings_travel_in_the_model_and_streaming_normalises_alike(
 
 def _filter_inputs(concrete_function) -> list[str]:
     """The op types feeding each convolution's filter in a traced function, looking through Identity."""
-    graph = concrete_function.graph
     kinds = []
-    for op in graph.get_operations():
+    for op in concrete_function.graph.get_operations():
         if op.type in ("Conv2D", "Conv2DBackpropInput"):
             source = op.inputs[1].op
             while source.type == "Identity":
@@ -196,3 +195,42 @@ def test_constant_weights_are_a_snapshot_taken_when_the_predictor_is_made():
     after = Predictor(net, tiling=tiling, constant_weights=True).probabilities(image)
     assert np.abs(after - before).max() > 0.1
     np.testing.assert_allclose(after, Predictor(net, tiling=tiling).probabilities(image), atol=2e-5)
+
+
+_ONEDNN_PRIMITIVES = """
+import sys
+import numpy as np
+from kunet.inference import Predictor
+from kunet.model import UNet
+from kunet.tiling import TilingOptions
+net = UNet(base_filters=16, depth=2, seed=0)
+predictor = Predictor(net, tiling=TilingOptions(tile_size=124), constant_weights=sys.argv[1] == "constant")
+image = np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)
+for _ in range(2):
+    predictor.probabilities(image)
+"""
+
+
+def test_constant_weights_give_onednn_blocked_filters_and_keep_bias_and_relu_fused():
+    """Checked against oneDNN itself (ONEDNN_VERBOSE): with constant weights every 3x3 convolution gets a filter
+    in oneDNN's blocked layout, and still has its bias and ReLU fused, as the variable path has."""
+    import os
+    import subprocess
+    import sys
+
+    layouts = {}
+    for mode in ("variable", "constant"):
+        environment = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        result = subprocess.run([sys.executable, "-c", _ONEDNN_PRIMITIVES, mode], capture_output=True, text=True,
+                                env=environment, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        convolutions = [line for line in result.stdout.splitlines()
+                        if ",exec,cpu,convolution," in line and "kh3" in line]  # fmt: skip
+        if not convolutions:
+            pytest.skip("TensorFlow does not run its convolutions through oneDNN here")
+        layouts[mode] = convolutions
+    plain = [line for line in layouts["variable"] if "wei:f32::blocked:cdba" in line]
+    assert plain and len(plain) == len(layouts["variable"])  # the variable's own layout, every call
+    for line in layouts["constant"]:
+        assert "wei:f32:a:blocked:" in line and "cdba" not in line, line
+        assert "bia:f32" in line and "eltwise_relu" in line, line
