@@ -401,7 +401,7 @@ def test_library_functions_refuse_a_name_outside_their_choices(tmp_path):
 
     cases = [
         (lambda: check_output_options("jpg", None), "--mask-format must be png or tif, got 'jpg'"),
-        (lambda: check_output_options("png", "png"), "--probabilities must be tif (foreground probability) or npy"),
+        (lambda: check_output_options("png", "png"), "--probabilities must be tif (foreground probability), npy"),
         (lambda: check_prediction_options("fp8", 0, None), "--precision must be one of"),
         (lambda: make_strategy("tpu"), "unknown strategy 'tpu' (default, mirrored, multiworker)"),
         (lambda: tune(tmp_path, tmp_path, "dice"), "objective must be one of"),
