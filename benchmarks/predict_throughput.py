@@ -7,7 +7,8 @@ loaded once through :class:`kunet.Segmenter`, as ``kunet predict`` loads it. Eve
 (mask PNG and overlay PNG), and includes: listing and checking the inputs and the output folder, reading and
 decoding each PNG, normalisation, the net (the tile chosen per image: one 700x700 tile for 512x512), the
 decision rule, drawing the overlay, and encoding and atomically writing both PNGs. Not included: Python and
-TensorFlow start-up, model loading and the first call's tracing (a warm-up call on another image does them).
+TensorFlow start-up, model loading and the first call's tracing (warm-up calls on other images do them, for
+one image per call and for each ``--batch-images``).
 
 * (a) single-image latency: one ``predict_files`` call for one image, one image at a time (``concurrency=0``);
   the median over the rounds. The single-image rate is 1 / (a); "(a) x N" is N images predicted so.
@@ -118,6 +119,10 @@ def main() -> None:
         UNet(base_filters=base, seed=0).save(root / "model.keras")
         segmenter = Segmenter(root / "model.keras", precision=args.precision, constant_weights=args.constant_weights)
         predict_files(segmenter, [singles[0]], root / "warm-up", concurrency=0)  # tracing, oneDNN primitives
+        if args.batch_images:  # the batched functions compile on their first call too (seconds with constant weights)
+            write_images(root / "warm-batches", count + rounds + 1, max(args.batch_images), args.size)
+            for batch in sorted(set(args.batch_images)):
+                predict_files(segmenter, [root / "warm-batches"], root / f"warm-up-{batch}", batch_images=batch)
 
         latencies: list[tuple[float, float]] = []
         totals = {label: [0.0, 0.0] for label in modes}  # wall, CPU seconds over the rounds
