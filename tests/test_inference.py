@@ -227,7 +227,9 @@ def test_constant_weights_give_onednn_blocked_filters_and_keep_bias_and_relu_fus
         convolutions = [line for line in result.stdout.splitlines()
                         if ",exec,cpu,convolution," in line and "kh3" in line]  # fmt: skip
         if not convolutions:
-            pytest.skip("TensorFlow does not run its convolutions through oneDNN here")
+            verbose = sum(line.startswith("onednn_verbose") for line in result.stdout.splitlines())
+            pytest.skip(f"no oneDNN 3x3 convolution in the {mode} run's log ({verbose} oneDNN lines; "
+                        f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')!r})")  # fmt: skip
         layouts[mode] = convolutions
     plain = [line for line in layouts["variable"] if "wei:f32::blocked:cdba" in line]
     assert plain and len(plain) == len(layouts["variable"])  # the variable's own layout, every call
