@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -18,6 +19,9 @@ bioimageio_core = pytest.importorskip("bioimageio.core")
 @pytest.mark.slow
 def test_a_package_passes_the_official_bioimageio_model_test(trained_tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # bioimageio.core unzips the weights into ./bioimageio_unzipped_tf_weights
+    # bioimageio.core sets TF_ENABLE_ONEDNN_OPTS=0 in this process's environment for good; restore it afterwards,
+    # or every later subprocess of this test worker runs TensorFlow without oneDNN.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
     lines = []
     info = PackageInfo(name="kunet tiny blobs", description="Bright disks.", authors=["kunet tests"])
     package = write_package(trained_tiny_run, tmp_path / "tiny.zip", info, log=lines.append)

@@ -220,7 +220,8 @@ def test_constant_weights_give_onednn_blocked_filters_and_keep_bias_and_relu_fus
 
     layouts = {}
     for mode in ("variable", "constant"):
-        environment = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        # TensorFlow's default, pinned: a library run earlier in this process may have switched oneDNN off.
+        environment = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
         result = subprocess.run([sys.executable, "-c", _ONEDNN_PRIMITIVES, mode], capture_output=True, text=True,
                                 env=environment, timeout=300)  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
