@@ -195,10 +195,14 @@ class DecisionRule:
         the plain map cut (what its pixel error rewards). The 2015 leaderboard scored one such map per method
         (:mod:`kunet.metrics.leaderboard`). A rule that cuts nothing returns p(foreground).
         """
-        foreground = np.asarray(self.foreground(probabilities), np.float32)
+        return self.cut_map_from_maps(self.foreground(probabilities), self.interior(probabilities))
+
+    def cut_map_from_maps(self, foreground: np.ndarray, interior: np.ndarray) -> np.ndarray:
+        """:meth:`cut_map` from p(foreground) and p(interior) [H, W] (as :meth:`decide_maps` takes them)."""
+        foreground = np.asarray(foreground, np.float32)
         if not self.step.cuts:
             return foreground
-        interior = np.asarray(self.interior(probabilities), np.float32)
+        interior = np.asarray(interior, np.float32)
         cut = _cut(self.step, foreground, interior, 0.0, self.seed_threshold, 0.0, True, self.smoothing)
         return np.where(cut.numpy(), np.float32(0.0), foreground)
 

@@ -241,12 +241,12 @@ def check_image_size(image: np.ndarray, where: str, depth: int) -> None:
 
 def _probability_writer(plan: PredictionPlan, paths: dict[str, Path], shape: tuple[int, int], rule, classes: int):
     """A consumer of probability strips [rows, W, K] that writes the requested file atomically, or None; the
-    TIFF holds p(foreground) as ``rule`` (a :class:`~kunet.decision.DecisionRule`) defines it."""
+    TIFF holds p(foreground) as ``rule`` (a :class:`~kunet.decision.DecisionRule`, or :class:`_CutMaps` of one)
+    defines it."""
     if plan.probabilities is None:
         return None
     height, width = shape
     path = paths["probabilities" if plan.probabilities == "npy" else "probability"]
-    rule = _CutMaps(rule) if plan.probabilities == "cut" else rule
 
     def save(temporary: Path, strips) -> None:
         if plan.probabilities != "npy":
@@ -391,11 +391,11 @@ def _jobs(plan: PredictionPlan, channels: int, depth: int, opened: list[_Stacks]
 def _probability_sink(segmenter: Segmenter, plan: PredictionPlan, job: _Job, paths: dict[str, Path]):
     """Where ``job``'s probability strips go: its file, its plane of the stack's probability TIFF, or None."""
     hw = job.image.shape[:2]
+    rule = _CutMaps(segmenter.rule) if plan.probabilities == "cut" else segmenter.rule
     if job.stacks is not None and plan.probabilities in ("tif", "cut"):
         probability = job.stacks.file("probability", paths["probability"], hw, np.float32)
-        rule = _CutMaps(segmenter.rule) if plan.probabilities == "cut" else segmenter.rule
         return lambda strips: probability.put_strips(job.index, strips, rule)
-    return _probability_writer(plan, paths, hw, segmenter.rule, segmenter.num_classes)
+    return _probability_writer(plan, paths, hw, rule, segmenter.num_classes)
 
 
 class _CutMaps:
@@ -412,12 +412,13 @@ class _CutMaps:
 def _compute(segmenter: Segmenter, plan: PredictionPlan, job: _Job) -> None:
     """Predicts ``job``'s image into ``job.result``; an image above :data:`STREAMING_PIXELS` is streamed, its
     probabilities written strip by strip as they come."""
-    if _streams(segmenter, job.image) and plan.probabilities == "cut":
+    streamed = _streams(segmenter, job.image)
+    if streamed and plan.probabilities == "cut":
         raise PredictionInputError(
             f"{job.item.path}: --probabilities cut needs the whole probability map at once, and this image "
             f"({job.image.shape[0]}x{job.image.shape[1]}) is predicted a row of tiles at a time"
         )
-    if _streams(segmenter, job.image):
+    if streamed:
         sink = _probability_sink(segmenter, plan, job, plan.output_paths(job.item.name, job.item.stack))
         job.result = segmenter.segment_streaming(job.image, sink)
         job.probabilities_written = True

@@ -84,12 +84,14 @@ def sweep(
         if s > t or border_class
         for sigma in seed_smoothings
     ]
+    if leaderboard:
+        stack_maps, stack_truth = _leaderboard_stack(maps, frames)
     scored = progress_factory("scoring decision rules", len(combinations))
     cut_map_scores = {}  # (postprocess, seeds, blur) -> leaderboard score of the cut maps
     for threshold, postprocess, seed_threshold, smoothing in combinations:
         rule = DecisionRule(float(threshold), postprocess, seed_threshold or 0.9, border_class, smoothing)
         if leaderboard and (postprocess, seed_threshold, smoothing) not in cut_map_scores:
-            cut_map_scores[postprocess, seed_threshold, smoothing] = _cut_map_score(rule, maps, frames)
+            cut_map_scores[postprocess, seed_threshold, smoothing] = _cut_map_score(rule, stack_maps, stack_truth)
         per_frame = [
             score_frame(rule.decide_maps(*pair), frame, 2, settings.label_kind, settings.min_object_size)
             for pair, frame in zip(maps, frames)
@@ -111,16 +113,20 @@ def sweep(
     return rows
 
 
-def _cut_map_score(rule: DecisionRule, maps: list, frames: list[dict]) -> float:
-    """Table 1's Rand error + pixel error of ``rule``'s cut maps of the frames, stacked in frame order."""
-    from kunet.metrics import leaderboard_pixel_error, leaderboard_rand_error
-
+def _leaderboard_stack(maps: list, frames: list[dict]) -> tuple[list, np.ndarray]:
+    """The frames' (p(foreground), p(interior)) maps and their true classes [S, H, W], in frame-id order (the
+    stack the challenge scores)."""
     if len({frame["classes"].shape for frame in frames}) != 1 or any(frame["classes"].max() > 1 for frame in frames):
         raise KunetError("the leaderboard objective needs binary labels and frames of one size (ISBI 2012)")
     order = np.argsort([frame["frame_id"] for frame in frames])
-    # cut_map reads p(foreground) and p(interior) of a two-class net's probabilities: rebuild them from the maps.
-    cut_maps = np.stack([rule.cut_map(np.stack([1.0 - maps[i][0], maps[i][0]], axis=-1)) for i in order])
-    truth = np.stack([frames[i]["classes"] for i in order])
+    return [maps[i] for i in order], np.stack([frames[i]["classes"] for i in order])
+
+
+def _cut_map_score(rule: DecisionRule, maps: list, truth: np.ndarray) -> float:
+    """Table 1's Rand error + pixel error of ``rule``'s cut maps of the stack's ``maps``."""
+    from kunet.metrics import leaderboard_pixel_error, leaderboard_rand_error
+
+    cut_maps = np.stack([rule.cut_map_from_maps(*pair) for pair in maps])
     return leaderboard_rand_error(cut_maps, truth).value + leaderboard_pixel_error(cut_maps, truth).value
 
 

@@ -28,16 +28,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kunet.decision import DecisionRule  # noqa: E402
 from kunet.metrics.leaderboard import leaderboard_pixel_error, leaderboard_rand_error  # noqa: E402
-from kunet.postprocess import tf_gaussian_smooth, tf_watershed_lines  # noqa: E402
 from kunet.segmenter import Segmenter  # noqa: E402
 
 
 def cut_map(p_cell: np.ndarray, seed_threshold: float, blur: float) -> np.ndarray:
-    """p(cell) with the lines of a watershed from seeds p >= ``seed_threshold``, flooded to p = 0, set to 0."""
-    interior = tf_gaussian_smooth(p_cell, blur) if blur else None
-    lines = tf_watershed_lines(p_cell, 0.0, seed_threshold, interior=interior, floor=0.0).numpy()
-    return np.where(lines, 0.0, p_cell).astype(np.float32)
+    """p(cell) with the lines of a watershed from seeds p >= ``seed_threshold``, flooded to p = 0, set to 0
+    (what kunet now stores as a rule: :meth:`kunet.decision.DecisionRule.cut_map`)."""
+    return DecisionRule(0.0, "watershed", seed_threshold, smoothing=blur).cut_map_from_maps(p_cell, p_cell)
 
 
 def main() -> None:
