@@ -117,13 +117,31 @@ def tiled_probabilities_batch(model_fn, images, input_hw, stride_hw, border_hw, 
 
 def mirrored_probabilities(predict, image):
     """Test-time mirroring: mean of the predictions for the four flips of the image (flipped back); an
-    image [H, W, C] or a batch of them [N, H, W, C]."""
+    image [H, W, C] or a batch of them [N, H, W, C].
+
+    The flips run one after another in a loop with a single call of ``predict``: four calls would put four
+    copies of the net into the graph (four times the graph optimisation on the first call, and with
+    constant weights four copies of every filter), and TensorFlow could run them side by side, each with
+    its own activations.
+    """
     rows = len(image.shape) - 3
     cols = rows + 1
-    total = predict(image)
-    total += tf.reverse(predict(tf.reverse(image, [rows])), [rows])
-    total += tf.reverse(predict(tf.reverse(image, [cols])), [cols])
-    total += tf.reverse(predict(tf.reverse(image, [rows, cols])), [rows, cols])
+
+    def flip(values, flip_index):  # flip_index 0..3: bit 0 flips rows, bit 1 columns
+        values = tf.cond(flip_index % 2 == 1, lambda: tf.reverse(values, [rows]), lambda: values)
+        return tf.cond(flip_index // 2 == 1, lambda: tf.reverse(values, [cols]), lambda: values)
+
+    def add_flip(flip_index, total):
+        return flip_index + 1, total + flip(predict(flip(image, flip_index)), flip_index)
+
+    # The sum starts as a scalar 0 and takes the prediction's shape on the first pass.
+    _, total = tf.while_loop(
+        lambda flip_index, _: flip_index < 4,
+        add_flip,
+        [tf.constant(0), tf.constant(0.0)],
+        shape_invariants=[tf.TensorShape([]), tf.TensorShape([None] * (rows + 3))],
+        parallel_iterations=1,
+    )
     return total / 4.0
 
 

@@ -115,6 +115,32 @@ def test_test_time_mirroring_is_the_mean_over_flips(small_net):
     np.testing.assert_allclose(mirrored, np.mean(flips, axis=0), atol=2e-5)
 
 
+def _convolutions_in(function) -> int:
+    """Conv2D ops in a traced function's graph, each called function (nested function, loop body, branch)
+    counted once per call site: the copies graph optimisation will see once calls are inlined."""
+    graph_def = function.get_concrete_function().graph.as_graph_def()
+    library = {f.signature.name: f.node_def for f in graph_def.library.function}
+
+    def count(nodes) -> int:
+        called = [value.func.name for node in nodes for value in node.attr.values() if value.func.name]
+        return sum(node.op == "Conv2D" for node in nodes) + sum(count(library[name]) for name in called)
+
+    return count(graph_def.node)
+
+
+@pytest.mark.parametrize("constant_weights", [False, True])
+def test_test_time_mirroring_puts_the_net_into_the_graph_once(small_net, constant_weights):
+    """The four flips share one call of the net in a loop: four calls would mean four copies of the net to
+    optimise on the first call (and with constant weights, four copies of every filter)."""
+    plan = Predictor(small_net).plan((64, 80))
+    plain, mirrored = (
+        Predictor(small_net, test_time_mirroring=mirroring, constant_weights=constant_weights)._function(plan)
+        for mirroring in (False, True)
+    )
+    assert _convolutions_in(plain) == (4 + 1 + 4) * 2 + 1  # the net's 3x3 convolutions and the last 1x1
+    assert _convolutions_in(mirrored) == _convolutions_in(plain)
+
+
 def test_decision_rule_uses_the_threshold_for_binary_and_argmax_otherwise():
     probabilities = np.array([[[0.7, 0.3], [0.4, 0.6]]], np.float32)
     assert DecisionRule(0.5).classes(probabilities).tolist() == [[0, 1]]
