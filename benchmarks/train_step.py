@@ -7,7 +7,10 @@ first step of every block is not timed, so each side starts warm and neither pro
   strategy.run/reduce, the float() sync, the counters, progress and callbacks), fed one fixed batch in memory;
 * **model.fit**: ``keras.Model.fit`` on the same net and batch (``from_tensors(batch).repeat()``), the same
   loss (``SparseCategoricalCrossentropy(from_logits=True)`` with the weight map as ``sample_weight``), SGD
-  with momentum 0.99, no XLA; per step = the time between two ``on_train_batch_end`` calls;
+  with momentum 0.99 (``--optimizer adam``: Adam, as the pipelines train), Keras's own optimizer, no XLA;
+  per step = the time between two ``on_train_batch_end`` calls. kunet's step uses the same algorithm with
+  fused updates (``kunet.optimizers``); ``--fused-fit`` adds model.fit given that optimizer too, which shows
+  how much of a difference is the optimizer's kernel;
 * with ``--legacy``: the step as kunet ran it before issue 21 (``benchmarks/legacy_step.py``);
 * **Trainer.fit**: the whole loop fed by the real host augmentation pipeline (which shares the cores), and
   the pipeline alone in tiles/s;
@@ -18,8 +21,9 @@ mixed_bfloat16 (emulated on a CPU without native bf16). GFLOP/s count training a
 Figures move with whatever else runs on the machine: the ratios, measured side by side, are the result.
 
 Usage: ``.venv/bin/python benchmarks/train_step.py [--base32] [--probe] [--legacy] [--steps 3] [--repeats 3]
-[--precisions float32,mixed_bfloat16] [--records DIR] [--skip-trainer]``. ``--probe`` adds a base-2 net on
-188-px tiles, whose step is nearly all per-step overhead (where kunet and model.fit differ at all).
+[--precisions float32,mixed_bfloat16] [--records DIR] [--skip-trainer] [--optimizer adam] [--fused-fit]``.
+``--probe`` adds a base-2 net on 188-px tiles, whose step is nearly all per-step overhead (where kunet and
+model.fit differ at all).
 (records default: built on the fly from ../shared/data/isbi2012, else from synthetic EM images).
 """
 
@@ -44,6 +48,7 @@ import timing  # noqa: E402
 
 from kunet.builders import build_model  # noqa: E402
 from kunet.config import pipeline_from_dict  # noqa: E402
+from kunet.optimizers import FusedAdam, FusedSGD  # noqa: E402
 from kunet.pipeline import training_dataset  # noqa: E402
 from kunet.sizes import forward_flops  # noqa: E402
 from kunet.system_info import cpu_features, has_native_bf16  # noqa: E402
@@ -62,10 +67,12 @@ REPO = Path(__file__).resolve().parents[1]
 TILE = 572
 
 
-def bench_config(base_filters: int, precision: str, tile: int = TILE, steps_per_epoch: int = 1000):
+def bench_config(
+    base_filters: int, precision: str, tile: int = TILE, steps_per_epoch: int = 1000, optimizer: str = "sgd"
+):
     return pipeline_from_dict({
         "name": "bench", "model": {"base_filters": base_filters},
-        "train": {"tile_size": tile, "batch_size": 1, "precision": precision, "optimizer": "sgd", "momentum": 0.99,
+        "train": {"tile_size": tile, "batch_size": 1, "precision": precision, "optimizer": optimizer, "momentum": 0.99,
                   "learning_rate": 1e-4, "schedule": "constant", "steps_per_epoch": steps_per_epoch,
                   "shuffle_buffer": 32},
     })  # fmt: skip
@@ -114,10 +121,15 @@ def kunet_sides(config, records, batch, workdir, legacy: bool) -> dict:
     return sides
 
 
-def model_fit_side(config, batch):
+def model_fit_side(config, batch, fused: bool = False):
+    """``keras.Model.fit`` with Keras's optimizer, or with ``fused`` kunet's (:mod:`kunet.optimizers`)."""
     model = build_model(config)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer = keras.optimizers.SGD(config.train.learning_rate, momentum=config.train.momentum)
+    train = config.train
+    if train.optimizer == "sgd":
+        optimizer = (FusedSGD if fused else keras.optimizers.SGD)(train.learning_rate, momentum=train.momentum)
+    else:
+        optimizer = (FusedAdam if fused else keras.optimizers.Adam)(train.learning_rate)
     model.compile(optimizer=optimizer, loss=loss, jit_compile=config.train.jit_compile)
     dataset = tf.data.Dataset.from_tensors(tuple(batch)).repeat()  # (x, y, sample_weight)
     timer = StepTimes()
@@ -183,10 +195,12 @@ def interleaved(sides: dict, steps: int, repeats: int) -> tuple[dict[str, float]
 def measure(net, precision, records, workdir, args) -> dict[str, float]:
     """Median s/step of every side for one net and precision."""
     label, base, tile = net
-    config = bench_config(base, precision, tile)
+    config = bench_config(base, precision, tile, optimizer=args.optimizer)
     batch = next(iter(training_dataset(config, records, batch_size=1, placement="host")))
     sides = kunet_sides(config, records, batch, workdir, args.legacy)
     sides["model.fit"] = model_fit_side(config, batch)
+    if args.fused_fit:
+        sides["model.fit, kunet's fused optimizer"] = model_fit_side(config, batch, fused=True)
     seconds, losses = interleaved(sides, args.steps, args.repeats)
     print(f"{label}, {precision}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()), flush=True)
     del sides
@@ -220,11 +234,16 @@ def main():
         help="PyTorch's timed steps (default 2 x --steps; 1 for bf16 on a CPU without native bf16)",
     )
     parser.add_argument("--skip-trainer", action="store_true", help="no Trainer.fit and pipeline rows")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: the paper's (momentum 0.99)")
+    parser.add_argument(
+        "--fused-fit", action="store_true", help="also model.fit given kunet's fused optimizer (kunet.optimizers)"
+    )
     args = parser.parse_args()
     title = "training step: kunet vs keras.Model.fit"
     timing.header(title)
     torch_version = torch_peer.version() if torch_peer else None
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, PyTorch {torch_version or 'not installed'}")
+    print(f"optimizer: {args.optimizer} (model.fit: Keras's; kunet step: kunet.optimizers' fused update)")
     nets = [("paper (base 64)", 64, TILE)] * (not args.base32_only)
     nets += [("base 32", 32, TILE)] * (args.base32 or args.base32_only)
     nets += [("overhead probe (base 2, tile 188)", 2, 188)] * args.probe

@@ -18,6 +18,7 @@ from kunet.config import PipelineConfig
 from kunet.inference import InferenceSettings
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
+from kunet.optimizers import FusedAdam, FusedSGD
 from kunet.pipeline import tile_shape
 from kunet.precision import resolve_precision
 from kunet.runs import RunError
@@ -109,14 +110,15 @@ class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_optimizer(config: PipelineConfig, total_steps: int, precision: str):
-    """SGD (with momentum) or Adam on the schedule; loss scaling for ``mixed_float16`` (a resolved precision)."""
+    """SGD (with momentum) or Adam on the schedule, with fused updates (:mod:`kunet.optimizers`); loss scaling
+    for ``mixed_float16`` (a resolved precision)."""
     train = config.train
     schedule = learning_rate_schedule(config, total_steps)
     clip = {"global_clipnorm": train.clip_norm} if train.clip_norm > 0 else {}
     if train.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=train.momentum, **clip)
+        optimizer = FusedSGD(schedule, momentum=train.momentum, **clip)
     else:
-        optimizer = keras.optimizers.Adam(schedule, **clip)
+        optimizer = FusedAdam(schedule, **clip)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
