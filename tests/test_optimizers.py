@@ -84,6 +84,29 @@ def test_the_fused_update_is_one_kernel_per_variable():
     assert "AssignSubVariableOp" not in ops or ops.count("AssignSubVariableOp") < len(SHAPES)
 
 
+def test_under_loss_scaling_the_fused_adam_gives_kerass_weights():
+    expected = _run(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.01)), compiled=True)
+    got = _run(keras.optimizers.LossScaleOptimizer(FusedAdam(0.01)), compiled=True)
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_of_kerass_adam_resumes_into_the_fused_one(tmp_path):
+    """Runs checkpointed before kunet fused its updates resume with their slots and step count."""
+    rng = np.random.default_rng(1)
+    variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in SHAPES]
+    old = keras.optimizers.Adam(0.01)
+    old.build(variables)
+    old.apply([tf.constant(rng.normal(size=shape), tf.float32) for shape in SHAPES], variables)
+    path = tf.train.Checkpoint(optimizer=old, variables=variables).write(str(tmp_path / "ckpt"))
+    new = FusedAdam(0.01)
+    new.build(variables)
+    tf.train.Checkpoint(optimizer=new, variables=variables).read(path).assert_consumed()
+    assert int(new.iterations.numpy()) == 1
+    for ours, theirs in zip(new.variables, old.variables):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
 def test_the_fused_optimizers_round_trip_their_config():
     optimizer = FusedSGD(0.05, momentum=0.9, nesterov=True, global_clipnorm=2.0)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(optimizer))
