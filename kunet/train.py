@@ -329,7 +329,8 @@ class Trainer:
                 scaled = optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, model.trainable_variables)
             # One pass over the gradients gives both the norm and, for the log line of a skipped step, which
-            # variables' gradients were not finite (a second pass cost ~2 % of a bf16 base-32 step).
+            # variables' gradients were not finite or so large that their square overflows (a second pass over
+            # the gradients cost ~2 % of a bf16 base-32 step).
             squares = [tf.reduce_sum(tf.square(tf.cast(gradient, tf.float32))) for gradient in gradients]
             gradient_norm = tf.sqrt(tf.add_n(squares))
             if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
