@@ -33,9 +33,10 @@ from .common import (
 CONSTANT_WEIGHTS_OPTION = typer.Option(
     False,
     "--constant-weights",
-    help="Compile the weights into the graph as constants (.keras models): in float32 oneDNN then keeps its own "
-    "filter layout: faster per image once compiled (1.3x in float32, 1.05-1.4x in bf16 on an AMX CPU), about 9 s "
-    "slower to compile (docs/BENCHMARKS.md).",
+    help="Compile the weights into the graph as constants (.keras models): oneDNN then keeps its own filter "
+    "layout: faster per image once compiled (1.3x in float32, 1.0-1.15x in bf16 on an AMX CPU), but the first "
+    "image of each tile size takes 4-6 s longer: in float32 worth it from the 2nd image with --mirror, from about "
+    "8 images of 512x512 without (docs/BENCHMARKS.md).",
 )
 
 

@@ -231,7 +231,7 @@ class Predictor:
         constant_weights: Compile the weights into the graph as constants, from a snapshot taken now:
             TensorFlow's oneDNN convolutions then keep each filter in their own blocked layout instead of
             reading the variable's plain one every call. Faster once compiled, but the first call per tile
-            size takes about 9 s more, and later changes to the model's weights are not seen (make a new
+            size takes 4-6 s more (paper net), and later changes to the model's weights are not seen (make a new
             Predictor). See docs/BENCHMARKS.md.
 
     Example:
