@@ -131,8 +131,12 @@ def mirrored_probabilities(predict, image):
         values = tf.cond(flip_index % 2 == 1, lambda: tf.reverse(values, [rows]), lambda: values)
         return tf.cond(flip_index // 2 == 1, lambda: tf.reverse(values, [cols]), lambda: values)
 
+    prediction_shapes = []
+
     def add_flip(flip_index, total):
-        return flip_index + 1, total + flip(predict(flip(image, flip_index)), flip_index)
+        prediction = predict(flip(image, flip_index))
+        prediction_shapes.append(prediction.shape)
+        return flip_index + 1, total + flip(prediction, flip_index)
 
     # The sum starts as a scalar 0 and takes the prediction's shape on the first pass.
     _, total = tf.while_loop(
@@ -142,6 +146,8 @@ def mirrored_probabilities(predict, image):
         shape_invariants=[tf.TensorShape([]), tf.TensorShape([None] * (rows + 3))],
         parallel_iterations=1,
     )
+    # The loop forgets the static shape (the class count, which decision rules in graphs read); give it back.
+    total.set_shape(prediction_shapes[-1])
     return total / 4.0
 
 

@@ -139,6 +139,8 @@ def test_test_time_mirroring_puts_the_net_into_the_graph_once(small_net, constan
     )
     assert _convolutions_in(plain) == (4 + 1 + 4) * 2 + 1  # the net's 3x3 convolutions and the last 1x1
     assert _convolutions_in(mirrored) == _convolutions_in(plain)
+    # The loop keeps the static class count, which the decision rules inside an export's graph read.
+    assert mirrored.get_concrete_function().structured_outputs.shape.as_list() == [None, None, 2]
 
 
 def test_decision_rule_uses_the_threshold_for_binary_and_argmax_otherwise():
