@@ -241,7 +241,10 @@ class Trainer:
             if self.chief:
                 write_state(self.paths, state)
                 skipped = f"; {self.skipped_steps} step(s) skipped (non-finite)" if self.skipped_steps else ""
-                self.log(f"{status} at step {current}; best {train.best_metric} = {state['best_value']:.4f}{skipped}")
+                best = state["best_value"]
+                # A final run (or one stopped before its first validation) has no best score to show.
+                best = f"best {train.best_metric} = {best:.4f}" if math.isfinite(best) else "nothing validated"
+                self.log(f"{status} at step {current}; {best}{skipped}")
         self.model = session.model
         return state
 

@@ -47,8 +47,10 @@ def test_a_final_run_draws_the_validation_frames_as_well(tiny_records):
 def test_a_final_fit_validates_nothing_and_ships_its_last_model(tiny_records, tmp_path):
     config, records = tiny_records
     run = tmp_path / "final"
-    state = Trainer(_final(config), run, records, log=lambda *a, **k: None).fit(epochs=2)
+    lines = []
+    state = Trainer(_final(config), run, records, log=lambda line, **k: lines.append(str(line))).fit(epochs=2)
     assert state["step"] == 2 * config.train.steps_per_epoch
+    assert lines[-1] == f"completed at step {state['step']}; nothing validated", lines[-3:]
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert len(rows) == 2 and not [key for key in rows[0] if key.startswith("val_")]
     best, last = keras.models.load_model(run / "best.keras"), keras.models.load_model(run / "last.keras")
