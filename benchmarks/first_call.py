@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import footer, header  # noqa: E402
+from timing import footer, header, in_a_fresh_process  # noqa: E402
 
 
 def row(base: int, precision: str, constant: bool, mirroring: bool, repeats: int) -> dict:
@@ -46,13 +45,6 @@ def row(base: int, precision: str, constant: bool, mirroring: bool, repeats: int
     return {"first": first, "later": min(later)}
 
 
-def in_a_fresh_process(base: int, precision: str, constant: bool, mirroring: bool, repeats: int) -> dict:
-    argument = json.dumps([base, precision, constant, mirroring, repeats])
-    result = subprocess.run([sys.executable, __file__, "--row", argument], capture_output=True, text=True,
-                            timeout=1800, check=True)  # fmt: skip
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base32", action="store_true", help="the half-width net instead of the paper's")
@@ -70,7 +62,8 @@ def main() -> None:
     for precision in args.precisions.split(","):
         for mirroring in (False, True):
             for constant in (False, True):
-                figures = in_a_fresh_process(base, precision, constant, mirroring, args.repeats)
+                argument = json.dumps([base, precision, constant, mirroring, args.repeats])
+                figures = in_a_fresh_process(__file__, "--row", argument)
                 weights = "constant" if constant else "variables"
                 print(f"| {precision} | {weights} | {'yes' if mirroring else 'no'} | {figures['first']:.1f} | "
                       f"{figures['later']:.2f} | {figures['first'] - figures['later']:.1f} |", flush=True)  # fmt: skip

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch_peer  # noqa: E402
 from peak import peak_gflops  # noqa: E402
-from timing import footer, header, median_ms  # noqa: E402
+from timing import footer, header, in_a_fresh_process, median_ms  # noqa: E402
 
 from kunet.inference import Predictor  # noqa: E402
 from kunet.model import UNet  # noqa: E402
@@ -114,13 +114,7 @@ def kunet_seconds_in_a_fresh_process(base: int, precision: str, constant_weights
     float32, 1.6 s and 2.1 s apart when each runs alone, within 0.1 s of each other when both ran in one
     process, whichever first), so each kunet row gets a process of its own, as a user's `kunet predict` has.
     """
-    import json
-    import subprocess
-
-    argument = f"{base},{precision},{int(constant_weights)},{repeats}"
-    result = subprocess.run([sys.executable, __file__, "--kunet-row", argument], capture_output=True, text=True,
-                            timeout=1800, check=True)  # fmt: skip
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = in_a_fresh_process(__file__, "--kunet-row", f"{base},{precision},{int(constant_weights)},{repeats}")
     label = " constant weights" if constant_weights else ""
     FIRST_CALLS[f"base {base} kunet{label} {precision}"] = figures["first"]
     return figures["median"]

@@ -3,7 +3,10 @@ sys.path)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,6 +20,14 @@ def median_ms(function, repeats: int) -> float:
         function()
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
+
+
+def in_a_fresh_process(script: str, flag: str, argument: str) -> dict:
+    """Runs ``python script flag argument`` in a new process and returns the JSON of its last stdout line: a
+    measurement no earlier one in this process can warm up or slow down (a user's ``kunet predict`` starts fresh)."""
+    result = subprocess.run([sys.executable, script, flag, argument], capture_output=True, text=True, timeout=1800,
+                            check=True)  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _load() -> str:
