@@ -226,6 +226,25 @@ def _constant_weights_call(model):
     return call
 
 
+def constant_weights_pay_off(precision: str, test_time_mirroring: bool, images: int) -> bool:
+    """Whether :class:`Predictor`'s ``constant_weights`` saves time over a job of ``images`` images of one size.
+
+    Measured end to end with ``benchmarks/predict_constant_auto.py`` (``kunet predict`` on a folder of 512x512
+    images, paper net, float32, 2 cores of an Intel Xeon with AMX; docs/BENCHMARKS.md): constant weights add
+    about 6.5 s to the first image and save 1.65 s on every later one with test-time mirroring, 0.44 s without,
+    so they break even at about 4 and 15 images; the thresholds below leave a margin. In bf16 they save
+    0.02-0.2 s an image (``benchmarks/first_call.py``): not within a typical folder.
+
+    Args:
+        precision: The resolved dtype policy (``float32``, ``mixed_bfloat16``, ...).
+        test_time_mirroring: Whether each image is predicted in its four flips.
+        images: How many images the job predicts (of the size the first call compiles for).
+    """
+    if precision != "float32":
+        return False
+    return images >= (6 if test_time_mirroring else 24)
+
+
 class Predictor:
     """Overlap-tile prediction with one compiled ``tf.function`` per tile size (not ``model.predict``).
 

@@ -83,7 +83,7 @@ def test_predict_and_evaluate_leave_mirroring_to_the_model_unless_told(tmp_path,
     seen = []
 
     class Recorder:
-        def __init__(self, model, precision, tile_size, mirror, threshold, constant_weights=False):
+        def __init__(self, model, precision, tile_size, mirror, threshold, constant_weights=False, **job):
             seen.append(mirror)
             raise kunet.segmenter.ModelLoadError("recorded")
 

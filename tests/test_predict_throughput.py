@@ -334,3 +334,45 @@ def test_cut_maps_are_written_per_image_and_per_stack_and_refused_for_streamed_i
     monkeypatch.setattr(predict_files, "STREAMING_PIXELS", 64 * 64)  # the 96x96 images stream
     with pytest.raises(PredictionInputError, match="img0.png: --probabilities cut needs the whole probability map"):
         predict_files.predict_files(segmenter, [inputs[0]], tmp_path / "streamed", probabilities="cut", concurrency=0)
+
+
+def test_constant_weights_pay_off_from_the_measured_break_even():
+    from kunet.inference import constant_weights_pay_off
+
+    assert not constant_weights_pay_off("float32", True, 5)
+    assert constant_weights_pay_off("float32", True, 6)
+    assert not constant_weights_pay_off("float32", False, 23)
+    assert constant_weights_pay_off("float32", False, 24)
+    assert not constant_weights_pay_off("mixed_bfloat16", True, 1000)
+
+
+def test_segmenter_decides_constant_weights_by_the_job_when_asked(trained_tiny_run):
+    def constant(**options):
+        return Segmenter(trained_tiny_run, constant_weights=None, **options).predictor.constant_weights
+
+    assert constant(test_time_mirroring=True, expected_images=6)
+    assert not constant(test_time_mirroring=True, expected_images=5)
+    assert not constant(test_time_mirroring=False, expected_images=23)
+    assert constant(test_time_mirroring=False, expected_images=24)
+    assert not constant(test_time_mirroring=True, expected_images=64, precision="mixed_bfloat16")
+    # The explicit choice stands whatever the job.
+    assert not Segmenter(trained_tiny_run, expected_images=64, test_time_mirroring=True).predictor.constant_weights
+    assert Segmenter(trained_tiny_run, constant_weights=True).predictor.constant_weights
+
+
+def test_predict_turns_constant_weights_on_for_a_mirrored_folder_unless_told(trained_tiny_run, tmp_path):
+    inputs = _inputs(tmp_path, sizes=((96, 96), (96, 96), (64, 80)))
+    runs = {}
+    for name, flags in (("auto", []), ("off", ["--no-constant-weights"]), ("quiet", ["--quiet"])):
+        result = runner.invoke(app, ["predict", str(trained_tiny_run), *map(str, inputs), "--out",
+                                     str(tmp_path / name), "--mirror", "--probabilities", "npy", *flags])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        runs[name] = result.output
+    # 7 images: the folder's 3 PNGs and the 3 planes of its stack, and the lone PNG.
+    assert "constant weights for 7 images" in runs["auto"] and "constant weights for" not in runs["off"]
+    assert "constant weights for" not in runs["quiet"]
+    one = runner.invoke(app, ["predict", str(trained_tiny_run), str(inputs[1]), "--out", str(tmp_path / "one"),
+                              "--mirror"])  # fmt: skip
+    assert one.exit_code == 0 and "constant weights for" not in one.output
+    for path in sorted((tmp_path / "off").glob("*.npy")):
+        np.testing.assert_allclose(np.load(tmp_path / "auto" / path.name), np.load(path), atol=2e-5)
