@@ -265,3 +265,31 @@ def test_constant_weights_give_onednn_blocked_filters_and_keep_bias_and_relu_fus
     for line in layouts["constant"]:
         assert "wei:f32:a:blocked:" in line and "cdba" not in line, line
         assert "bia:f32" in line and "eltwise_relu" in line, line
+
+
+def test_a_compiled_function_runs_its_first_call_alone():
+    # predict works on two images at once; two concurrent first calls each optimised the graph (slow with
+    # constant weights), so the second waits for the first, then runs the compiled function.
+    import threading
+    import time
+
+    from kunet.inference import _FirstCallAlone
+
+    events = []
+
+    def slow_first(index):
+        events.append(("start", index))
+        time.sleep(0.3 if index == 0 else 0.0)
+        events.append(("end", index))
+        return index
+
+    gated = _FirstCallAlone(slow_first)
+    threads = [threading.Thread(target=gated, args=(index,)) for index in range(3)]
+    threads[0].start()
+    time.sleep(0.05)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events[:2] == [("start", 0), ("end", 0)] and len(events) == 6
+    assert gated(7) == 7  # later calls go straight through
