@@ -35,8 +35,8 @@ CONSTANT_WEIGHTS_OPTION = typer.Option(
     "--constant-weights",
     help="Compile the weights into the graph as constants (.keras models): oneDNN then keeps its own filter "
     "layout: faster per image once compiled (1.3x in float32, 1.0-1.15x in bf16 on an AMX CPU), but the first "
-    "image of each tile size takes 4-6 s longer: in float32 worth it from the 2nd image with --mirror, from about "
-    "8 images of 512x512 without (docs/BENCHMARKS.md).",
+    "image of each tile size takes 4-6 s longer: in float32 worth it from about 6 images of 512x512 with --mirror "
+    "and 24 without, measured on whole predict commands (docs/BENCHMARKS.md).",
 )
 
 PREDICT_CONSTANT_WEIGHTS_OPTION = typer.Option(

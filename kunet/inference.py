@@ -230,8 +230,8 @@ class _FirstCallAlone:
     """A ``tf.function`` whose first call runs alone: threads calling it meanwhile wait, then run it compiled.
 
     Why: ``kunet predict`` predicts two images at once, and two concurrent first calls each optimise the graph.
-    With constant weights (a graph holding every filter) that made a 6-image float32 job 2.2 s slower than with
-    one image at a time (``--concurrency 0``). Later calls run concurrently as before.
+    With constant weights (a graph holding every filter) that made a 6-image float32 job about 2 s slower than
+    with one image at a time (``--concurrency 0``). Later calls run concurrently as before.
     """
 
     def __init__(self, function):
