@@ -43,7 +43,7 @@ PREDICT_CONSTANT_WEIGHTS_OPTION = typer.Option(
     None,
     "--constant-weights/--no-constant-weights",
     help="Compile the weights into the graph as constants (.keras models): each image 20 % faster once compiled "
-    "(float32, paper net, AMX CPU), but the first image of each tile size about 6.5 s slower. Default: on in "
+    "(float32, paper net, AMX CPU), but the first image of each tile size about 5-6 s slower. Default: on in "
     "float32 from 6 images with test-time mirroring and from 24 without, where it pays (docs/BENCHMARKS.md); "
     "off in bf16 and with --shard.",
 )
