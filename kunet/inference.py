@@ -283,7 +283,8 @@ class Predictor:
             TensorFlow's oneDNN convolutions then keep each filter in their own blocked layout instead of
             reading the variable's plain one every call. Faster once compiled, but the first call per tile
             size takes 4-6 s more (paper net), and later changes to the model's weights are not seen (make a new
-            Predictor). See docs/BENCHMARKS.md.
+            Predictor). See docs/BENCHMARKS.md. ``None`` decides by :func:`constant_weights_pay_off`.
+        expected_images: How many images the job predicts (used when ``constant_weights`` is None).
 
     Example:
         >>> predictor = Predictor(model, tiling=TilingOptions(tile_size=572))
@@ -296,16 +297,20 @@ class Predictor:
         settings: InferenceSettings | None = None,
         tiling: TilingOptions | None = None,
         test_time_mirroring: bool | None = None,
-        constant_weights: bool = False,
+        constant_weights: bool | None = False,
+        expected_images: int = 1,
     ):
         self.model = model
-        self.constant_weights = constant_weights
-        self._model_call = _constant_weights_call(model) if constant_weights else None
         self.settings = settings or InferenceSettings.from_metadata(getattr(model, "metadata", {}))
         self.tiling = tiling or TilingOptions()
         if test_time_mirroring is None:
             test_time_mirroring = self.settings.test_time_mirroring
         self.test_time_mirroring = test_time_mirroring
+        if constant_weights is None:
+            precision = model.get_config().get("compute_dtype") or "float32"  # the policy the net computes in
+            constant_weights = constant_weights_pay_off(precision, test_time_mirroring, expected_images)
+        self.constant_weights = constant_weights
+        self._model_call = _constant_weights_call(model) if constant_weights else None
         self._functions: dict = {}
         self._functions_lock = threading.Lock()  # threads predicting images share one function per tile
 

@@ -21,7 +21,7 @@ import numpy as np
 from kunet import metrics, uris
 from kunet.decision import DecisionRule
 from kunet.errors import KunetError, first_line
-from kunet.inference import InferenceSettings, Predictor, constant_weights_pay_off
+from kunet.inference import InferenceSettings, Predictor
 from kunet.model import UNet, output_size
 from kunet.precision import PRECISIONS, resolve_precision
 from kunet.preprocess import dtype_max, dtype_shift
@@ -188,8 +188,8 @@ class Segmenter:
         test_time_mirroring: Average the four flips (default: as stored with the model).
         threshold: Overrides the model's stored decision threshold.
         constant_weights: Compile the weights into the graph (:class:`kunet.inference.Predictor`; Keras
-            models only): faster in float32 once compiled, slower to compile. ``None`` decides by
-            :func:`kunet.inference.constant_weights_pay_off` for ``expected_images`` (always off for an export).
+            models only): faster in float32 once compiled, slower to compile. ``None`` lets the Predictor decide
+            by :func:`kunet.inference.constant_weights_pay_off` for ``expected_images`` (always off for an export).
         expected_images: How many images this segmenter will predict (used when ``constant_weights`` is None).
 
     Example:
@@ -218,10 +218,8 @@ class Segmenter:
                 _check_tile_size(tiling.tile_size, model)
             self.model = with_precision(model, precision)
             self.settings = InferenceSettings.from_metadata(getattr(model, "metadata", {}))
-            if constant_weights is None:
-                mirroring = self.settings.test_time_mirroring if test_time_mirroring is None else test_time_mirroring
-                constant_weights = constant_weights_pay_off(resolve_precision(precision), mirroring, expected_images)
-            self.predictor = Predictor(self.model, self.settings, tiling, test_time_mirroring, constant_weights)
+            self.predictor = Predictor(self.model, self.settings, tiling, test_time_mirroring, constant_weights,
+                                       expected_images)  # fmt: skip
             self.input_channels, self.depth = model.input_channels, model.depth
         else:
             if constant_weights:
