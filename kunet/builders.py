@@ -110,15 +110,18 @@ class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_optimizer(config: PipelineConfig, total_steps: int, precision: str):
-    """SGD (with momentum) or Adam on the schedule, with fused updates (:mod:`kunet.optimizers`); loss scaling
-    for ``mixed_float16`` (a resolved precision)."""
+    """SGD (with momentum) or Adam on the schedule, with fused updates (:mod:`kunet.optimizers`) that leave a
+    variable alone in a step whose gradient for it is not finite; loss scaling for ``mixed_float16`` (a resolved
+    precision), whose optimizer skips such steps as a whole itself."""
     train = config.train
     schedule = learning_rate_schedule(config, total_steps)
-    clip = {"global_clipnorm": train.clip_norm} if train.clip_norm > 0 else {}
+    options = {"skip_non_finite": precision != "mixed_float16"}
+    if train.clip_norm > 0:
+        options["global_clipnorm"] = train.clip_norm
     if train.optimizer == "sgd":
-        optimizer = FusedSGD(schedule, momentum=train.momentum, **clip)
+        optimizer = FusedSGD(schedule, momentum=train.momentum, **options)
     else:
-        optimizer = FusedAdam(schedule, **clip)
+        optimizer = FusedAdam(schedule, **options)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -11,6 +11,12 @@ counter, checkpointed slot variables with the same names, and ``tf.distribute`` 
 runs once per replica, where a distributed variable's ``handle`` is that replica's own copy), weight decay
 (Keras applies it before the update). Cases the fused kernels do not cover (sparse gradients, AMSGrad, SGD
 without momentum) fall back to Keras's own update.
+
+With ``skip_non_finite=True`` each variable's update is skipped, weights and slots left as they were, when its
+(all-reduced) gradient holds a NaN or Inf or is so large that its sum of squares overflows. Each variable decides
+on its own gradient, so no update waits for the whole backward pass (a check of every gradient before any
+update, as Keras's ``LossScaleOptimizer`` does for float16, did: about 1.4 % of a bf16 step, docs/BENCHMARKS.md).
+Every replica decides alike: they all see the same all-reduced gradient.
 """
 
 from __future__ import annotations
@@ -28,16 +34,52 @@ def _fusable(gradient, variable) -> bool:
     return isinstance(gradient, tf.Tensor) and _resource(variable).dtype in (tf.float32, tf.float64)
 
 
+def gradient_is_finite(gradient) -> tf.Tensor:
+    """True unless ``gradient`` holds a NaN or Inf or its sum of squares overflows float32 (the test the training
+    step's gradient norm applies, in one pass: ``l2_loss`` does not write the squares out)."""
+    values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+    return tf.math.is_finite(tf.nn.l2_loss(tf.cast(values, tf.float32)))
+
+
+class _SkipsNonFinite:
+    """The ``skip_non_finite`` switch shared by :class:`FusedAdam` and :class:`FusedSGD`."""
+
+    def __init__(self, *args, skip_non_finite: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip_non_finite = skip_non_finite
+
+    def get_config(self):
+        return {**super().get_config(), "skip_non_finite": self.skip_non_finite}
+
+    def _update_unless_non_finite(self, gradient, update) -> None:
+        if not self.skip_non_finite:
+            update()
+            return
+
+        def apply():
+            update()
+            return tf.constant(True)
+
+        tf.cond(gradient_is_finite(gradient), apply, lambda: tf.constant(False))
+
+
 @keras.saving.register_keras_serializable(package="kunet")
-class FusedAdam(keras.optimizers.Adam):
+class FusedAdam(_SkipsNonFinite, keras.optimizers.Adam):
     """:class:`keras.optimizers.Adam` (same arguments, same results) with a fused update per variable.
 
+    Args:
+        skip_non_finite: Leave a variable (and its slots) as it was in a step whose gradient for it is not finite
+            (see the module docstring). Other arguments: :class:`keras.optimizers.Adam`'s.
+
     Example:
-        >>> optimizer = FusedAdam(1e-4, global_clipnorm=1.0)
+        >>> optimizer = FusedAdam(1e-4, global_clipnorm=1.0, skip_non_finite=True)
         >>> optimizer.apply(gradients, model.trainable_variables)
     """
 
     def update_step(self, gradient, variable, learning_rate):
+        self._update_unless_non_finite(gradient, lambda: self._adam_update(gradient, variable, learning_rate))
+
+    def _adam_update(self, gradient, variable, learning_rate):
         if self.amsgrad or not _fusable(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
         target = _resource(variable)
@@ -59,14 +101,20 @@ class FusedAdam(keras.optimizers.Adam):
 
 
 @keras.saving.register_keras_serializable(package="kunet")
-class FusedSGD(keras.optimizers.SGD):
+class FusedSGD(_SkipsNonFinite, keras.optimizers.SGD):
     """:class:`keras.optimizers.SGD` (same arguments, same results) with a fused momentum update per variable.
+
+    Args:
+        skip_non_finite: As :class:`FusedAdam`'s. Other arguments: :class:`keras.optimizers.SGD`'s.
 
     Example:
         >>> optimizer = FusedSGD(0.01, momentum=0.99)
     """
 
     def update_step(self, gradient, variable, learning_rate):
+        self._update_unless_non_finite(gradient, lambda: self._sgd_update(gradient, variable, learning_rate))
+
+    def _sgd_update(self, gradient, variable, learning_rate):
         if self.momentum == 0 or not _fusable(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
         target = _resource(variable)

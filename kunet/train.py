@@ -77,41 +77,12 @@ class _Session:
     started: float = 0.0
 
 
-# A run whose loss or gradients stay non-finite this long diverged; single such steps are skipped.
+# A run whose loss or gradients stay non-finite this long diverged; in single such steps the optimizer leaves
+# the variables with non-finite gradients as they were (kunet.optimizers' skip_non_finite). Without that,
+# non-finite gradients in one step (bfloat16 runs of DIC-HeLa on a 2-core Xeon; a rerun of the same seed did not
+# hit them) turned the first layers' weights into NaN; ReLU maps NaN to 0, so the loss stayed finite and the net
+# trained on as a constant predictor. A non-finite loss gives non-finite gradients everywhere: nothing is updated.
 MAX_SKIPPED_STEPS_IN_A_ROW = 25
-
-
-def apply_if_finite(optimizer, gradients, variables, loss, gradient_norm) -> None:
-    """Applies the step's update unless its loss or gradients are not finite on some replica, as Keras's
-    LossScaleOptimizer does for float16. Without it, non-finite gradients in one step (in bfloat16 runs of
-    DIC-HeLa on a 2-core Xeon; a rerun of the same seed did not hit them) turned the first layers' weights into
-    NaN; ReLU maps NaN to 0, so the loss stayed finite and the net trained on as a constant predictor."""
-    unhealthy = tf.cast(~(tf.math.is_finite(loss) & tf.math.is_finite(gradient_norm)), tf.float32)
-    # Every replica must take the same branch: the update all-reduces the gradients.
-    unhealthy = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, unhealthy)
-
-    def skip():
-        return tf.constant(False)
-
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-
-        def update():
-            optimizer.apply(gradients, variables)
-            return tf.constant(True)
-
-        tf.cond(unhealthy > 0, skip, update)
-        return
-
-    # Strategies whose all-reduce is a merge_call cannot have it inside a cond in replica context; the cond
-    # goes to the cross-replica context, as in Keras's LossScaleOptimizer.
-    def cross_replica(distribution, unhealthy, gradients):
-        def update():
-            distribution.extended.call_for_each_replica(lambda g: optimizer.apply(g, variables), args=(gradients,))
-            return tf.constant(True)
-
-        tf.cond(distribution.experimental_local_results(unhealthy)[0] > 0, skip, update)
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(unhealthy, gradients))
 
 
 class Trainer:
@@ -173,7 +144,7 @@ class Trainer:
         self._epoch_logs: dict | None = None  # what the callbacks got at the last epoch's end
         self.resume = resume
         self.stop_signal: str | None = None  # set when a signal stopped fit() on this worker
-        self.skipped_steps = 0  # steps of this session whose update was skipped (non-finite loss or gradients)
+        self.skipped_steps = 0  # steps of this session with a non-finite loss or gradient (not, or partly, applied)
         self._skipped_in_a_row = 0
         self.manifest = read_manifest(self.records_dir)
         if training_frame_count(config, self.manifest) == 0:
@@ -334,12 +305,11 @@ class Trainer:
             # One pass over the gradients gives both the norm and, for the log line of a skipped step, which
             # variables' gradients were not finite or so large that their square overflows (a second pass over
             # the gradients cost ~2 % of a bf16 base-32 step).
-            squares = [tf.reduce_sum(tf.square(tf.cast(gradient, tf.float32))) for gradient in gradients]
+            squares = [2.0 * tf.nn.l2_loss(tf.cast(gradient, tf.float32)) for gradient in gradients]
             gradient_norm = tf.sqrt(tf.add_n(squares))
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                optimizer.apply(gradients, model.trainable_variables)  # skips non-finite steps itself
-            else:
-                apply_if_finite(optimizer, gradients, model.trainable_variables, loss, gradient_norm)
+            # Non-finite updates are skipped by the optimizer: per variable by kunet's (build_optimizer), so no
+            # update waits for the whole backward pass; the whole step by LossScaleOptimizer (mixed_float16).
+            optimizer.apply(gradients, model.trainable_variables)
             broken = tf.cast(~tf.math.is_finite(tf.stack(squares)), tf.float32)
             # The stop votes ride on the loss's all-reduce: every worker learns of a stop after the same step.
             return tf.concat([tf.reshape(tf.cast(loss, tf.float32), [1]), tf.reshape(gradient_norm, [1]), stop_votes,
@@ -356,8 +326,8 @@ class Trainer:
             per_replica = strategy.run(compiled_step, args=(next(iterator), stop_votes))
             summed = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
             session.step.assign_add(1)
-            # A skipped step (see apply_if_finite) leaves the epoch's mean loss to the steps that were taken.
-            taken = tf.math.is_finite(summed[0]) & tf.math.is_finite(summed[1])
+            # A step with a non-finite loss (nothing updated) leaves the epoch's mean loss to the other steps.
+            taken = tf.math.is_finite(summed[0])
             session.loss_sum.assign_add(tf.where(taken, tf.cast(summed[0], tf.float64), tf.constant(0.0, tf.float64)))
             session.loss_count.assign_add(tf.cast(taken, tf.int64))
             return summed, session.loss_sum / tf.cast(tf.maximum(session.loss_count, 1), tf.float64)
@@ -507,7 +477,7 @@ class Trainer:
             names = [name for name, flag in zip(self._gradient_names, broken) if flag]
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             self.log(f"step {current + 1}: loss {loss}, gradient norm {gradient_norm} (not finite: {shown or 'none'});"
-                     " the update was skipped")  # fmt: skip
+                     " those variables were not updated")  # fmt: skip
             if self._skipped_in_a_row >= MAX_SKIPPED_STEPS_IN_A_ROW:
                 raise RunError(
                     f"{self.paths.root}: loss or gradients were not finite in {self._skipped_in_a_row} steps in a "

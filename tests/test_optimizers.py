@@ -107,11 +107,48 @@ def test_a_checkpoint_of_kerass_adam_resumes_into_the_fused_one(tmp_path):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_skipping_non_finite_updates_changes_nothing_while_gradients_are_finite(case):
+    keras_class, fused_class, kwargs = CASES[case]
+    expected = _run(keras_class(**kwargs), compiled=True)
+    got = _run(fused_class(**kwargs, skip_non_finite=True), compiled=True)
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case", ["adam", "sgd momentum", "adam, amsgrad (Keras's update)", "sgd without momentum (Keras's update)"]
+)
+def test_a_variable_whose_gradient_is_not_finite_keeps_its_weights_and_slots(case):
+    """NaN, Inf, or values whose squares overflow float32 (the training step's norm would be Inf): that variable and
+    its slots stay as they were; the others take their update."""
+    _, fused_class, kwargs = CASES[case]
+    optimizer = fused_class(**kwargs, skip_non_finite=True)
+    rng = np.random.default_rng(2)
+    variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in SHAPES]
+    optimizer.build(variables)
+    apply = tf.function(lambda grads: optimizer.apply(grads, variables))
+    apply([tf.constant(rng.normal(size=shape), tf.float32) for shape in SHAPES])
+
+    def state(index):
+        slots = [v for v in optimizer.variables if v.path.split("/")[-1].startswith(variables[index].name + "_")]
+        return [np.array(variables[index])] + [np.array(v) for v in slots]
+
+    before = [state(i) for i in range(len(SHAPES))]
+    bad = [np.full(SHAPES[0], np.nan), rng.normal(size=SHAPES[1]), np.full(SHAPES[2], 1e20), np.full(SHAPES[3], np.inf)]
+    apply([tf.constant(g, tf.float32) for g in bad])
+    for index in (0, 2, 3):
+        for ours, theirs in zip(state(index), before[index]):
+            np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(state(1)[0], before[1][0])
+    assert int(optimizer.iterations.numpy()) == 2
+
+
 def test_the_fused_optimizers_round_trip_their_config():
-    optimizer = FusedSGD(0.05, momentum=0.9, nesterov=True, global_clipnorm=2.0)
+    optimizer = FusedSGD(0.05, momentum=0.9, nesterov=True, global_clipnorm=2.0, skip_non_finite=True)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(optimizer))
     assert type(restored) is FusedSGD
-    assert restored.get_config() == optimizer.get_config()
+    assert restored.get_config() == optimizer.get_config() and restored.skip_non_finite
 
 
 _MIRRORED = """
