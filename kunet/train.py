@@ -211,7 +211,7 @@ class Trainer:
                 state["stop_signal"] = self.stop_signal
             if self.chief:
                 write_state(self.paths, state)
-                skipped = f"; {self.skipped_steps} step(s) skipped (non-finite)" if self.skipped_steps else ""
+                skipped = f"; {self.skipped_steps} step(s) with non-finite gradients" if self.skipped_steps else ""
                 best = state["best_value"]
                 # A final run (or one stopped before its first validation) has no best score to show.
                 best = f"best {train.best_metric} = {best:.4f}" if math.isfinite(best) else "nothing validated"
@@ -302,9 +302,9 @@ class Trainer:
                                          train.loss, train.dice_weight)  # fmt: skip
                 scaled = optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, model.trainable_variables)
-            # One pass over the gradients gives both the norm and, for the log line of a skipped step, which
-            # variables' gradients were not finite or so large that their square overflows (a second pass over
-            # the gradients cost ~2 % of a bf16 base-32 step).
+            # One pass over the gradients gives both the norm and, for the log line of such a step, which
+            # variables' gradients were not finite or so large that their square overflows (the optimizer tests
+            # each gradient again where it updates its variable: there nothing waits for the other gradients).
             squares = [2.0 * tf.nn.l2_loss(tf.cast(gradient, tf.float32)) for gradient in gradients]
             gradient_norm = tf.sqrt(tf.add_n(squares))
             # Non-finite updates are skipped by the optimizer: per variable by kunet's (build_optimizer), so no
