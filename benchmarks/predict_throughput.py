@@ -20,6 +20,13 @@ one image per call and for each ``--batch-images``).
   float32 probability lies within about 1e-6 of the threshold, so its masks are compared pixel by pixel and the
   differences counted.
 
+* (e) with ``--predict-default``: the folder as ``kunet predict FOLDER`` runs it by default, in a fresh process of
+  its own: throughput mode and the automatic choice of constant weights for a job of ``--images`` images
+  (:func:`kunet.inference.constant_weights_pay_off`: float32 folders of 24 images or more without mirroring),
+  against (a), which is what ``kunet predict`` does by default for one image (variable weights). Its own
+  process, because a constant-weights function and a variable one in one process change each other's speed
+  (docs/BENCHMARKS.md). Same warm-up, same round folders, run after the other modes; masks compared as (d)'s.
+
 On a shared machine the CPU share changes within minutes, so the figures are interleaved: the images are
 split into ``--rounds`` folders, and each round times (a) on one image, then (b) and (c) on that round's
 folder, in an order that rotates from round to round. A mode's images/s is its images over its seconds summed
@@ -38,8 +45,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +85,24 @@ def timed(function) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def predict_default_child(root: Path, precision: str, images: int, rounds: int) -> None:
+    """Mode (e), in this fresh process: prints one JSON line with its wall and CPU seconds over the rounds."""
+    segmenter = Segmenter(root / "model.keras", precision=precision, constant_weights=None, expected_images=images)
+    predict_files(segmenter, [sorted((root / "singles").iterdir())[0]], root / "warm-up-default", concurrency=0)
+    wall_total = cpu_total = 0.0
+    for round_ in range(rounds):
+        wall, cpu = timed(lambda r=round_: predict_files(segmenter, [root / f"images{r}"], root / f"default-{r}"))
+        wall_total, cpu_total = wall_total + wall, cpu_total + cpu
+    print(json.dumps({"wall": wall_total, "cpu": cpu_total, "constant": segmenter.predictor.constant_weights}))
+
+
+def run_predict_default(root: Path, precision: str, images: int, rounds: int) -> dict:
+    command = [sys.executable, __file__, "--child-default", str(root), "--precision", precision,
+               "--images", str(images), "--rounds", str(rounds)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=None, help="Images in the folder (default 64; 16 with --quick).")
@@ -91,9 +118,17 @@ def main() -> None:
                         help="Also time throughput mode with this many images per call (repeatable).")  # fmt: skip
     parser.add_argument("--constant-weights", action="store_true",
                         help="Every mode with the weights compiled in (kunet predict --constant-weights).")  # fmt: skip
+    parser.add_argument("--predict-default", action="store_true",
+                        help="Also time (e): kunet predict's default for the folder, in a fresh process.")  # fmt: skip
+    parser.add_argument("--child-default", help=argparse.SUPPRESS)  # (e)'s process: the scratch folder
     args = parser.parse_args()
     count = args.images or (16 if args.quick else 64)
     rounds = args.rounds or (2 if args.quick else 4)
+    if args.predict_default and args.constant_weights:
+        raise SystemExit("--predict-default compares with (a) as kunet predict runs one image: drop --constant-weights")
+    if args.child_default:
+        predict_default_child(Path(args.child_default), args.precision, count, rounds)
+        return
     base = args.base or (32 if args.base32 or args.quick else 64)
     if count % rounds:
         raise SystemExit(f"--images {count} must be a multiple of --rounds {rounds}")
@@ -144,33 +179,44 @@ def main() -> None:
                     what = f"{per_round} images"
                 print(f"round {round_ + 1}/{rounds} {step:<40} {what:>10}: {wall:6.1f} s, CPU {cpu:6.1f} s; "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
-        differences = {mode: [0, 0] for mode in modes.values() if mode[1] > 1}  # masks differing, pixels differing
+        if args.predict_default:
+            default = run_predict_default(root, args.precision, count, rounds)
+            label = f"(e) kunet predict's default (constant weights {'on' if default['constant'] else 'off'})"
+            modes[label] = ("default", 1)
+            totals[label] = [default["wall"], default["cpu"]]
+            print(f"(e), own process, {count} images: {default['wall']:6.1f} s, CPU {default['cpu']:6.1f} s; "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+        differences = {mode: [0, 0] for mode in modes.values() if mode[1] > 1 or mode[0] == "default"}
         for round_ in range(rounds):
             reference = digests(root / f"{(0, 1)}-{round_}")
             for mode in modes.values():
-                outputs = digests(root / f"{mode}-{round_}")
-                if mode[1] == 1 and outputs != reference:
+                folder = root / (f"default-{round_}" if mode[0] == "default" else f"{mode}-{round_}")
+                outputs = digests(folder)
+                if mode in differences:  # may differ where a probability lies within rounding of the threshold
+                    for name in (name for name in reference if name.endswith("_mask.png")):
+                        if outputs[name] != reference[name]:
+                            masks = [cv2.imread(str(f / name), -1) for f in (root / f"{(0, 1)}-{round_}", folder)]
+                            differences[mode][0] += 1
+                            differences[mode][1] += int((masks[0] != masks[1]).sum())
+                elif outputs != reference:
                     raise SystemExit(f"outputs of concurrency {mode[0]} differ from one image at a time")
-                for name in (name for name in reference if name.endswith("_mask.png") and mode[1] > 1):
-                    if outputs[name] != reference[name]:
-                        masks = [cv2.imread(str(root / f"{m}-{round_}" / name), -1) for m in ((0, 1), mode)]
-                        differences[mode][0] += 1
-                        differences[mode][1] += int((masks[0] != masks[1]).sum())
 
     single = statistics.median(wall for wall, _ in latencies)
     single_cpu = statistics.median(cpu for _, cpu in latencies)
     one_at_a_time = totals[next(iter(modes))][0] / count
     print()
-    print(f"{'':<48} {'s/image':>8} {'images/s':>9} {'CPU s/image':>12} {f'vs (a)x{count}':>9} {'vs (b)':>7}")
-    print(f"{'(a) single image, one call (median)':<48} {single:8.2f} {1 / single:9.3f} {single_cpu:12.2f} "
+    print(f"{'':<54} {'s/image':>8} {'images/s':>9} {'CPU s/image':>12} {f'vs (a)x{count}':>9} {'vs (b)':>7}")
+    print(f"{'(a) single image, one call (median)':<54} {single:8.2f} {1 / single:9.3f} {single_cpu:12.2f} "
           f"{1.0:9.2f} {one_at_a_time / single:7.2f}")  # fmt: skip
     for label, (wall, cpu) in totals.items():
         wall, cpu = wall / count, cpu / count
-        print(f"{label:<48} {wall:8.2f} {1 / wall:9.3f} {cpu:12.2f} {single / wall:9.2f} {one_at_a_time / wall:7.2f}")
+        print(f"{label:<54} {wall:8.2f} {1 / wall:9.3f} {cpu:12.2f} {single / wall:9.2f} {one_at_a_time / wall:7.2f}")
     print("outputs of (b) and (c) identical byte for byte")
     for (concurrency, batch), (masks, pixels) in differences.items():
-        print(f"(d) {batch} images per call, concurrency {concurrency}: masks differing from (b) in {masks} of "
-              f"{count} images, {pixels} of {count * args.size**2} pixels")  # fmt: skip
+        what = "(e) kunet predict's default" if concurrency == "default" else f"(d) {batch} images per call, " \
+            f"concurrency {concurrency}"  # fmt: skip
+        print(f"{what}: masks differing from (b) in {masks} of {count} images, {pixels} of {count * args.size**2} "
+              "pixels")  # fmt: skip
     timing.footer()
 
 
