@@ -34,11 +34,16 @@ def _fusable(gradient, variable) -> bool:
     return isinstance(gradient, tf.Tensor) and _resource(variable).dtype in (tf.float32, tf.float64)
 
 
-def gradient_is_finite(gradient) -> tf.Tensor:
-    """True unless ``gradient`` holds a NaN or Inf or its sum of squares overflows float32 (the test the training
-    step's gradient norm applies, in one pass: ``l2_loss`` does not write the squares out)."""
+def sum_of_squares(gradient) -> tf.Tensor:
+    """The gradient's squared L2 norm in float32, in one pass (``l2_loss`` does not write the squares out)."""
     values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
-    return tf.math.is_finite(tf.nn.l2_loss(tf.cast(values, tf.float32)))
+    return 2.0 * tf.nn.l2_loss(tf.cast(values, tf.float32))
+
+
+def gradient_is_finite(gradient) -> tf.Tensor:
+    """True unless ``gradient`` holds a NaN or Inf or its sum of squares overflows float32: the same test as the
+    training step's gradient norm, which sums :func:`sum_of_squares` too."""
+    return tf.math.is_finite(sum_of_squares(gradient))
 
 
 class _SkipsNonFinite:

@@ -39,6 +39,7 @@ from kunet.checkpoints import restore_latest_intact, save_checkpoint
 from kunet.config import PipelineConfig
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
+from kunet.optimizers import sum_of_squares
 from kunet.pipeline import device_tiles, resolve_placement, tile_shape, training_dataset, training_frame_count
 from kunet.precision import resolve_precision
 from kunet.progress import LineProgress, no_progress, reporting, resolve_mode
@@ -305,7 +306,7 @@ class Trainer:
             # One pass over the gradients gives both the norm and, for the log line of such a step, which
             # variables' gradients were not finite or so large that their square overflows (the optimizer tests
             # each gradient again where it updates its variable: there nothing waits for the other gradients).
-            squares = [2.0 * tf.nn.l2_loss(tf.cast(gradient, tf.float32)) for gradient in gradients]
+            squares = [sum_of_squares(gradient) for gradient in gradients]
             gradient_norm = tf.sqrt(tf.add_n(squares))
             # Non-finite updates are skipped by the optimizer: per variable by kunet's (build_optimizer), so no
             # update waits for the whole backward pass; the whole step by LossScaleOptimizer (mixed_float16).

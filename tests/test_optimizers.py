@@ -144,6 +144,16 @@ def test_a_variable_whose_gradient_is_not_finite_keeps_its_weights_and_slots(cas
     assert int(optimizer.iterations.numpy()) == 2
 
 
+def test_the_skip_applies_the_training_steps_norm_test_at_the_overflow_edge():
+    """Two values of 1.5e19: each square (2.25e38) fits in float32, their sum does not, so the step's logged norm is
+    Inf; the variable must be left alone, not updated with a gradient the log calls non-finite."""
+    from kunet.optimizers import gradient_is_finite, sum_of_squares
+
+    edge = tf.constant([1.5e19, 1.5e19], tf.float32)
+    assert not np.isfinite(float(sum_of_squares(edge))) and not bool(gradient_is_finite(edge))
+    assert bool(gradient_is_finite(tf.constant([1e19, 1e19], tf.float32)))
+
+
 def test_the_fused_optimizers_round_trip_their_config():
     optimizer = FusedSGD(0.05, momentum=0.9, nesterov=True, global_clipnorm=2.0, skip_non_finite=True)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(optimizer))
