@@ -32,15 +32,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kunet.decision import DecisionRule  # noqa: E402
+from kunet.metrics.leaderboard import _components as components  # noqa: E402  (segments as the metric labels them)
 from kunet.metrics.leaderboard import leaderboard_pixel_error, leaderboard_rand_error  # noqa: E402
 from kunet.segmenter import Segmenter  # noqa: E402
 
 SLICES = range(15, 20)
-
-
-def components(mask: np.ndarray) -> np.ndarray:
-    """4-connected components, as the leaderboard code labels segments."""
-    return cv2.connectedComponents(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)[1]
 
 
 def worst_errors(cut: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[tuple, tuple]:
