@@ -15,10 +15,11 @@ import tensorflow as tf
 
 from kunet.choices import STRATEGIES
 from kunet.config import PipelineConfig
+from kunet.errors import ConfigError
 from kunet.inference import InferenceSettings
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
-from kunet.optimizers import FusedAdam, FusedSGD
+from kunet.optimizers import FusedAdam, FusedAdamThenSGD, FusedSGD, PhasedSchedule
 from kunet.pipeline import tile_shape
 from kunet.precision import resolve_precision
 from kunet.runs import RunError
@@ -68,24 +69,46 @@ def build_model(config: PipelineConfig, precision: str | None = None, manifest: 
 
 
 def learning_rate_schedule(config: PipelineConfig, total_steps: int):
-    """Constant, polynomial (power 0.9) or cosine decay, with optional linear warm-up."""
-    train = config.train
-    decay_steps = max(1, total_steps - train.warmup_steps)
-    if train.schedule == "constant":
-        schedule = train.learning_rate
-        if train.warmup_steps:
-            schedule = keras.optimizers.schedules.CosineDecay(
-                0.0, 1, alpha=1.0, warmup_target=train.learning_rate, warmup_steps=train.warmup_steps
+    """Constant, polynomial (power 0.9) or cosine decay, with optional linear warm-up; with a finish phase
+    (``[train.finish]``), the Adam part's schedule over the steps before it, then the SGD part's over its own."""
+    train, finish = config.train, config.train.finish
+    if not finish.epochs:
+        return _schedule(train.schedule, train.learning_rate, train.warmup_steps, total_steps)
+    switch = finish_switch_step(config, total_steps)
+    return PhasedSchedule(
+        _schedule(train.schedule, train.learning_rate, train.warmup_steps, switch),
+        _schedule(finish.schedule, finish.learning_rate, finish.warmup_steps, total_steps - switch),
+        switch,
+    )
+
+
+def finish_switch_step(config: PipelineConfig, total_steps: int) -> int:
+    """The step at which ``[train.finish]``'s SGD part takes over: its epochs are the run's last."""
+    finish_steps = config.train.finish.epochs * config.train.steps_per_epoch
+    if finish_steps >= total_steps:
+        raise ConfigError(
+            f"train.finish.epochs = {config.train.finish.epochs} ({finish_steps} steps) leaves no Adam steps in a "
+            f"run of {total_steps} steps; give more epochs or steps, or set train.finish.epochs = 0"
+        )
+    return total_steps - finish_steps
+
+
+def _schedule(kind: str, learning_rate: float, warmup_steps: int, steps: int):
+    decay_steps = max(1, steps - warmup_steps)
+    if kind == "constant":
+        if warmup_steps:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, 1, alpha=1.0, warmup_target=learning_rate, warmup_steps=warmup_steps
             )
-        return schedule
-    if train.schedule == "poly":
-        poly = keras.optimizers.schedules.PolynomialDecay(train.learning_rate, decay_steps, 0.0, power=0.9)
-        return _Warmup(poly, train.learning_rate, train.warmup_steps) if train.warmup_steps else poly
+        return learning_rate
+    if kind == "poly":
+        poly = keras.optimizers.schedules.PolynomialDecay(learning_rate, decay_steps, 0.0, power=0.9)
+        return _Warmup(poly, learning_rate, warmup_steps) if warmup_steps else poly
     return keras.optimizers.schedules.CosineDecay(
-        0.0 if train.warmup_steps else train.learning_rate,
+        0.0 if warmup_steps else learning_rate,
         decay_steps,
-        warmup_target=train.learning_rate if train.warmup_steps else None,
-        warmup_steps=train.warmup_steps,
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
     )
 
 
@@ -120,6 +143,9 @@ def build_optimizer(config: PipelineConfig, total_steps: int, precision: str):
         options["global_clipnorm"] = train.clip_norm
     if train.optimizer == "sgd":
         optimizer = FusedSGD(schedule, momentum=train.momentum, **options)
+    elif train.finish.epochs:
+        switch = finish_switch_step(config, total_steps)
+        optimizer = FusedAdamThenSGD(schedule, switch_step=switch, sgd_momentum=train.finish.momentum, **options)
     else:
         optimizer = FusedAdam(schedule, **options)
     if precision == "mixed_float16":

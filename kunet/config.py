@@ -229,6 +229,24 @@ class AugmentConfig(AugmentSettings):
 
 
 @dataclass
+class FinishConfig:
+    """``[train.finish]``: the run's last ``epochs`` with SGD and momentum, after Adam (``epochs = 0``: none).
+
+    Issue 19's Rand lever: Adam for most of the schedule, then the paper's optimiser (momentum 0.99) for its last
+    part, with a schedule of its own that starts where Adam stops (``warmup_steps`` from a learning rate of 0,
+    then ``schedule`` over the remaining steps). The SGD momentum starts at 0; the weights carry over. One run
+    and one checkpoint: a run stopped in either part resumes where it was.
+    """
+
+    epochs: int = 0  # counted within train.epochs: the run's last epochs
+    optimizer: str = "sgd"
+    learning_rate: float = 0.001
+    momentum: float = 0.99
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and run settings for ``kunet fit``."""
 
@@ -259,6 +277,7 @@ class TrainConfig:
     # The paper's final model: the records' validation frames join the training stream and nothing is
     # validated, after the settings (and the decision rule) were chosen on them; best.keras is the last model.
     final: bool = False
+    finish: FinishConfig = field(default_factory=FinishConfig)
 
 
 @dataclass

@@ -134,3 +134,89 @@ class FusedSGD(_SkipsNonFinite, keras.optimizers.SGD):
             momentum=tf.cast(self.momentum, dtype),
             use_nesterov=self.nesterov,
         )
+
+
+@keras.saving.register_keras_serializable(package="kunet")
+class FusedAdamThenSGD(FusedAdam):
+    """:class:`FusedAdam` for the steps before ``switch_step``, then SGD with momentum (fused, as
+    :class:`FusedSGD`) from zero momentum on: one optimizer, so one checkpoint holds both parts' state and a run
+    resumes in either. ``learning_rate`` serves both parts (see :class:`PhasedSchedule`).
+
+    Args:
+        switch_step: The first step (``iterations``) that SGD takes.
+        sgd_momentum: The SGD part's momentum. Other arguments: :class:`FusedAdam`'s.
+
+    Example:
+        >>> schedule = PhasedSchedule(adam_schedule, sgd_schedule, switch_step=4000)
+        >>> optimizer = FusedAdamThenSGD(schedule, switch_step=4000, sgd_momentum=0.99, skip_non_finite=True)
+    """
+
+    def __init__(self, *args, switch_step: int, sgd_momentum: float = 0.99, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.amsgrad:
+            raise ValueError("FusedAdamThenSGD does not take amsgrad")
+        self.switch_step, self.sgd_momentum = int(switch_step), float(sgd_momentum)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._sgd_momentums = self.add_optimizer_variables(var_list, "sgd_momentum")
+
+    def _adam_update(self, gradient, variable, learning_rate):
+        def sgd():
+            tf.raw_ops.ResourceApplyKerasMomentum(
+                var=_resource(variable).handle,
+                accum=_resource(self._sgd_momentums[self._get_variable_index(variable)]).handle,
+                lr=tf.cast(learning_rate, variable.dtype),
+                grad=tf.cast(gradient, variable.dtype),
+                momentum=tf.cast(self.sgd_momentum, variable.dtype),
+                use_nesterov=False,
+            )
+            return tf.constant(True)
+
+        def adam():
+            super(FusedAdamThenSGD, self)._adam_update(gradient, variable, learning_rate)
+            return tf.constant(True)
+
+        if not _fusable(gradient, variable):
+            raise TypeError(f"FusedAdamThenSGD updates dense float32 variables, not {variable.path}")
+        tf.cond(self.iterations < self.switch_step, adam, sgd)
+
+    def get_config(self):
+        return {**super().get_config(), "switch_step": self.switch_step, "sgd_momentum": self.sgd_momentum}
+
+
+@keras.saving.register_keras_serializable(package="kunet")
+class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``first(step)`` before ``switch_step``, then ``second(step - switch_step)``: each part's schedule counts
+    its own steps from 0 (a warm-up of the second part starts where the first part stops)."""
+
+    def __init__(self, first, second, switch_step: int):
+        self.first, self.second, self.switch_step = first, second, int(switch_step)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        return tf.where(
+            step < self.switch_step,
+            _rate(self.first, step),
+            _rate(self.second, tf.maximum(step - self.switch_step, 0.0)),
+        )
+
+    def get_config(self):
+        return {
+            "first": keras.saving.serialize_keras_object(self.first),
+            "second": keras.saving.serialize_keras_object(self.second),
+            "switch_step": self.switch_step,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        parts = {key: keras.saving.deserialize_keras_object(config[key]) for key in ("first", "second")}
+        return cls(parts["first"], parts["second"], config["switch_step"])
+
+
+def _rate(schedule, step):
+    """A schedule's learning rate at ``step`` (a float is a constant rate)."""
+    rate = schedule(step) if callable(schedule) else schedule
+    return tf.cast(rate, tf.float32)

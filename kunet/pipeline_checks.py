@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from kunet.errors import ConfigError
 
+SCHEDULES = ("constant", "poly", "cosine")
+
 if TYPE_CHECKING:
     from kunet.config import PipelineConfig
 
@@ -39,7 +41,9 @@ def validate(config: PipelineConfig, where: str) -> None:
         "model.padding": (config.model.padding, ("valid", "same")),
         "model.activation": (config.model.activation, ("relu", "leaky_relu")),
         "train.optimizer": (config.train.optimizer, ("sgd", "adam")),
-        "train.schedule": (config.train.schedule, ("constant", "poly", "cosine")),
+        "train.schedule": (config.train.schedule, SCHEDULES),
+        "train.finish.optimizer": (config.train.finish.optimizer, ("sgd",)),
+        "train.finish.schedule": (config.train.finish.schedule, SCHEDULES),
         "train.loss": (config.train.loss, ("weighted_ce", "weighted_ce_dice")),
         "train.precision": (config.train.precision, PRECISIONS),
         "train.cache": (config.train.cache, ("memory", "none")),
@@ -69,6 +73,13 @@ def validate(config: PipelineConfig, where: str) -> None:
         fail("records.shards and records.workers must be at least 1")
     if config.train.batch_size < 1 or config.train.steps_per_epoch < 1 or config.train.epochs < 1:
         fail("train.batch_size, train.steps_per_epoch and train.epochs must be at least 1")
+    finish = config.train.finish
+    if not 0 <= finish.epochs < config.train.epochs:
+        fail(f"train.finish.epochs must be in [0, train.epochs), the run's last epochs; got {finish.epochs} "
+             f"of train.epochs = {config.train.epochs}")  # fmt: skip
+    if finish.epochs and config.train.optimizer != "adam":
+        fail(f"train.finish switches from Adam to SGD; it needs train.optimizer = 'adam', got "
+             f"{config.train.optimizer!r}")  # fmt: skip
     if not 0.0 < config.inference.threshold < 1.0:
         fail(f"inference.threshold must be in (0, 1), got {config.inference.threshold}")
     for key, value, ok, requirement in _number_checks(config):
@@ -93,6 +104,7 @@ def _number_checks(config: PipelineConfig) -> list[tuple[str, Any, bool, str]]:
     }
     not_negative = {
         "train.warmup_steps": train.warmup_steps,
+        "train.finish.warmup_steps": train.finish.warmup_steps,
         "train.clip_norm": train.clip_norm,
         "train.max_minutes": train.max_minutes,
         "train.dice_weight": train.dice_weight,
@@ -108,6 +120,8 @@ def _number_checks(config: PipelineConfig) -> list[tuple[str, Any, bool, str]]:
         ("image.percentile_high", high, high <= 100.0, "at most 100"),
         ("train.learning_rate", train.learning_rate, train.learning_rate > 0, "positive"),
         ("train.momentum", train.momentum, 0.0 <= train.momentum < 1.0, "in [0, 1)"),
+        ("train.finish.learning_rate", train.finish.learning_rate, train.finish.learning_rate > 0, "positive"),
+        ("train.finish.momentum", train.finish.momentum, 0.0 <= train.finish.momentum < 1.0, "in [0, 1)"),
         ("inference.memory_budget_mb", inference.memory_budget_mb, inference.memory_budget_mb > 0, "positive"),
         ("inference.seed_threshold", inference.seed_threshold, 0.0 < inference.seed_threshold <= 1.0, "in (0, 1]"),
         ("inference.seed_smoothing", inference.seed_smoothing, 0.0 <= inference.seed_smoothing <= 16.0, "in [0, 16]"),

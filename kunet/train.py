@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from kunet import uris, visualize
 from kunet._fs import atomic_save
-from kunet.builders import build_model, build_optimizer, initialise_from, is_chief
+from kunet.builders import build_model, build_optimizer, finish_switch_step, initialise_from, is_chief
 from kunet.checkpoints import restore_latest_intact, save_checkpoint
 from kunet.config import PipelineConfig
 from kunet.losses import segmentation_loss
@@ -374,6 +374,12 @@ class Trainer:
             f"replica(s), batch {train.batch_size * self.strategy.num_replicas_in_sync}, tile {shape.input}->"
             f"{shape.output}, {resolve_precision(train.precision)}, augmentation on {placement}"
         )
+        if train.finish.epochs:
+            finish = train.finish
+            self.log(
+                f"Adam until step {finish_switch_step(config, total_steps)}, then SGD (momentum {finish.momentum}, "
+                f"learning rate {finish.learning_rate}, {finish.schedule}) for the last {finish.epochs} epochs"
+            )
         if pending:
             epoch = (start_step - 1) // train.steps_per_epoch
             self.log(f"finishing epoch {epoch + 1}: its validation and history row were cut short")

@@ -105,3 +105,39 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_it():
     assert resolve_precision("auto", [(8, 6)], no_bf16) == "mixed_bfloat16"
     assert resolve_precision("auto", [(7, 5)], no_bf16) == "mixed_float16"
     assert resolve_precision("mixed_bfloat16", [], no_bf16) == "mixed_bfloat16"  # an explicit choice stands
+
+
+def test_a_finish_phase_is_checked_against_the_run_it_ends():
+    def train(**settings):
+        return tiny_pipeline_dict() | {"train": tiny_pipeline_dict()["train"] | settings}
+
+    config = pipeline_from_dict(train(epochs=4, finish={"epochs": 1, "momentum": 0.95}))
+    assert (config.train.finish.epochs, config.train.finish.momentum, config.train.finish.optimizer) == (1, 0.95, "sgd")
+    assert config.to_dict()["train"]["finish"]["epochs"] == 1
+    refused = {
+        "train.finish.epochs must be in \\[0, train.epochs\\)": train(epochs=2, finish={"epochs": 2}),
+        "it needs train.optimizer = 'adam', got 'sgd'": train(optimizer="sgd", finish={"epochs": 1}),
+        "train.finish.optimizer must be one of .'sgd'., got 'adam'": train(finish={"epochs": 1, "optimizer": "adam"}),
+        "train.finish.schedule must be one of": train(finish={"epochs": 1, "schedule": "step"}),
+        "train.finish.momentum must be in \\[0, 1\\), got 1.0": train(finish={"epochs": 1, "momentum": 1.0}),
+        "train.finish.learning_rate must be positive": train(finish={"epochs": 1, "learning_rate": 0.0}),
+        "unknown key 'steps'": train(finish={"steps": 100}),
+    }
+    for message, data in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            pipeline_from_dict(data)
+
+
+def test_a_finish_phase_longer_than_a_shortened_run_is_refused_when_the_optimizer_is_built():
+    from kunet.builders import build_optimizer, learning_rate_schedule
+    from kunet.optimizers import FusedAdamThenSGD
+
+    data = tiny_pipeline_dict()
+    data["train"] |= {"epochs": 4, "steps_per_epoch": 10, "finish": {"epochs": 1, "warmup_steps": 5}}
+    config = pipeline_from_dict(data)
+    optimizer = build_optimizer(config, 40, "float32")
+    assert isinstance(optimizer, FusedAdamThenSGD) and optimizer.switch_step == 30
+    schedule = learning_rate_schedule(config, 40)
+    assert float(schedule(29)) > 0 and float(schedule(30)) == 0.0 and float(schedule(35)) == pytest.approx(0.001)
+    with pytest.raises(ConfigError, match="train.finish.epochs = 1 \\(10 steps\\) leaves no Adam steps in a run of 10"):
+        build_optimizer(config, 10, "float32")

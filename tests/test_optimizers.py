@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kunet.optimizers import FusedAdam, FusedSGD
+from kunet.optimizers import FusedAdam, FusedAdamThenSGD, FusedSGD, PhasedSchedule
 
 SHAPES = [(3, 3, 1, 4), (4,), (3, 3, 4, 2), (2,)]
 
@@ -161,6 +161,82 @@ def test_the_fused_optimizers_round_trip_their_config():
     assert restored.get_config() == optimizer.get_config() and restored.skip_non_finite
 
 
+def _phases():
+    first = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=2, decay_rate=0.5)
+    second = keras.optimizers.schedules.CosineDecay(0.0, 4, warmup_target=0.05, warmup_steps=2)
+    return first, second
+
+
+def _two_runs(switch: int, steps: int, momentum: float):
+    """The recipe as two Keras optimizers one after the other: Adam for ``switch`` steps, then a fresh SGD (its
+    schedule from step 0, momentum from 0) on the same weights, with _run's variables and gradients."""
+    first, second = _phases()
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in SHAPES]
+    gradients = [[rng.normal(size=shape).astype("float32") for shape in SHAPES] for _ in range(steps)]
+    adam, sgd = keras.optimizers.Adam(first), keras.optimizers.SGD(second, momentum=momentum)
+    adam.build(variables)
+    sgd.build(variables)
+    for index, grads in enumerate(gradients):
+        (adam if index < switch else sgd).apply([tf.constant(g) for g in grads], variables)
+    return [v.numpy() for v in variables], adam, sgd
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_adam_then_sgd_equals_kerass_adam_then_a_fresh_kerass_sgd(compiled):
+    switch, steps = 3, 7
+    expected, adam, sgd = _two_runs(switch, steps, momentum=0.9)
+    first, second = _phases()
+    optimizer = FusedAdamThenSGD(PhasedSchedule(first, second, switch), switch_step=switch, sgd_momentum=0.9)
+    got = _run(optimizer, steps=steps, compiled=compiled)
+    for ours, theirs in zip(got[: len(SHAPES)], expected):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # Adam's slots stop changing at the switch; SGD's momentum holds only the SGD part's steps.
+    for ours, theirs in zip(optimizer._momentums + optimizer._velocities, adam._momentums + adam._velocities):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-7)
+    for ours, theirs in zip(optimizer._sgd_momentums, sgd.momentums):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-7)
+
+
+def test_the_phased_schedule_starts_the_second_part_at_its_own_step_zero():
+    first, second = _phases()
+    schedule = PhasedSchedule(first, second, 3)
+    rates = [float(schedule(step)) for step in range(7)]
+    np.testing.assert_allclose(rates[:3], [float(first(step)) for step in range(3)], rtol=1e-6)
+    np.testing.assert_allclose(rates[3:], [float(second(step)) for step in range(4)], rtol=1e-6, atol=1e-9)
+    assert rates[3] == 0.0  # the SGD part's warm-up starts from 0
+
+
+def test_adam_then_sgd_skips_a_non_finite_gradient_in_the_sgd_part():
+    first, second = _phases()
+    optimizer = FusedAdamThenSGD(PhasedSchedule(first, second, 1), switch_step=1, skip_non_finite=True)
+    rng = np.random.default_rng(3)
+    variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in SHAPES]
+    optimizer.build(variables)
+    apply = tf.function(lambda grads: optimizer.apply(grads, variables))
+    for _ in range(3):  # Adam, then two SGD steps (the first at learning rate 0)
+        apply([tf.constant(rng.normal(size=shape), tf.float32) for shape in SHAPES])
+    before = [np.array(v) for v in variables]
+    momentum_before = [np.array(v) for v in optimizer._sgd_momentums]
+    apply([tf.constant(np.full(SHAPES[0], np.nan), tf.float32)]
+          + [tf.constant(rng.normal(size=shape), tf.float32) for shape in SHAPES[1:]])  # fmt: skip
+    np.testing.assert_array_equal(np.array(variables[0]), before[0])
+    np.testing.assert_array_equal(np.array(optimizer._sgd_momentums[0]), momentum_before[0])
+    assert all(not np.array_equal(np.array(v), b) for v, b in zip(variables[1:], before[1:]))
+
+
+def test_adam_then_sgd_round_trips_its_config():
+    first, second = _phases()
+    optimizer = FusedAdamThenSGD(PhasedSchedule(first, second, 5), switch_step=5, sgd_momentum=0.99,
+                                 skip_non_finite=True)  # fmt: skip
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(optimizer))
+    assert type(restored) is FusedAdamThenSGD and restored.get_config() == optimizer.get_config()
+    schedule = restored._learning_rate
+    assert isinstance(schedule, PhasedSchedule) and schedule.switch_step == 5
+    np.testing.assert_allclose([float(schedule(s)) for s in range(8)],
+                               [float(optimizer._learning_rate(s)) for s in range(8)], rtol=1e-6)  # fmt: skip
+
+
 _MIRRORED = """
 import sys
 import numpy as np
@@ -168,24 +244,26 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from kunet.optimizers import FusedAdam, FusedSGD
+from kunet.optimizers import FusedAdam, FusedAdamThenSGD, FusedSGD, PhasedSchedule
 
-def run(make):
+def run(make, make_second=None, switch=4):
+    # Four steps; with make_second, the optimizers of the first `switch` steps and of the rest.
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     with strategy.scope():
         variable = keras.Variable(np.linspace(-1, 1, 12, dtype='float32').reshape(3, 4))
-        optimizer = make()
-        optimizer.build([variable])
+        optimizers = [make(), (make_second or make)()]
+        for optimizer in optimizers:
+            optimizer.build([variable])
 
     @tf.function
-    def step(gradient):
+    def step(gradient, part):
         def replica_fn(gradient):
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            optimizer.apply([gradient * tf.cast(replica + 1, tf.float32)], [variable])
+            optimizers[part].apply([gradient * tf.cast(replica + 1, tf.float32)], [variable])
         strategy.run(replica_fn, args=(gradient,))
 
     for k in range(4):
-        step(tf.fill([3, 4], 0.1 * (k + 1)))
+        step(tf.fill([3, 4], 0.1 * (k + 1)), 0 if k < switch else 1)
     copies = [np.array(v) for v in variable.value.values]
     assert np.array_equal(copies[0], copies[1]), "replicas diverged"
     return copies[0]
@@ -198,6 +276,10 @@ for keras_class, fused_class, kwargs in [
     got = run(lambda: fused_class(**kwargs))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, np.linspace(-1, 1, 12).reshape(3, 4))
+# Adam for 2 steps, then SGD from zero momentum with its own schedule (constant 0.05 here).
+expected = run(lambda: keras.optimizers.Adam(0.01), lambda: keras.optimizers.SGD(0.05, momentum=0.9), switch=2)
+got = run(lambda: FusedAdamThenSGD(PhasedSchedule(0.01, 0.05, 2), switch_step=2, sgd_momentum=0.9))
+np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 print('mirrored ok')
 """
 

@@ -103,6 +103,48 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_records, tmp
         assert (tmp_path / "split" / name).exists(), name
 
 
+class _StopAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = epoch + 1 == self.epoch
+
+
+@pytest.mark.slow
+def test_a_run_that_finishes_with_sgd_switches_once_and_resumes_in_the_sgd_part(tiny_records, tmp_path):
+    """[train.finish]: Adam for 2 epochs, then SGD for the last 2; stopped after the first SGD epoch and resumed, the
+    run ends with the uninterrupted run's weights (SGD's momentum is checkpointed), unlike one trained by Adam only."""
+    import copy
+
+    from kunet.config import FinishConfig
+
+    config, records = tiny_records
+    config = copy.deepcopy(config)
+    config.train.epochs = 4
+    config.train.finish = FinishConfig(epochs=2, learning_rate=0.01, momentum=0.9, warmup_steps=2)
+    lines = []
+    Trainer(config, tmp_path / "straight", records, log=lines.append).fit()
+    assert any("Adam until step 12, then SGD (momentum 0.9, learning rate 0.01, cosine)" in line for line in lines)
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    state = Trainer(config, tmp_path / "split", records, log=quiet, callbacks=[_StopAfterEpoch(3)]).fit()
+    assert state["status"] == "stopped by callback" and state["step"] == 18
+    Trainer(config, tmp_path / "split", records, resume=True, log=quiet).fit()
+    straight = _weights(tmp_path / "straight" / "last.keras")
+    for a, b in zip(straight, _weights(tmp_path / "split" / "last.keras")):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    adam_only = copy.deepcopy(config)
+    adam_only.train.finish.epochs = 0
+    Trainer(adam_only, tmp_path / "adam", records, log=quiet).fit()
+    assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(straight, _weights(tmp_path / "adam" / "last.keras")))
+    rates = [float(line.split(",")[3]) for line in (tmp_path / "straight" / "history.csv").read_text().splitlines()[1:]]
+    header = (tmp_path / "straight" / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[3] == "learning_rate", header
+    # At the end of epoch 2 the SGD part is at its step 0 (warm-up from 0); after epoch 3, 6 steps into it.
+    assert rates[1] == 0.0 and rates[2] > 0.0
+
+
 def test_an_existing_run_is_not_overwritten(tiny_records, tmp_path):
     from kunet.runs import RunError
 
