@@ -35,6 +35,9 @@ over the rounds (each round's call pays the throughput mode's start and end, whe
 what an image costs whatever share of the CPU other processes leave. The outputs of (b) and (c) are
 compared byte for byte.
 
+Every mode runs as ``kunet predict`` does, with oneDNN keeping each filter it reorders
+(``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``, :mod:`kunet.onednn`); ``--filters-re-read`` turns that off for the whole run.
+
 Usage: ``.venv/bin/python benchmarks/predict_throughput.py`` (64 images, base 64: about 20 minutes on two
 quiet cores), ``--base32``, ``--quick`` (16 images, base 32, 2 rounds, while developing), ``--precision
 mixed_bfloat16`` (``kunet predict --precision mixed_bfloat16``; float32 by default, as ``kunet predict``),
@@ -55,6 +58,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "--filters-re-read" in sys.argv:  # before TensorFlow starts: it reads the variable once
+    os.environ["TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] = "0"
+os.environ.setdefault("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")  # as kunet predict has it (kunet.onednn)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
@@ -120,6 +126,9 @@ def main() -> None:
                         help="Every mode with the weights compiled in (kunet predict --constant-weights).")  # fmt: skip
     parser.add_argument("--predict-default", action="store_true",
                         help="Also time (e): kunet predict's default for the folder, in a fresh process.")  # fmt: skip
+    parser.add_argument("--filters-re-read", action="store_true",
+                        help="oneDNN re-reads every filter each call (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0), as kunet "
+                        "predict did before it kept them.")  # fmt: skip
     parser.add_argument("--child-default", help=argparse.SUPPRESS)  # (e)'s process: the scratch folder
     args = parser.parse_args()
     count = args.images or (16 if args.quick else 64)
@@ -140,7 +149,9 @@ def main() -> None:
         for concurrency in args.concurrency or [DEFAULT_CONCURRENCY]:
             modes[f"(d) {batch} images per call (concurrency {concurrency})"] = (concurrency, batch)
     timing.header("kunet predict on a folder: throughput mode vs one image at a time")
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    kept = os.environ["TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] == "1"
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}; oneDNN filters "
+          f"{'kept' if kept else 're-read every call'} (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS={int(kept)})")  # fmt: skip
     print(f"{count} synthetic {args.size}x{args.size} uint8 PNGs in {rounds} rounds of {per_round}; paper U-Net, "
           f"base {base}, untrained, {args.precision}{', constant weights' * args.constant_weights}; "
           f"outputs per image: mask PNG + overlay PNG")  # fmt: skip

@@ -22,11 +22,12 @@ def median_ms(function, repeats: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def in_a_fresh_process(script: str, flag: str, argument: str) -> dict:
+def in_a_fresh_process(script: str, flag: str, argument: str, environment: dict | None = None) -> dict:
     """Runs ``python script flag argument`` in a new process and returns the JSON of its last stdout line: a
-    measurement no earlier one in this process can warm up or slow down (a user's ``kunet predict`` starts fresh)."""
+    measurement no earlier one in this process can warm up or slow down (a user's ``kunet predict`` starts fresh).
+    ``environment``: variables set for that process only."""
     result = subprocess.run([sys.executable, script, flag, argument], capture_output=True, text=True, timeout=1800,
-                            check=True)  # fmt: skip
+                            check=True, env={**os.environ, **(environment or {})})  # fmt: skip
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -13,6 +13,8 @@ try:  # Typer 0.2x vendors click; older Typer depends on it
 except ImportError:  # pragma: no cover - depends on the installed Typer
     from click.exceptions import ClickException, NoArgsIsHelpError
 
+from kunet.onednn import INFERENCE_COMMANDS, assume_frozen_weights
+
 from . import commands, model_commands  # noqa: F401  (register the subcommands on ``app``)
 from .app import KunetCommand, app
 
@@ -44,7 +46,15 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved_fd)
 
 
+def _command_name(arguments: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option of ``kunet`` itself)."""
+    return next((argument for argument in arguments if not argument.startswith("-")), None)
+
+
 def main():
+    if _command_name(sys.argv[1:]) in INFERENCE_COMMANDS:
+        # Before TensorFlow starts: it reads the variable once, when it builds its first oneDNN kernel.
+        assume_frozen_weights()
     # After parsing, not before: --help, --version and a wrong option or choice answer at once.
     KunetCommand.prepare = _import_tensorflow_quietly
     try:

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from kunet.decision import DecisionRule
+from kunet.onednn import weights_assumed_frozen
 from kunet.preprocess import dtype_max, normalization, normalize, raw_to_unit
 from kunet.tiling import TilePlan, TilingOptions, plan_tiles
 
@@ -259,14 +260,16 @@ def constant_weights_pay_off(precision: str, test_time_mirroring: bool, images: 
     images, paper net, float32, 2 cores of an Intel Xeon with AMX; docs/BENCHMARKS.md): constant weights add
     about 6.5 s to the first image and save 1.65 s on every later one with test-time mirroring, 0.44 s without,
     so they break even at about 4 and 15 images; the thresholds below leave a margin. In bf16 they save
-    0.02-0.2 s an image (``benchmarks/first_call.py``): not within a typical folder.
+    0.02-0.2 s an image (``benchmarks/first_call.py``): not within a typical folder. Never where oneDNN already
+    keeps every filter it reorders (:mod:`kunet.onednn`, the default of ``kunet predict``): the same speed there
+    (paper net, 700 tile: float32 1.62 s an image without, 1.68 s with), for 7 s more on the first call.
 
     Args:
         precision: The resolved dtype policy (``float32``, ``mixed_bfloat16``, ...).
         test_time_mirroring: Whether each image is predicted in its four flips.
         images: How many images the job predicts (of the size the first call compiles for).
     """
-    if precision != "float32":
+    if precision != "float32" or weights_assumed_frozen():
         return False
     return images >= (6 if test_time_mirroring else 24)
 

@@ -39,6 +39,7 @@ from kunet.checkpoints import restore_latest_intact, save_checkpoint
 from kunet.config import PipelineConfig
 from kunet.losses import segmentation_loss
 from kunet.model import UNet
+from kunet.onednn import FROZEN_WEIGHTS_VARIABLE, weights_assumed_frozen
 from kunet.optimizers import sum_of_squares
 from kunet.pipeline import device_tiles, resolve_placement, tile_shape, training_dataset, training_frame_count
 from kunet.precision import resolve_precision
@@ -130,6 +131,12 @@ class Trainer:
         progress: str = "auto",
         log_every: int | None = None,
     ):
+        if weights_assumed_frozen():
+            raise RunError(
+                f"{FROZEN_WEIGHTS_VARIABLE}=1 is set: oneDNN would keep computing with the first filters it "
+                "sees, so the net would not train; unset it for kunet fit (kunet sets it only for commands that "
+                "predict)"
+            )
         self.config = config
         self.paths = RunPaths(run_dir)  # a local folder or a URI (gs://, ram://)
         records_dir = records_dir or config.records_dir()

@@ -267,6 +267,56 @@ def test_constant_weights_give_onednn_blocked_filters_and_keep_bias_and_relu_fus
         assert "bia:f32" in line and "eltwise_relu" in line, line
 
 
+_KUNET_PREDICT = """
+import sys
+from kunet_cli.main import main
+sys.argv = ["kunet", "predict", *sys.argv[1:]]
+main()
+"""
+
+
+def test_kunet_predict_has_onednn_keep_each_filter_it_reorders_and_predicts_the_same(trained_tiny_run, tmp_path):
+    """Checked against oneDNN itself (ONEDNN_VERBOSE): `kunet predict` turns TF_ONEDNN_ASSUME_FROZEN_WEIGHTS on, so its
+    3x3 convolutions read each filter in oneDNN's blocked layout (reordered once), not the variable's plain one;
+    `=0` from the user keeps it off; both write the same masks."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import cv2
+    from helpers import write_blob_folders
+
+    images = write_blob_folders(tmp_path / "data", count=3) / "images"
+    layouts, masks = {}, {}
+    for frozen in ("default", "0"):
+        environment = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+        environment.pop("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", None)
+        if frozen != "default":
+            environment["TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] = frozen
+        out = tmp_path / f"out-{frozen}"
+        result = subprocess.run(
+            [sys.executable, "-c", _KUNET_PREDICT, str(trained_tiny_run), str(images), "--out", str(out),
+             "--precision", "float32", "--no-constant-weights", "--quiet"],
+            capture_output=True, text=True, env=environment, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        convolutions = [line for line in result.stdout.splitlines()
+                        if ",exec,cpu,convolution," in line and "kh3" in line]  # fmt: skip
+        if not convolutions:
+            pytest.skip(f"no oneDNN 3x3 convolution in kunet predict's log (TF_ENABLE_ONEDNN_OPTS="
+                        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS')!r})")  # fmt: skip
+        layouts[frozen] = convolutions
+        masks[frozen] = {path.name: cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in out.glob("*_mask.png")}
+    assert all("wei:f32::blocked:cdba" in line for line in layouts["0"])  # the variable's own layout, every call
+    for line in layouts["default"]:  # "a": oneDNN's own choice of layout (a blocked one here), "p": padded
+        assert re.search(r"wei:f32:ap?:blocked:", line) and "cdba" not in line, line
+        assert "eltwise_relu" in line, line
+    assert len(masks["default"]) == 3 and masks["default"].keys() == masks["0"].keys()
+    for name, mask in masks["default"].items():
+        np.testing.assert_array_equal(mask, masks["0"][name])
+
+
 def test_a_compiled_function_runs_its_first_call_alone():
     # predict works on two images at once; two concurrent first calls each optimised the graph (slow with
     # constant weights), so the second waits for the first, then runs the compiled function.

@@ -145,6 +145,16 @@ def test_a_run_that_finishes_with_sgd_switches_once_and_resumes_in_the_sgd_part(
     assert rates[1] == 0.0 and rates[2] > 0.0
 
 
+def test_fit_refuses_to_train_where_onednn_keeps_the_first_filters_it_sees(tiny_records, tmp_path, monkeypatch):
+    from kunet.runs import RunError
+
+    config, records = tiny_records
+    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+    with pytest.raises(RunError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 is set: oneDNN would keep computing"):
+        Trainer(config, tmp_path / "run", records)
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_existing_run_is_not_overwritten(tiny_records, tmp_path):
     from kunet.runs import RunError
 
