@@ -42,10 +42,11 @@ CONSTANT_WEIGHTS_OPTION = typer.Option(
 PREDICT_CONSTANT_WEIGHTS_OPTION = typer.Option(
     None,
     "--constant-weights/--no-constant-weights",
-    help="Compile the weights into the graph as constants (.keras models): each image 20 % faster once compiled "
-    "(float32, paper net, AMX CPU), but the first image of each tile size about 5-6 s slower. Default: on in "
-    "float32 from 6 images with test-time mirroring and from 24 without, where it pays (docs/BENCHMARKS.md); "
-    "off in bf16 and with --shard.",
+    help="Compile the weights into the graph as constants (.keras models). kunet predict already lets oneDNN keep "
+    "every filter (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS), which gives the same speed without the 5-10 s of compilation "
+    "on the first image of each tile size, so the default is off; with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0 in the "
+    "environment it is on in float32 from 6 images with test-time mirroring and from 24 without "
+    "(docs/BENCHMARKS.md).",
 )
 
 

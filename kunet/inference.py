@@ -286,7 +286,8 @@ class Predictor:
             TensorFlow's oneDNN convolutions then keep each filter in their own blocked layout instead of
             reading the variable's plain one every call. Faster once compiled, but the first call per tile
             size takes 4-6 s more (paper net), and later changes to the model's weights are not seen (make a new
-            Predictor). See docs/BENCHMARKS.md. ``None`` decides by :func:`constant_weights_pay_off`.
+            Predictor). In a process where oneDNN keeps every filter (:mod:`kunet.onednn`, as in ``kunet predict``)
+            it adds nothing. See docs/BENCHMARKS.md. ``None`` decides by :func:`constant_weights_pay_off`.
         expected_images: How many images the job predicts (used when ``constant_weights`` is None).
 
     Example:
