@@ -17,6 +17,9 @@ With ``skip_non_finite=True`` each variable's update is skipped, weights and slo
 on its own gradient, so no update waits for the whole backward pass (a check of every gradient before any
 update, as Keras's ``LossScaleOptimizer`` does for float16, did: about 1.4 % of a bf16 step, docs/BENCHMARKS.md).
 Every replica decides alike: they all see the same all-reduced gradient.
+
+:class:`FusedAdamThenSGD` with :class:`PhasedSchedule` is ``[train.finish]``: Adam, then SGD with momentum for the
+run's last steps, in one optimizer and so in one checkpoint.
 """
 
 from __future__ import annotations
