@@ -125,18 +125,23 @@ class FusedSGD(_SkipsNonFinite, keras.optimizers.SGD):
     def _sgd_update(self, gradient, variable, learning_rate):
         if self.momentum == 0 or not _fusable(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
-        target = _resource(variable)
-        dtype = target.dtype
-        # accum = momentum * accum - lr * grad; var += accum (Nesterov: var += momentum * accum - lr * grad),
-        # as keras.optimizers.SGD.update_step.
-        tf.raw_ops.ResourceApplyKerasMomentum(
-            var=target.handle,
-            accum=_resource(self.momentums[self._get_variable_index(variable)]).handle,
-            lr=tf.cast(learning_rate, dtype),
-            grad=tf.cast(gradient, dtype),
-            momentum=tf.cast(self.momentum, dtype),
-            use_nesterov=self.nesterov,
-        )
+        accumulator = self.momentums[self._get_variable_index(variable)]
+        _momentum_update(variable, accumulator, gradient, learning_rate, self.momentum, self.nesterov)
+
+
+def _momentum_update(variable, accumulator, gradient, learning_rate, momentum: float, nesterov: bool) -> None:
+    """SGD with momentum in one kernel: accum = momentum * accum - lr * grad; var += accum (Nesterov: var +=
+    momentum * accum - lr * grad), as keras.optimizers.SGD.update_step."""
+    target = _resource(variable)
+    dtype = target.dtype
+    tf.raw_ops.ResourceApplyKerasMomentum(
+        var=target.handle,
+        accum=_resource(accumulator).handle,
+        lr=tf.cast(learning_rate, dtype),
+        grad=tf.cast(gradient, dtype),
+        momentum=tf.cast(momentum, dtype),
+        use_nesterov=nesterov,
+    )
 
 
 @keras.saving.register_keras_serializable(package="kunet")
@@ -168,14 +173,8 @@ class FusedAdamThenSGD(FusedAdam):
 
     def _adam_update(self, gradient, variable, learning_rate):
         def sgd():
-            tf.raw_ops.ResourceApplyKerasMomentum(
-                var=_resource(variable).handle,
-                accum=_resource(self._sgd_momentums[self._get_variable_index(variable)]).handle,
-                lr=tf.cast(learning_rate, variable.dtype),
-                grad=tf.cast(gradient, variable.dtype),
-                momentum=tf.cast(self.sgd_momentum, variable.dtype),
-                use_nesterov=False,
-            )
+            accumulator = self._sgd_momentums[self._get_variable_index(variable)]
+            _momentum_update(variable, accumulator, gradient, learning_rate, self.sgd_momentum, nesterov=False)
             return tf.constant(True)
 
         def adam():

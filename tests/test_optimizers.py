@@ -15,10 +15,15 @@ from kunet.optimizers import FusedAdam, FusedAdamThenSGD, FusedSGD, PhasedSchedu
 SHAPES = [(3, 3, 1, 4), (4,), (3, 3, 4, 2), (2,)]
 
 
-def _run(optimizer, steps: int = 5, compiled: bool = False, sparse: bool = False):
+def _variables_and_gradients(steps: int):
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in SHAPES]
     gradients = [[rng.normal(size=shape).astype("float32") for shape in SHAPES] for _ in range(steps)]
+    return variables, gradients
+
+
+def _run(optimizer, steps: int = 5, compiled: bool = False, sparse: bool = False):
+    variables, gradients = _variables_and_gradients(steps)
     optimizer.build(variables)
 
     def apply(grads):
@@ -171,9 +176,7 @@ def _two_runs(switch: int, steps: int, momentum: float):
     """The recipe as two Keras optimizers one after the other: Adam for ``switch`` steps, then a fresh SGD (its
     schedule from step 0, momentum from 0) on the same weights, with _run's variables and gradients."""
     first, second = _phases()
-    rng = np.random.default_rng(0)
-    variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in SHAPES]
-    gradients = [[rng.normal(size=shape).astype("float32") for shape in SHAPES] for _ in range(steps)]
+    variables, gradients = _variables_and_gradients(steps)
     adam, sgd = keras.optimizers.Adam(first), keras.optimizers.SGD(second, momentum=momentum)
     adam.build(variables)
     sgd.build(variables)
