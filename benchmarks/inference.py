@@ -13,7 +13,7 @@ Rows, each end to end (normalisation, mirror extension, tiling, the net, softmax
   default of kunet's commands that predict), with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0`` (each filter read in
   the variable's layout every call, as before), and with ``constant_weights=True`` (``kunet predict
   --constant-weights``: the weights compiled into the graph, filters kept as the command has them). Each kunet
-  row runs in a fresh process of its own (see :func:`kunet_seconds_in_a_fresh_process`). Each row's first call
+  row runs in a fresh process of its own (see :func:`seconds_in_a_fresh_process`). Each row's first call
   (tracing, graph optimisation) is printed below the table.
 * PyTorch (``benchmarks/torch_peer.py``): the same net and the same four tiles as the Keras row, under
   ``torch.inference_mode()``, bf16 through ``torch.autocast("cpu", dtype=torch.bfloat16)``.
@@ -116,53 +116,38 @@ def timed(function, repeats: int, name: str = "") -> float:
     return median_ms(function, repeats) / 1000
 
 
-def kunet_seconds_in_a_fresh_process(
-    base: int, precision: str, constant_weights: bool, repeats: int, filters_kept: bool = True
+def seconds_in_a_fresh_process(
+    scheme: str, base: int, precision: str, repeats: int, constant_weights: bool = False, filters_kept: bool = True
 ) -> float:
-    """A kunet row timed in a new Python process (its first call goes to FIRST_CALLS), with oneDNN's filter cache
-    (``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS``) on or off for that process.
+    """A ``kunet`` or ``Keras`` row timed in a new Python process (its first call goes to FIRST_CALLS), with
+    oneDNN's filter cache (``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS``) on or off for that process.
 
     Measured in one process, a constant-weights function and a variable one change each other's speed (in
     float32, 1.6 s and 2.1 s apart when each runs alone, within 0.1 s of each other when both ran in one
     process, whichever first), so each kunet row gets a process of its own, as a user's `kunet predict` has.
     """
-    figures = in_a_fresh_process(__file__, "--kunet-row", f"{base},{precision},{int(constant_weights)},{repeats}",
+    figures = in_a_fresh_process(__file__, "--row", f"{scheme},{base},{precision},{int(constant_weights)},{repeats}",
                                  {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1" if filters_kept else "0"})  # fmt: skip
     label = " constant weights" if constant_weights else ""
     label += " filters kept" if filters_kept else " filters re-read"
-    FIRST_CALLS[f"base {base} kunet{label} {precision}"] = figures["first"]
+    FIRST_CALLS[f"base {base} {scheme}{label} {precision}"] = figures["first"]
     return figures["median"]
 
 
-def keras_seconds_with_filters_kept(base: int, precision: str, repeats: int) -> float:
-    """The Keras row in a new process with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``."""
-    figures = in_a_fresh_process(__file__, "--keras-row", f"{base},{precision},{repeats}",
-                                 {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"})  # fmt: skip
-    FIRST_CALLS[f"base {base} Keras filters kept {precision}"] = figures["first"]
-    return figures["median"]
-
-
-def kunet_row(argument: str) -> None:
-    """``--kunet-row base,precision,constant,repeats``: print one kunet row's first call and median as JSON."""
+def row_in_this_process(argument: str) -> None:
+    """``--row scheme,base,precision,constant,repeats``: one row's first call and median as JSON (scheme ``kunet``:
+    the Predictor, with constant weights if ``constant`` is 1; ``Keras``: the Keras ``tf.function``)."""
     import json
 
-    base, precision, constant, repeats = argument.split(",")
+    scheme, base, precision, constant, repeats = argument.split(",")
     image, _ = load_image()
     net = with_precision(UNet(base_filters=int(base), seed=0), precision)
-    predictor = Predictor(net, constant_weights=constant == "1")
-    median = timed(lambda: predictor.probabilities(image), int(repeats), "kunet")
-    print(json.dumps({"first": FIRST_CALLS["kunet"], "median": median}))
-
-
-def keras_row(argument: str) -> None:
-    """``--keras-row base,precision,repeats``: the Keras row's first call and median as JSON."""
-    import json
-
-    base, precision, repeats = argument.split(",")
-    image, _ = load_image()
-    net = with_precision(UNet(base_filters=int(base), seed=0), precision)
-    median = timed(lambda f=keras_function(net): f(image), int(repeats), "keras")
-    print(json.dumps({"first": FIRST_CALLS["keras"], "median": median}))
+    if scheme == "kunet":
+        predict = Predictor(net, constant_weights=constant == "1").probabilities
+    else:
+        predict = keras_function(net)
+    median = timed(lambda: predict(image), int(repeats), scheme)
+    print(json.dumps({"first": FIRST_CALLS[scheme], "median": median}))
 
 
 def load_image() -> tuple[np.ndarray, str]:
@@ -189,14 +174,14 @@ def measure(base: int, image: np.ndarray, repeats: int) -> list[tuple[str, str, 
         net = with_precision(model, precision)
         seconds = timed(lambda f=keras_function(net): f(image), repeats, f"base {base} Keras {precision}")
         rows.append(("Keras tf.function", precision, "4 x 572", four, seconds))
-        seconds = keras_seconds_with_filters_kept(base, precision, repeats)
+        seconds = seconds_in_a_fresh_process("Keras", base, precision, repeats)
         rows.append(("Keras tf.function, filters kept", precision, "4 x 572", four, seconds))
         for scheme, constant, kept in (
             ("kunet predict's default (filters kept)", False, True),
             ("kunet Predictor, filters re-read", False, False),
             ("kunet Predictor, constant weights", True, True),
         ):
-            seconds = kunet_seconds_in_a_fresh_process(base, precision, constant, repeats, kept)
+            seconds = seconds_in_a_fresh_process("kunet", base, precision, repeats, constant, kept)
             rows.append((scheme, precision, kunet_tiles, kunet_flops, seconds))
     naive = keras_predict(model)
     seconds = timed(lambda: naive(image), repeats, f"base {base} model.predict float32")
@@ -236,13 +221,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--base32", action="store_true", help="also the half-width net (base 32)")
     parser.add_argument("--quick", action="store_true", help="1 repeat and a 1-s peak: a development check")
-    parser.add_argument("--kunet-row", help=argparse.SUPPRESS)  # one kunet row in this process (see above)
-    parser.add_argument("--keras-row", help=argparse.SUPPRESS)  # the Keras row in this process
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # one row in this process (see above)
     args = parser.parse_args()
-    if args.kunet_row:
-        return kunet_row(args.kunet_row)
-    if args.keras_row:
-        return keras_row(args.keras_row)
+    if args.row:
+        return row_in_this_process(args.row)
     repeats, peak_seconds = (1, 1.0) if args.quick else (args.repeats, 3.0)
     header("Inference: one 512x512 image, kunet vs plain Keras vs PyTorch")
     torch_version = torch_peer.version()
