@@ -143,9 +143,9 @@ def build_optimizer(config: PipelineConfig, total_steps: int, precision: str):
         options["global_clipnorm"] = train.clip_norm
     if train.optimizer == "sgd":
         optimizer = FusedSGD(schedule, momentum=train.momentum, **options)
-    elif train.finish.epochs:
-        switch = finish_switch_step(config, total_steps)
-        optimizer = FusedAdamThenSGD(schedule, switch_step=switch, sgd_momentum=train.finish.momentum, **options)
+    elif train.finish.epochs:  # the schedule is then a PhasedSchedule, which knows the switch
+        momentum = train.finish.momentum
+        optimizer = FusedAdamThenSGD(schedule, switch_step=schedule.switch_step, sgd_momentum=momentum, **options)
     else:
         optimizer = FusedAdam(schedule, **options)
     if precision == "mixed_float16":
